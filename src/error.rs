@@ -1,0 +1,52 @@
+//! The errors of the Rust API. The C API maps each to one result code.
+
+use crate::driver::DriverError;
+use crate::registry::RegistrationId;
+use crate::verdict::Verdict;
+
+/// Why a monitor call did not do what was asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// An argument is out of its documented range (the text says which).
+    InvalidArgument(&'static str),
+    /// A label is not acceptable (the text says why).
+    InvalidLabel(&'static str),
+    /// No registration with this id exists in this monitor (never did, or already removed).
+    UnknownRegistration(RegistrationId),
+    /// Registration refused: the memory is not resident now. The verdict says why.
+    Refused(Verdict),
+    /// The CUDA driver is missing, incomplete, or a query failed.
+    Driver(DriverError),
+    /// The call would wait for the monitor thread, but it runs on that thread (inside a
+    /// callback): it would deadlock, so it is refused.
+    CalledFromCallback,
+    /// The monitor thread could not be started.
+    ThreadSpawn(String),
+    /// The monitor thread has stopped.
+    Stopped,
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::InvalidArgument(why) => write!(f, "invalid argument: {why}"),
+            Error::InvalidLabel(why) => write!(f, "invalid label: {why}"),
+            Error::UnknownRegistration(id) => write!(f, "no registration with id {id}"),
+            Error::Refused(verdict) => {
+                write!(f, "registration refused: memory is {} ({})", verdict.name(), verdict.explanation())
+            }
+            Error::Driver(error) => write!(f, "CUDA driver: {error}"),
+            Error::CalledFromCallback => f.write_str("called from inside a monitor callback, where it would deadlock"),
+            Error::ThreadSpawn(why) => write!(f, "could not start the monitor thread: {why}"),
+            Error::Stopped => f.write_str("the monitor thread has stopped"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<DriverError> for Error {
+    fn from(error: DriverError) -> Error {
+        Error::Driver(error)
+    }
+}

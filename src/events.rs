@@ -1,0 +1,168 @@
+//! Events: what the engine hears when something changes, and the log record for each.
+
+use crate::registry::{Registration, RegistrationId};
+use crate::verdict::Verdict;
+
+/// What an event reports. The numbers are part of the C ABI.
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A registration stopped being resident (or moved from one violation to another).
+    Violation = 1,
+    /// A registration that was in violation is resident again.
+    Recovered = 2,
+    /// The monitor's overall health flipped (see the event's `healthy` field).
+    HealthChanged = 3,
+    /// The driver query for a registration failed: residency is unknown, not moved.
+    CheckFailed = 4,
+}
+
+impl EventKind {
+    /// The stable lower-case name used in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Violation => "violation",
+            EventKind::Recovered => "recovered",
+            EventKind::HealthChanged => "health_changed",
+            EventKind::CheckFailed => "check_failed",
+        }
+    }
+}
+
+/// One thing the monitor noticed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// What happened.
+    pub kind: EventKind,
+    /// The registration concerned (0 for [`EventKind::HealthChanged`]).
+    pub registration_id: RegistrationId,
+    /// Its label (empty for health changes).
+    pub label: String,
+    /// Its first byte.
+    pub ptr: u64,
+    /// Its size.
+    pub size: u64,
+    /// The device it was registered on (-1 for health changes).
+    pub device: i32,
+    /// The verdict now.
+    pub verdict: Verdict,
+    /// The verdict before.
+    pub previous_verdict: Verdict,
+    /// The monitor's health after this event.
+    pub healthy: bool,
+    /// A sentence for people.
+    pub message: String,
+    /// When it was noticed, in milliseconds since the Unix epoch.
+    pub timestamp_unix_ms: u64,
+}
+
+impl Event {
+    /// An event about one registration.
+    pub(crate) fn about(
+        kind: EventKind,
+        registration: &Registration,
+        previous_verdict: Verdict,
+        verdict: Verdict,
+        detail: Option<&str>,
+        healthy: bool,
+    ) -> Event {
+        let message = match kind {
+            EventKind::Violation => format!(
+                "'{}' ({} bytes at {:#x}, GPU{}) is {}: {}",
+                registration.label,
+                registration.size,
+                registration.ptr,
+                registration.device,
+                verdict.name(),
+                verdict.explanation()
+            ),
+            EventKind::Recovered => format!(
+                "'{}' ({} bytes at {:#x}, GPU{}) is resident again (was {})",
+                registration.label, registration.size, registration.ptr, registration.device, previous_verdict.name()
+            ),
+            EventKind::CheckFailed | EventKind::HealthChanged => format!(
+                "could not check '{}' ({} bytes at {:#x}, GPU{}): {}",
+                registration.label,
+                registration.size,
+                registration.ptr,
+                registration.device,
+                detail.unwrap_or("driver query failed")
+            ),
+        };
+        Event {
+            kind,
+            registration_id: registration.id,
+            label: registration.label.clone(),
+            ptr: registration.ptr,
+            size: registration.size,
+            device: registration.device,
+            verdict,
+            previous_verdict,
+            healthy,
+            message,
+            timestamp_unix_ms: crate::clock::unix_ms(),
+        }
+    }
+
+    /// The event for a change of overall health.
+    pub(crate) fn health_changed(healthy: bool, violating: u64, check_failed: bool) -> Event {
+        let message = if healthy {
+            "healthy: every registration is resident".to_string()
+        } else if check_failed {
+            format!("unhealthy: the last check failed ({violating} registrations in violation)")
+        } else {
+            format!("unhealthy: {violating} registrations are not resident")
+        };
+        Event {
+            kind: EventKind::HealthChanged,
+            registration_id: 0,
+            label: String::new(),
+            ptr: 0,
+            size: 0,
+            device: -1,
+            verdict: if healthy { Verdict::Resident } else if check_failed { Verdict::CheckFailed } else { Verdict::NotMapped },
+            previous_verdict: if healthy { Verdict::NotMapped } else { Verdict::Resident },
+            healthy,
+            message,
+            timestamp_unix_ms: crate::clock::unix_ms(),
+        }
+    }
+
+    /// Writes the event to the `log` crate with the structured fields operators search by.
+    pub fn log(&self) {
+        let device = format!("GPU{}", self.device);
+        let device = device.as_str();
+        let label = self.label.as_str();
+        let verdict = self.verdict.name();
+        match self.kind {
+            EventKind::Violation => log::error!(
+                target: "vram_monitor",
+                actor = "vram-residency", action = "verify", target = label, device = device,
+                error_kind = "residency_violation", verdict = verdict;
+                "CRITICAL: {}", self.message
+            ),
+            EventKind::CheckFailed => log::error!(
+                target: "vram_monitor",
+                actor = "vram-residency", action = "verify", target = label, device = device,
+                error_kind = "check_failed", verdict = verdict;
+                "{}", self.message
+            ),
+            EventKind::Recovered => log::warn!(
+                target: "vram_monitor",
+                actor = "vram-residency", action = "verify", target = label, device = device, verdict = verdict;
+                "{}", self.message
+            ),
+            EventKind::HealthChanged => {
+                if self.healthy {
+                    log::info!(target: "vram_monitor", actor = "vram-residency", action = "verify"; "{}", self.message)
+                } else {
+                    log::error!(
+                        target: "vram_monitor",
+                        actor = "vram-residency", action = "verify", error_kind = "residency_violation";
+                        "{}", self.message
+                    )
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! The exported functions. Each checks its arguments, calls the core inside the panic guard,
+//! and writes out-parameters only on success.
+//!
+//! Threading: every function may be called from any thread. A monitor must not be used
+//! after `vram_monitor_free` has been called on it, from any thread.
+
+use std::ffi::{c_char, c_void, CStr};
+use std::time::Duration;
+
+use super::callback::{self, VramMonitorCallback, VramMonitorUserDataFree};
+use super::panic::guard;
+use super::result::VramMonitorResult;
+use super::types::{VramMonitorCheckSummary, VramMonitorEvent, VramMonitorHealth};
+use crate::monitor::{Monitor, MonitorOptions};
+use crate::report::ReportFormat;
+use crate::verdict::Verdict;
+
+/// A residency monitor: registrations and one background thread. Opaque.
+pub struct VramMonitor {
+    monitor: Monitor,
+}
+
+/// The default check interval in milliseconds (60 s).
+pub const VRAM_MONITOR_DEFAULT_INTERVAL_MS: u32 = 60_000;
+/// Labels longer than this many bytes are refused with `INVALID_LABEL`.
+pub const VRAM_MONITOR_MAX_LABEL_BYTES: u32 = crate::monitor::MAX_LABEL_BYTES as u32;
+/// Major version of this header.
+pub const VRAM_MONITOR_VERSION_MAJOR: u32 = 0;
+/// Minor version of this header.
+pub const VRAM_MONITOR_VERSION_MINOR: u32 = 1;
+/// Patch version of this header.
+pub const VRAM_MONITOR_VERSION_PATCH: u32 = 0;
+
+macro_rules! try_ffi {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(error) => return VramMonitorResult::from(&error),
+        }
+    };
+}
+
+/// Creates a monitor and starts its background thread ("vram-monitor"), which checks every
+/// registration every `interval_ms` milliseconds (`VRAM_MONITOR_DEFAULT_INTERVAL_MS` is the
+/// usual choice). Loads the CUDA driver on first use; creates no CUDA context.
+///
+/// Returns `NULL_ARGUMENT` if `out_monitor` is NULL, `INVALID_ARGUMENT` if `interval_ms` is
+/// 0, `DRIVER_NOT_FOUND` / `DRIVER_SYMBOL_MISSING` / `DRIVER_INIT_FAILED` when the driver is
+/// absent or unusable. On success `*out_monitor` receives the monitor, to be released with
+/// `vram_monitor_free`.
+#[no_mangle]
+pub extern "C" fn vram_monitor_new(interval_ms: u32, out_monitor: *mut *mut VramMonitor) -> VramMonitorResult {
+    guard(|| {
+        if out_monitor.is_null() {
+            return VramMonitorResult::NullArgument;
+        }
+        let options = MonitorOptions { interval: Duration::from_millis(u64::from(interval_ms)) };
+        let monitor = try_ffi!(Monitor::new(options));
+        // SAFETY: checked non-NULL; the caller provides a writable pointer.
+        unsafe { *out_monitor = Box::into_raw(Box::new(VramMonitor { monitor })) };
+        VramMonitorResult::Ok
+    })
+}
+
+/// Stops the monitor thread, waits for it (at most one driver query and one callback in
+/// progress), releases the callback's user data, and frees the monitor. No callback runs
+/// after this returns. `NULL` is a no-op returning `OK`.
+///
+/// From inside a callback it returns `CALLED_FROM_CALLBACK` and frees nothing.
+#[no_mangle]
+pub extern "C" fn vram_monitor_free(monitor: *mut VramMonitor) -> VramMonitorResult {
+    guard(|| {
+        if monitor.is_null() {
+            return VramMonitorResult::Ok;
+        }
+        // SAFETY: a pointer from vram_monitor_new that has not been freed (caller's contract).
+        if unsafe { &*monitor }.monitor.is_monitor_thread() {
+            return VramMonitorResult::CalledFromCallback;
+        }
+        drop(unsafe { Box::from_raw(monitor) });
+        VramMonitorResult::Ok
+    })
+}
+
+/// Checks `[ptr, ptr + size)` at once and, if every byte is resident device memory,
+/// registers it for periodic checks and writes its id (never 0) to `*out_id`.
+///
+/// Memory that is not resident is refused with `REFUSED_<VERDICT>` (managed, host, not
+/// mapped, out of range, wrong device): the VRAM-only policy starts at load time. The label
+/// (UTF-8, at most 4096 bytes) is copied; the caller may free it at once. Registering the
+/// same memory twice gives two independent registrations. Returns `NULL_ARGUMENT` for a NULL
+/// monitor, ptr, label or out_id; `INVALID_ARGUMENT` for size 0 or a range that wraps;
+/// `INVALID_LABEL`; `DRIVER_ERROR` if the driver query failed.
+///
+/// May be called from any thread, also from a callback. Never waits for a check in progress.
+#[no_mangle]
+pub extern "C" fn vram_monitor_register(
+    monitor: *mut VramMonitor,
+    ptr: *const c_void,
+    size: usize,
+    label: *const c_char,
+    out_id: *mut u64,
+) -> VramMonitorResult {
+    guard(|| {
+        if monitor.is_null() || ptr.is_null() || label.is_null() || out_id.is_null() {
+            return VramMonitorResult::NullArgument;
+        }
+        // SAFETY: non-NULL, NUL-terminated per the contract.
+        let Ok(label) = unsafe { CStr::from_ptr(label) }.to_str() else {
+            return VramMonitorResult::InvalidLabel;
+        };
+        let monitor = unsafe { &(*monitor).monitor };
+        let id = try_ffi!(monitor.register(ptr as u64, size as u64, label));
+        unsafe { *out_id = id };
+        VramMonitorResult::Ok
+    })
+}
+
+/// Stops watching registration `id`. Returns `UNKNOWN_REGISTRATION` for an id this monitor
+/// never gave or already removed. May be called from a callback (also for the registration
+/// the event is about). An event already being delivered may still name it.
+#[no_mangle]
+pub extern "C" fn vram_monitor_unregister(monitor: *mut VramMonitor, id: u64) -> VramMonitorResult {
+    guard(|| {
+        if monitor.is_null() {
+            return VramMonitorResult::NullArgument;
+        }
+        try_ffi!(unsafe { &(*monitor).monitor }.unregister(id));
+        VramMonitorResult::Ok
+    })
+}
+
+/// Sets the function that receives events (see `VramMonitorCallback` for the thread it runs
+/// on and what it may call), replacing any previous one. `user_data` is passed to every
+/// call; `free_user_data` (may be NULL) releases it once this callback can no longer run.
+/// A NULL `callback` removes the callback; then `user_data` and `free_user_data` are ignored.
+/// The previous callback's `free_user_data` runs after any call of it in progress returns.
+#[no_mangle]
+pub extern "C" fn vram_monitor_set_callback(
+    monitor: *mut VramMonitor,
+    callback: VramMonitorCallback,
+    user_data: *mut c_void,
+    free_user_data: VramMonitorUserDataFree,
+) -> VramMonitorResult {
+    guard(|| {
+        if monitor.is_null() {
+            return VramMonitorResult::NullArgument;
+        }
+        let monitor = unsafe { &(*monitor).monitor };
+        monitor.set_callback(callback.map(|f| callback::wrap(f, user_data, free_user_data)));
+        VramMonitorResult::Ok
+    })
+}
+
+/// Changes the interval between full checks (milliseconds, at least 1). The thread wakes at
+/// once; the next check is due one new interval after the previous one. May be called from a
+/// callback. `INVALID_ARGUMENT` for 0.
+#[no_mangle]
+pub extern "C" fn vram_monitor_set_interval_ms(monitor: *mut VramMonitor, interval_ms: u32) -> VramMonitorResult {
+    guard(|| {
+        if monitor.is_null() {
+            return VramMonitorResult::NullArgument;
+        }
+        let monitor = unsafe { &(*monitor).monitor };
+        try_ffi!(monitor.set_interval(Duration::from_millis(u64::from(interval_ms))));
+        VramMonitorResult::Ok
+    })
+}
+
+/// Runs a full check now on the monitor thread (callbacks for what it finds run there before
+/// this returns) and waits for it. `out_summary` may be NULL; if not, it receives the result.
+/// `OK` means the check ran: read the summary for violations and failed queries. From inside
+/// a callback returns `CALLED_FROM_CALLBACK`.
+#[no_mangle]
+pub extern "C" fn vram_monitor_check_now(
+    monitor: *mut VramMonitor,
+    out_summary: *mut VramMonitorCheckSummary,
+) -> VramMonitorResult {
+    guard(|| {
+        if monitor.is_null() {
+            return VramMonitorResult::NullArgument;
+        }
+        let summary = try_ffi!(unsafe { &(*monitor).monitor }.check_now());
+        if !out_summary.is_null() {
+            unsafe { *out_summary = VramMonitorCheckSummary::from(&summary) };
+        }
+        VramMonitorResult::Ok
+    })
+}
+
+/// Fills `*out_health` with the health snapshot. Cheap (no driver query); callable from any
+/// thread, also from a callback.
+#[no_mangle]
+pub extern "C" fn vram_monitor_health(monitor: *const VramMonitor, out_health: *mut VramMonitorHealth) -> VramMonitorResult {
+    guard(|| {
+        if monitor.is_null() || out_health.is_null() {
+            return VramMonitorResult::NullArgument;
+        }
+        let health = unsafe { &(*monitor).monitor }.health();
+        unsafe { *out_health = VramMonitorHealth::from(&health) };
+        VramMonitorResult::Ok
+    })
+}
+
+/// Writes a report (`format`: `VRAM_MONITOR_REPORT_FORMAT_TEXT` or `..._JSON`) into `buf`,
+/// NUL-terminated. The JSON is `{"health": {...}, "registrations": [{"id", "label", "ptr",
+/// "size", "device", "verdict"}, ...]}`.
+///
+/// On `OK`, `*out_len` is the report's length without the NUL. If `buf_len` is too small,
+/// nothing is written to `buf`, `*out_len` is the size needed *including* the NUL, and the
+/// result is `BUFFER_TOO_SMALL` (call with `buf = NULL, buf_len = 0` to ask for the size; the
+/// report can grow between the two calls). `out_len` must not be NULL; `buf` may be NULL only
+/// when `buf_len` is 0.
+#[no_mangle]
+pub extern "C" fn vram_monitor_report(
+    monitor: *const VramMonitor,
+    format: i32,
+    buf: *mut c_char,
+    buf_len: usize,
+    out_len: *mut usize,
+) -> VramMonitorResult {
+    guard(|| {
+        if monitor.is_null() || out_len.is_null() || (buf.is_null() && buf_len > 0) {
+            return VramMonitorResult::NullArgument;
+        }
+        let Some(format) = ReportFormat::from_raw(format) else {
+            return VramMonitorResult::UnknownFormat;
+        };
+        let report = unsafe { &(*monitor).monitor }.report(format);
+        let needed = report.len() + 1;
+        if buf_len < needed {
+            unsafe { *out_len = needed };
+            return VramMonitorResult::BufferTooSmall;
+        }
+        // SAFETY: buf has at least buf_len >= needed writable bytes (caller's contract).
+        unsafe {
+            std::ptr::copy_nonoverlapping(report.as_ptr(), buf.cast::<u8>(), report.len());
+            *buf.add(report.len()) = 0;
+            *out_len = report.len();
+        }
+        VramMonitorResult::Ok
+    })
+}
+
+/// A static, NUL-terminated description of a result code ("unknown result code" for values
+/// this library does not define). Never NULL; do not free.
+#[no_mangle]
+pub extern "C" fn vram_monitor_result_str(result: i32) -> *const c_char {
+    VramMonitorResult::c_description(result)
+}
+
+/// The static name of a verdict ("RESIDENT", "MANAGED", ...; "UNKNOWN" for other values).
+/// Never NULL; do not free.
+#[no_mangle]
+pub extern "C" fn vram_monitor_verdict_str(verdict: i32) -> *const c_char {
+    let name: &'static [u8] = match Verdict::from_raw(verdict) {
+        Some(Verdict::Resident) => b"RESIDENT\0",
+        Some(Verdict::Managed) => b"MANAGED\0",
+        Some(Verdict::Host) => b"HOST\0",
+        Some(Verdict::NotMapped) => b"NOT_MAPPED\0",
+        Some(Verdict::Replaced) => b"REPLACED\0",
+        Some(Verdict::OutOfRange) => b"OUT_OF_RANGE\0",
+        Some(Verdict::WrongDevice) => b"WRONG_DEVICE\0",
+        Some(Verdict::CheckFailed) => b"CHECK_FAILED\0",
+        None => b"UNKNOWN\0",
+    };
+    name.as_ptr().cast()
+}
+
+/// The version of the library actually loaded, as "MAJOR.MINOR.PATCH" (compare with the
+/// `VRAM_MONITOR_VERSION_*` macros of the header you compiled against). Static; do not free.
+#[no_mangle]
+pub extern "C" fn vram_monitor_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+// Keeps the event type in the header even though no function takes it directly.
+#[doc(hidden)]
+#[no_mangle]
+pub extern "C" fn vram_monitor_event_layout_anchor(_event: *const VramMonitorEvent) {}

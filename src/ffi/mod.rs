@@ -1,0 +1,14 @@
+//! The C ABI: every `extern "C"` function, the result codes, and the `#[repr(C)]` mirrors of
+//! the core's types. This layer checks arguments, converts, and guards against panics; the
+//! logic lives in the core.
+
+mod callback;
+mod functions;
+mod panic;
+mod result;
+mod types;
+
+pub use callback::{VramMonitorCallback, VramMonitorUserDataFree};
+pub use functions::*;
+pub use result::VramMonitorResult;
+pub use types::{VramMonitorCheckSummary, VramMonitorEvent, VramMonitorHealth};

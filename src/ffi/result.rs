@@ -1,0 +1,145 @@
+//! The one result enum of the C API and its strings.
+
+use std::ffi::c_char;
+
+use crate::driver::DriverError;
+use crate::error::Error;
+use crate::verdict::Verdict;
+
+/// The result of every fallible function. Values are grouped by range and never reused:
+/// 0 success; 1xx bad arguments; 2xx registration refused, by verdict (200 + verdict);
+/// 3xx CUDA driver; 4xx threading and state; 5xx internal.
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VramMonitorResult {
+    /// Success.
+    Ok = 0,
+    /// A required pointer argument was NULL.
+    NullArgument = 100,
+    /// An argument is out of range: size 0, `ptr + size` wraps, interval 0.
+    InvalidArgument = 101,
+    /// A label is not valid UTF-8 or is longer than 4096 bytes.
+    InvalidLabel = 102,
+    /// The output buffer is too small; the length needed (with the NUL) was written to the
+    /// length out-parameter.
+    BufferTooSmall = 103,
+    /// No registration with this id exists in this monitor.
+    UnknownRegistration = 104,
+    /// The report format is not one of `VramMonitorReportFormat`.
+    UnknownFormat = 105,
+    /// Registration refused: unified (managed) memory.
+    RefusedManaged = 201,
+    /// Registration refused: host memory.
+    RefusedHost = 202,
+    /// Registration refused: not mapped (freed, or never CUDA memory).
+    RefusedNotMapped = 203,
+    /// Registration refused: a different buffer than expected (not produced today; reserved).
+    RefusedReplaced = 204,
+    /// Registration refused: the range runs past the allocation or mapping.
+    RefusedOutOfRange = 205,
+    /// Registration refused: spans memory of more than one device.
+    RefusedWrongDevice = 206,
+    /// No CUDA driver library (libcuda.so) could be loaded.
+    DriverNotFound = 300,
+    /// The CUDA driver library lacks a function this library needs.
+    DriverSymbolMissing = 301,
+    /// `cuInit` failed (for example a stub libcuda, or no device).
+    DriverInitFailed = 302,
+    /// A driver query failed (the code, even one unknown to this library, is logged).
+    DriverError = 303,
+    /// The function would wait for the monitor thread but was called from a callback, on that
+    /// thread: refused instead of deadlocking.
+    CalledFromCallback = 400,
+    /// The monitor thread could not be started.
+    ThreadSpawnFailed = 401,
+    /// The monitor thread has stopped.
+    Stopped = 402,
+    /// An internal error (a caught panic). The monitor is still usable.
+    Panic = 500,
+}
+
+impl From<&Error> for VramMonitorResult {
+    fn from(error: &Error) -> Self {
+        match error {
+            Error::InvalidArgument(_) => VramMonitorResult::InvalidArgument,
+            Error::InvalidLabel(_) => VramMonitorResult::InvalidLabel,
+            Error::UnknownRegistration(_) => VramMonitorResult::UnknownRegistration,
+            Error::Refused(verdict) => match verdict {
+                Verdict::Managed => VramMonitorResult::RefusedManaged,
+                Verdict::Host => VramMonitorResult::RefusedHost,
+                Verdict::NotMapped => VramMonitorResult::RefusedNotMapped,
+                Verdict::Replaced => VramMonitorResult::RefusedReplaced,
+                Verdict::OutOfRange => VramMonitorResult::RefusedOutOfRange,
+                Verdict::WrongDevice => VramMonitorResult::RefusedWrongDevice,
+                Verdict::CheckFailed | Verdict::Resident => VramMonitorResult::DriverError,
+            },
+            Error::Driver(DriverError::NotFound) => VramMonitorResult::DriverNotFound,
+            Error::Driver(DriverError::SymbolMissing(_)) => VramMonitorResult::DriverSymbolMissing,
+            Error::Driver(DriverError::InitFailed(_)) => VramMonitorResult::DriverInitFailed,
+            Error::Driver(DriverError::Call { .. }) => VramMonitorResult::DriverError,
+            Error::CalledFromCallback => VramMonitorResult::CalledFromCallback,
+            Error::ThreadSpawn(_) => VramMonitorResult::ThreadSpawnFailed,
+            Error::Stopped => VramMonitorResult::Stopped,
+        }
+    }
+}
+
+impl VramMonitorResult {
+    /// Every result, in numeric order.
+    pub const ALL: [VramMonitorResult; 21] = [
+        Self::Ok,
+        Self::NullArgument,
+        Self::InvalidArgument,
+        Self::InvalidLabel,
+        Self::BufferTooSmall,
+        Self::UnknownRegistration,
+        Self::UnknownFormat,
+        Self::RefusedManaged,
+        Self::RefusedHost,
+        Self::RefusedNotMapped,
+        Self::RefusedReplaced,
+        Self::RefusedOutOfRange,
+        Self::RefusedWrongDevice,
+        Self::DriverNotFound,
+        Self::DriverSymbolMissing,
+        Self::DriverInitFailed,
+        Self::DriverError,
+        Self::CalledFromCallback,
+        Self::ThreadSpawnFailed,
+        Self::Stopped,
+        Self::Panic,
+    ];
+
+    /// A static, NUL-terminated description.
+    pub(crate) fn description(raw: i32) -> &'static [u8] {
+        match raw {
+            0 => b"ok\0",
+            100 => b"a required pointer argument was NULL\0",
+            101 => b"an argument is out of range\0",
+            102 => b"the label is not valid UTF-8 or longer than 4096 bytes\0",
+            103 => b"the output buffer is too small\0",
+            104 => b"no registration with this id\0",
+            105 => b"unknown report format\0",
+            201 => b"registration refused: managed (unified) memory\0",
+            202 => b"registration refused: host memory\0",
+            203 => b"registration refused: not mapped (freed or never CUDA memory)\0",
+            204 => b"registration refused: replaced buffer\0",
+            205 => b"registration refused: range runs past the allocation\0",
+            206 => b"registration refused: range spans another device\0",
+            300 => b"no CUDA driver library found\0",
+            301 => b"the CUDA driver library lacks a required function\0",
+            302 => b"cuInit failed\0",
+            303 => b"a CUDA driver query failed\0",
+            400 => b"called from a monitor callback, where it would deadlock\0",
+            401 => b"could not start the monitor thread\0",
+            402 => b"the monitor thread has stopped\0",
+            500 => b"internal error (caught panic)\0",
+            _ => b"unknown result code\0",
+        }
+    }
+
+    /// The description as a C string pointer.
+    pub(crate) fn c_description(raw: i32) -> *const c_char {
+        Self::description(raw).as_ptr().cast()
+    }
+}

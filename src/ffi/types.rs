@@ -1,0 +1,120 @@
+//! `#[repr(C)]` mirrors of the core's values, as C sees them.
+
+use std::ffi::{c_char, c_void};
+
+use crate::events::EventKind;
+use crate::health::{CheckSummary, Health};
+use crate::process_vram::VramSource;
+use crate::verdict::Verdict;
+
+/// The health snapshot, filled by `vram_monitor_health`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct VramMonitorHealth {
+    /// True when no registration is in violation and the last check did not fail.
+    pub healthy: bool,
+    /// True when a driver query failed in the last full check.
+    pub last_check_failed: bool,
+    /// Number of registrations.
+    pub registrations: u64,
+    /// Sum of their sizes in bytes.
+    pub tracked_bytes: u64,
+    /// Registrations whose last verdict is a violation.
+    pub current_violations: u64,
+    /// Violation events since the monitor was created.
+    pub total_violations: u64,
+    /// Full checks completed.
+    pub checks_completed: u64,
+    /// Full checks in which a driver query failed.
+    pub checks_failed: u64,
+    /// End of the last full check, milliseconds since the Unix epoch (0: none yet).
+    pub last_check_unix_ms: u64,
+    /// Duration of the last full check in microseconds.
+    pub last_check_duration_us: u64,
+    /// This process's VRAM use in bytes, read after the last full check.
+    pub process_vram_bytes: u64,
+    /// Where `process_vram_bytes` came from.
+    pub process_vram_source: VramSource,
+    /// The check interval in milliseconds.
+    pub interval_ms: u64,
+}
+
+impl From<&Health> for VramMonitorHealth {
+    fn from(h: &Health) -> Self {
+        VramMonitorHealth {
+            healthy: h.healthy,
+            last_check_failed: h.last_check_failed,
+            registrations: h.registrations,
+            tracked_bytes: h.tracked_bytes,
+            current_violations: h.current_violations,
+            total_violations: h.total_violations,
+            checks_completed: h.checks_completed,
+            checks_failed: h.checks_failed,
+            last_check_unix_ms: h.last_check_unix_ms,
+            last_check_duration_us: h.last_check_duration_us,
+            process_vram_bytes: h.process_vram.bytes,
+            process_vram_source: h.process_vram.source,
+            interval_ms: h.interval_ms,
+        }
+    }
+}
+
+/// The result of one full check, filled by `vram_monitor_check_now`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct VramMonitorCheckSummary {
+    /// Registrations checked.
+    pub checked: u64,
+    /// Of those, resident.
+    pub resident: u64,
+    /// Of those, in violation.
+    pub violations: u64,
+    /// Of those, whose driver query failed.
+    pub check_failures: u64,
+    /// Duration of the check in microseconds.
+    pub duration_us: u64,
+    /// Health after the check.
+    pub healthy: bool,
+}
+
+impl From<&CheckSummary> for VramMonitorCheckSummary {
+    fn from(s: &CheckSummary) -> Self {
+        VramMonitorCheckSummary {
+            checked: s.checked,
+            resident: s.resident,
+            violations: s.violations,
+            check_failures: s.check_failures,
+            duration_us: s.duration_us,
+            healthy: s.healthy,
+        }
+    }
+}
+
+/// An event, passed to the callback. Valid only during the callback: copy what you keep
+/// (the strings included).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct VramMonitorEvent {
+    /// What happened.
+    pub kind: EventKind,
+    /// The registration concerned (0 for `VRAM_MONITOR_EVENT_KIND_HEALTH_CHANGED`).
+    pub registration_id: u64,
+    /// Its label, NUL-terminated UTF-8 (empty for health changes).
+    pub label: *const c_char,
+    /// Its first byte.
+    pub ptr: *const c_void,
+    /// Its size in bytes.
+    pub size: usize,
+    /// The device it was registered on (-1 for health changes).
+    pub device: i32,
+    /// The verdict now (`VRAM_MONITOR_VERDICT_CHECK_FAILED` for a failed query).
+    pub verdict: Verdict,
+    /// The verdict before.
+    pub previous_verdict: Verdict,
+    /// The monitor's health after this event.
+    pub healthy: bool,
+    /// A sentence for people, NUL-terminated UTF-8.
+    pub message: *const c_char,
+    /// When it was noticed, milliseconds since the Unix epoch.
+    pub timestamp_unix_ms: u64,
+}

@@ -1,0 +1,50 @@
+//! The health snapshot an engine serves from its own health endpoint, and the summary of one
+//! full check.
+
+use crate::process_vram::ProcessVram;
+
+/// The monitor's state, read at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    /// No registration is in violation and the last check did not fail.
+    pub healthy: bool,
+    /// Number of registrations.
+    pub registrations: u64,
+    /// Sum of their sizes in bytes.
+    pub tracked_bytes: u64,
+    /// Registrations whose last verdict is a violation.
+    pub current_violations: u64,
+    /// Violation events since the monitor started.
+    pub total_violations: u64,
+    /// Full checks completed since the monitor started.
+    pub checks_completed: u64,
+    /// Full checks in which at least one driver query failed.
+    pub checks_failed: u64,
+    /// Whether a driver query failed in the last full check.
+    pub last_check_failed: bool,
+    /// When the last full check ended, ms since the Unix epoch (0: none yet).
+    pub last_check_unix_ms: u64,
+    /// How long the last full check took, in microseconds.
+    pub last_check_duration_us: u64,
+    /// This process's VRAM use, measured after the last full check.
+    pub process_vram: ProcessVram,
+    /// The check interval in milliseconds.
+    pub interval_ms: u64,
+}
+
+/// The result of one full check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CheckSummary {
+    /// Registrations checked.
+    pub checked: u64,
+    /// Of those, resident.
+    pub resident: u64,
+    /// Of those, in violation.
+    pub violations: u64,
+    /// Of those, whose driver query failed.
+    pub check_failures: u64,
+    /// Duration of the check in microseconds.
+    pub duration_us: u64,
+    /// Health after the check.
+    pub healthy: bool,
+}

@@ -1,0 +1,36 @@
+//! vram-monitor: proves an inference engine's model weights stay in GPU memory.
+//!
+//! The engine registers its device buffers; a background thread checks them with the CUDA
+//! driver's pointer attributes and reports, through a callback, a health snapshot, reports and
+//! log records, when one stops being resident: paged to host (managed memory), mapped from
+//! host RAM, freed, or replaced by another buffer at the same address.
+//!
+//! The Rust API is [`Monitor`]; the C API (in [`ffi`], header `include/vram_monitor.h`) is a
+//! thin skin over it.
+#![deny(missing_docs)]
+
+pub mod clock;
+pub mod driver;
+pub mod error;
+pub mod events;
+pub mod ffi;
+pub mod health;
+pub mod inspect;
+pub mod monitor;
+pub mod process_vram;
+pub mod registry;
+pub mod report;
+pub mod verdict;
+
+pub use driver::{CudaDriver, Driver, DriverError, MemoryType, PointerInfo};
+pub use error::Error;
+pub use events::{Event, EventKind};
+pub use health::{CheckSummary, Health};
+pub use monitor::{Callback, Monitor, MonitorOptions, DEFAULT_INTERVAL};
+pub use process_vram::{ProcessVram, VramSource};
+pub use registry::{Registration, RegistrationId};
+pub use report::ReportFormat;
+pub use verdict::Verdict;
+
+/// This library's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,385 @@
+//! The monitor: the registrations, one named background thread that checks them every
+//! interval, the commands that wake it, and the callback it runs.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{JoinHandle, ThreadId};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::driver::{CudaDriver, Driver};
+use crate::error::Error;
+use crate::events::{Event, EventKind};
+use crate::health::{CheckSummary, Health};
+use crate::inspect::{check_piece, inspect, PieceCheck};
+use crate::process_vram::{self, ProcessVram};
+use crate::registry::{Registration, RegistrationId, Registry};
+use crate::report::{self, ReportFormat};
+use crate::verdict::Verdict;
+
+/// The default check interval: 60 seconds.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Labels longer than this are refused (they are copied into every event and report).
+pub const MAX_LABEL_BYTES: usize = 4096;
+
+/// A function that receives events, on the monitor thread.
+pub type Callback = Arc<dyn Fn(&Event) + Send + Sync>;
+
+/// Settings fixed at creation; the interval can be changed later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MonitorOptions {
+    /// Time between full checks (at least 1 ms). Default [`DEFAULT_INTERVAL`].
+    pub interval: Duration,
+}
+
+impl Default for MonitorOptions {
+    fn default() -> Self {
+        MonitorOptions { interval: DEFAULT_INTERVAL }
+    }
+}
+
+enum Command {
+    CheckNow(Sender<CheckSummary>),
+    /// The interval changed: recompute when the next check is due.
+    Reschedule,
+    Stop,
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    checks_completed: u64,
+    checks_failed: u64,
+    last_check_failed: bool,
+    last_check_unix_ms: u64,
+    last_check_duration_us: u64,
+    process_vram: Option<ProcessVram>,
+}
+
+struct Shared {
+    driver: Arc<dyn Driver>,
+    registry: Registry,
+    interval_ms: AtomicU64,
+    callback: Mutex<Option<Callback>>,
+    stats: Mutex<Stats>,
+    total_violations: AtomicU64,
+    stopping: AtomicBool,
+    /// Registrations whose last query failed, so a failure is reported once, not every sweep.
+    failing: Mutex<std::collections::HashSet<RegistrationId>>,
+    reported_healthy: AtomicBool,
+}
+
+/// Watches registered device buffers and reports when they stop being resident in VRAM.
+///
+/// Dropping the monitor stops and joins its thread; no callback runs after the drop returns.
+pub struct Monitor {
+    shared: Arc<Shared>,
+    commands: Sender<Command>,
+    thread: Option<JoinHandle<()>>,
+    thread_id: ThreadId,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section here leaves its data consistent, so a poisoned lock is usable.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn interval_ms(interval: Duration) -> Result<u64, Error> {
+    let ms = interval.as_millis();
+    if ms == 0 {
+        return Err(Error::InvalidArgument("the interval must be at least 1 ms"));
+    }
+    Ok(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
+impl Monitor {
+    /// Loads the CUDA driver (once per process) and starts the monitor thread.
+    /// Creates no CUDA context.
+    pub fn new(options: MonitorOptions) -> Result<Monitor, Error> {
+        let driver = CudaDriver::get()?;
+        Monitor::with_driver(options, Arc::new(driver))
+    }
+
+    /// Starts a monitor that asks `driver` instead of the CUDA driver (another backend, or a
+    /// model in tests).
+    pub fn with_driver(options: MonitorOptions, driver: Arc<dyn Driver>) -> Result<Monitor, Error> {
+        let shared = Arc::new(Shared {
+            driver,
+            registry: Registry::new(),
+            interval_ms: AtomicU64::new(interval_ms(options.interval)?),
+            callback: Mutex::new(None),
+            stats: Mutex::new(Stats::default()),
+            total_violations: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+            failing: Mutex::new(Default::default()),
+            reported_healthy: AtomicBool::new(true),
+        });
+        let (commands, inbox) = crossbeam_channel::unbounded();
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("vram-monitor".into())
+            .spawn(move || run(thread_shared, inbox))
+            .map_err(|e| Error::ThreadSpawn(e.to_string()))?;
+        let thread_id = thread.thread().id();
+        Ok(Monitor { shared, commands, thread: Some(thread), thread_id })
+    }
+
+    /// Whether the calling thread is this monitor's thread (that is, inside a callback).
+    pub fn is_monitor_thread(&self) -> bool {
+        std::thread::current().id() == self.thread_id
+    }
+
+    /// Checks `[ptr, ptr + size)` at once and registers it if it is resident; otherwise
+    /// refuses with the verdict ([`Error::Refused`]). The label is copied.
+    ///
+    /// Registering the same memory twice gives two independent registrations.
+    pub fn register(&self, ptr: u64, size: u64, label: &str) -> Result<RegistrationId, Error> {
+        if size == 0 {
+            return Err(Error::InvalidArgument("size must be non-zero"));
+        }
+        if ptr.checked_add(size).is_none() {
+            return Err(Error::InvalidArgument("ptr + size wraps the address space"));
+        }
+        if label.len() > MAX_LABEL_BYTES {
+            return Err(Error::InvalidLabel("longer than 4096 bytes"));
+        }
+        let inspection = inspect(&*self.shared.driver, ptr, size)?;
+        if inspection.verdict != Verdict::Resident {
+            return Err(Error::Refused(inspection.verdict));
+        }
+        Ok(self.shared.registry.insert(ptr, size, label.to_owned(), inspection.device, inspection.pieces))
+    }
+
+    /// Stops watching a registration.
+    pub fn unregister(&self, id: RegistrationId) -> Result<(), Error> {
+        self.shared.registry.remove(id).map(|_| ()).ok_or(Error::UnknownRegistration(id))?;
+        lock(&self.shared.failing).remove(&id);
+        Ok(())
+    }
+
+    /// Sets (or with `None` removes) the function that receives events. It runs on the
+    /// monitor thread, one event at a time. A callback already running finishes its event
+    /// with the old function, which is dropped once no event uses it.
+    pub fn set_callback(&self, callback: Option<Callback>) {
+        let old = std::mem::replace(&mut *lock(&self.shared.callback), callback);
+        // Dropped here, outside the lock: its destructor may call back into the monitor.
+        drop(old);
+    }
+
+    /// Changes the interval between full checks; the thread wakes at once and the next
+    /// check is due one new interval after the last one.
+    pub fn set_interval(&self, interval: Duration) -> Result<(), Error> {
+        self.shared.interval_ms.store(interval_ms(interval)?, Ordering::Release);
+        self.commands.send(Command::Reschedule).map_err(|_| Error::Stopped)
+    }
+
+    /// The current interval.
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.shared.interval_ms.load(Ordering::Acquire))
+    }
+
+    /// Runs a full check now, on the monitor thread (so callbacks still run there), and
+    /// waits for its result. Refused from inside a callback.
+    pub fn check_now(&self) -> Result<CheckSummary, Error> {
+        if self.is_monitor_thread() {
+            return Err(Error::CalledFromCallback);
+        }
+        let (reply, result) = crossbeam_channel::bounded(1);
+        self.commands.send(Command::CheckNow(reply)).map_err(|_| Error::Stopped)?;
+        result.recv().map_err(|_| Error::Stopped)
+    }
+
+    /// The health snapshot.
+    pub fn health(&self) -> Health {
+        let counts = self.shared.registry.counts();
+        let stats = lock(&self.shared.stats);
+        Health {
+            healthy: counts.violating == 0 && !stats.last_check_failed,
+            registrations: counts.registrations,
+            tracked_bytes: counts.tracked_bytes,
+            current_violations: counts.violating,
+            total_violations: self.shared.total_violations.load(Ordering::Relaxed),
+            checks_completed: stats.checks_completed,
+            checks_failed: stats.checks_failed,
+            last_check_failed: stats.last_check_failed,
+            last_check_unix_ms: stats.last_check_unix_ms,
+            last_check_duration_us: stats.last_check_duration_us,
+            process_vram: stats.process_vram.unwrap_or(ProcessVram::UNKNOWN),
+            interval_ms: self.shared.interval_ms.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The registrations, in id order.
+    pub fn registrations(&self) -> Vec<Arc<Registration>> {
+        self.shared.registry.snapshot()
+    }
+
+    /// The health and every registration with its last verdict, as text or JSON.
+    pub fn report(&self, format: ReportFormat) -> String {
+        report::render(format, &self.health(), &self.registrations())
+    }
+
+    /// Stops the thread and waits for it. Returns [`Error::CalledFromCallback`] (and stops
+    /// nothing) when called on the monitor thread.
+    pub fn shutdown(mut self) -> Result<(), (Monitor, Error)> {
+        if self.is_monitor_thread() {
+            return Err((self, Error::CalledFromCallback));
+        }
+        self.stop_and_join();
+        Ok(())
+    }
+
+    fn stop_and_join(&mut self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        let _ = self.commands.send(Command::Stop);
+        if let Some(thread) = self.thread.take() {
+            if std::thread::current().id() != self.thread_id {
+                let _ = thread.join();
+            }
+        }
+        // The thread is gone: drop the callback here, so its user data is released now.
+        self.set_callback(None);
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+fn run(shared: Arc<Shared>, inbox: Receiver<Command>) {
+    let mut last_check = Instant::now();
+    loop {
+        let interval = Duration::from_millis(shared.interval_ms.load(Ordering::Acquire));
+        let due = last_check.checked_add(interval);
+        let wait = due.map(|d| d.saturating_duration_since(Instant::now()));
+        let command = match wait {
+            Some(wait) => inbox.recv_timeout(wait),
+            // An interval so long that it overflows the clock: wait for a command only.
+            None => inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match command {
+            Ok(Command::CheckNow(reply)) => {
+                last_check = Instant::now();
+                let summary = guarded_sweep(&shared);
+                let _ = reply.send(summary);
+            }
+            Ok(Command::Reschedule) => {}
+            Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Timeout) => {
+                last_check = Instant::now();
+                guarded_sweep(&shared);
+            }
+        }
+        if shared.stopping.load(Ordering::Acquire) {
+            return;
+        }
+    }
+}
+
+/// A panic in a sweep (a bug, or a Rust callback that panicked) must not kill the thread or
+/// reach the host: it counts as a failed check.
+fn guarded_sweep(shared: &Shared) -> CheckSummary {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sweep(shared))) {
+        Ok(summary) => summary,
+        Err(_) => {
+            log::error!(target: "vram_monitor", "internal error during a check; counted as a failed check");
+            let mut stats = lock(&shared.stats);
+            stats.last_check_failed = true;
+            stats.checks_failed += 1;
+            CheckSummary { healthy: false, ..Default::default() }
+        }
+    }
+}
+
+fn sweep(shared: &Shared) -> CheckSummary {
+    let started = Instant::now();
+    let registrations = shared.registry.snapshot();
+    let mut summary = CheckSummary::default();
+    let mut events = Vec::new();
+    let mut devices: Vec<i32> = Vec::new();
+    for registration in &registrations {
+        if shared.stopping.load(Ordering::Acquire) {
+            // Shutting down: a partial check is not a result.
+            return summary;
+        }
+        if registration.is_removed() {
+            continue;
+        }
+        if !devices.contains(&registration.device) {
+            devices.push(registration.device);
+        }
+        let mut verdict = Verdict::Resident;
+        let mut failure = None;
+        for piece in registration.pieces.iter() {
+            match check_piece(&*shared.driver, piece, registration.device) {
+                PieceCheck::Judged(v) => verdict = verdict.worst(v),
+                PieceCheck::Failed(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        summary.checked += 1;
+        if let Some(error) = failure {
+            summary.check_failures += 1;
+            if lock(&shared.failing).insert(registration.id) {
+                let previous = registration.verdict();
+                let detail = error.to_string();
+                events.push(Event::about(EventKind::CheckFailed, registration, previous, Verdict::CheckFailed, Some(&detail), false));
+            }
+            continue;
+        }
+        lock(&shared.failing).remove(&registration.id);
+        if verdict.is_violation() {
+            summary.violations += 1;
+        } else {
+            summary.resident += 1;
+        }
+        if let Some(transition) = shared.registry.record(registration, verdict) {
+            let kind = if transition.to.is_violation() { EventKind::Violation } else { EventKind::Recovered };
+            if kind == EventKind::Violation {
+                shared.total_violations.fetch_add(1, Ordering::Relaxed);
+            }
+            events.push(Event::about(kind, registration, transition.from, transition.to, None, false));
+        }
+    }
+    let process_vram = process_vram::read(&*shared.driver, &devices);
+    let duration_us = started.elapsed().as_micros() as u64;
+    let violating = shared.registry.counts().violating;
+    let check_failed = summary.check_failures > 0;
+    let healthy = violating == 0 && !check_failed;
+    {
+        let mut stats = lock(&shared.stats);
+        stats.checks_completed += 1;
+        if check_failed {
+            stats.checks_failed += 1;
+        }
+        stats.last_check_failed = check_failed;
+        stats.last_check_unix_ms = crate::clock::unix_ms();
+        stats.last_check_duration_us = duration_us;
+        stats.process_vram = Some(process_vram);
+    }
+    summary.duration_us = duration_us;
+    summary.healthy = healthy;
+    if shared.reported_healthy.swap(healthy, Ordering::AcqRel) != healthy {
+        events.push(Event::health_changed(healthy, violating, check_failed));
+    }
+    for mut event in events {
+        event.healthy = healthy;
+        dispatch(shared, &event);
+    }
+    summary
+}
+
+fn dispatch(shared: &Shared, event: &Event) {
+    event.log();
+    let callback = lock(&shared.callback).clone();
+    if let Some(callback) = callback {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(event))).is_err() {
+            log::error!(target: "vram_monitor", "an event callback panicked; the monitor goes on");
+        }
+    }
+}
