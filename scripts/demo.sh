@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Builds the library and runs the demo (examples/demo.rs): on a GPU machine against the real
+# CUDA driver; elsewhere against the fake driver the tests use, which the demo announces.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "error: Rust is required: install it from https://rustup.rs and run this again." >&2
+  exit 1
+fi
+if ! command -v cc >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc >/dev/null
+  else
+    echo "error: a C compiler is required: run 'sudo apt-get install -y gcc' and run this again." >&2
+    exit 1
+  fi
+fi
+cargo build --release --example demo
+demo=target/release/examples/demo
+if ldconfig -p 2>/dev/null | grep -q 'libcuda\.so' || [ -e /dev/nvidiactl ]; then
+  exec "$demo"
+fi
+fake=target/fake-cuda/demo
+mkdir -p "$fake"
+cc -std=c11 -O2 -shared -fPIC -pthread -Wl,-soname,libcuda.so.1 -o "$fake/libcuda.so.1" tests/fake_cuda/fake_cuda.c
+ln -sf libcuda.so.1 "$fake/libcuda.so"
+echo "(no CUDA driver on this machine: the demo runs against the fake driver from tests/fake_cuda)"
+LD_LIBRARY_PATH="$PWD/$fake${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "$demo"
