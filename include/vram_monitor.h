@@ -447,6 +447,9 @@ extern "C" {
  * 0, `DRIVER_NOT_FOUND` / `DRIVER_SYMBOL_MISSING` / `DRIVER_INIT_FAILED` when the driver is
  * absent or unusable. On success `*out_monitor` receives the monitor, to be released with
  * `vram_monitor_free`.
+ *
+ * # Safety
+ * Pointer arguments must be NULL or valid as documented above.
  */
 VramMonitorResult vram_monitor_new(uint32_t interval_ms, struct VramMonitor **out_monitor);
 
@@ -456,6 +459,9 @@ VramMonitorResult vram_monitor_new(uint32_t interval_ms, struct VramMonitor **ou
  * after this returns. `NULL` is a no-op returning `OK`.
  *
  * From inside a callback it returns `CALLED_FROM_CALLBACK` and frees nothing.
+ *
+ * # Safety
+ * Pointer arguments must be NULL or valid as documented above.
  */
 VramMonitorResult vram_monitor_free(struct VramMonitor *monitor);
 
@@ -471,6 +477,9 @@ VramMonitorResult vram_monitor_free(struct VramMonitor *monitor);
  * `INVALID_LABEL`; `DRIVER_ERROR` if the driver query failed.
  *
  * May be called from any thread, also from a callback. Never waits for a check in progress.
+ *
+ * # Safety
+ * Pointer arguments must be NULL or valid as documented above.
  */
 VramMonitorResult vram_monitor_register(struct VramMonitor *monitor,
                                         const void *ptr,
@@ -482,6 +491,9 @@ VramMonitorResult vram_monitor_register(struct VramMonitor *monitor,
  * Stops watching registration `id`. Returns `UNKNOWN_REGISTRATION` for an id this monitor
  * never gave or already removed. May be called from a callback (also for the registration
  * the event is about). An event already being delivered may still name it.
+ *
+ * # Safety
+ * Pointer arguments must be NULL or valid as documented above.
  */
 VramMonitorResult vram_monitor_unregister(struct VramMonitor *monitor, uint64_t id);
 
@@ -491,6 +503,9 @@ VramMonitorResult vram_monitor_unregister(struct VramMonitor *monitor, uint64_t 
  * call; `free_user_data` (may be NULL) releases it once this callback can no longer run.
  * A NULL `callback` removes the callback; then `user_data` and `free_user_data` are ignored.
  * The previous callback's `free_user_data` runs after any call of it in progress returns.
+ *
+ * # Safety
+ * Pointer arguments must be NULL or valid as documented above.
  */
 VramMonitorResult vram_monitor_set_callback(struct VramMonitor *monitor,
                                             VramMonitorCallback callback,
@@ -501,6 +516,9 @@ VramMonitorResult vram_monitor_set_callback(struct VramMonitor *monitor,
  * Changes the interval between full checks (milliseconds, at least 1). The thread wakes at
  * once; the next check is due one new interval after the previous one. May be called from a
  * callback. `INVALID_ARGUMENT` for 0.
+ *
+ * # Safety
+ * Pointer arguments must be NULL or valid as documented above.
  */
 VramMonitorResult vram_monitor_set_interval_ms(struct VramMonitor *monitor, uint32_t interval_ms);
 
@@ -509,6 +527,9 @@ VramMonitorResult vram_monitor_set_interval_ms(struct VramMonitor *monitor, uint
  * this returns) and waits for it. `out_summary` may be NULL; if not, it receives the result.
  * `OK` means the check ran: read the summary for violations and failed queries. From inside
  * a callback returns `CALLED_FROM_CALLBACK`.
+ *
+ * # Safety
+ * Pointer arguments must be NULL or valid as documented above.
  */
 VramMonitorResult vram_monitor_check_now(struct VramMonitor *monitor,
                                          struct VramMonitorCheckSummary *out_summary);
@@ -516,6 +537,9 @@ VramMonitorResult vram_monitor_check_now(struct VramMonitor *monitor,
 /**
  * Fills `*out_health` with the health snapshot. Cheap (no driver query); callable from any
  * thread, also from a callback.
+ *
+ * # Safety
+ * Pointer arguments must be NULL or valid as documented above.
  */
 VramMonitorResult vram_monitor_health(const struct VramMonitor *monitor,
                                       struct VramMonitorHealth *out_health);
@@ -530,6 +554,9 @@ VramMonitorResult vram_monitor_health(const struct VramMonitor *monitor,
  * result is `BUFFER_TOO_SMALL` (call with `buf = NULL, buf_len = 0` to ask for the size; the
  * report can grow between the two calls). `out_len` must not be NULL; `buf` may be NULL only
  * when `buf_len` is 0.
+ *
+ * # Safety
+ * Pointer arguments must be NULL or valid as documented above.
  */
 VramMonitorResult vram_monitor_report(const struct VramMonitor *monitor,
                                       int32_t format,

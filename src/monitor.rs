@@ -364,6 +364,13 @@ fn sweep(shared: &Shared) -> CheckSummary {
     }
     summary.duration_us = duration_us;
     summary.healthy = healthy;
+    if summary.violations == 0 && !check_failed {
+        log::debug!(
+            target: "vram_monitor",
+            actor = "vram-residency", action = "verify";
+            "check passed: {} registrations resident ({} us)", summary.resident, duration_us
+        );
+    }
     if shared.reported_healthy.swap(healthy, Ordering::AcqRel) != healthy {
         events.push(Event::health_changed(healthy, violating, check_failed));
     }

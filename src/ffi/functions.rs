@@ -49,7 +49,10 @@ macro_rules! try_ffi {
 /// absent or unusable. On success `*out_monitor` receives the monitor, to be released with
 /// `vram_monitor_free`.
 #[no_mangle]
-pub extern "C" fn vram_monitor_new(interval_ms: u32, out_monitor: *mut *mut VramMonitor) -> VramMonitorResult {
+///
+/// # Safety
+/// Pointer arguments must be NULL or valid as documented above.
+pub unsafe extern "C" fn vram_monitor_new(interval_ms: u32, out_monitor: *mut *mut VramMonitor) -> VramMonitorResult {
     guard(|| {
         if out_monitor.is_null() {
             return VramMonitorResult::NullArgument;
@@ -68,7 +71,10 @@ pub extern "C" fn vram_monitor_new(interval_ms: u32, out_monitor: *mut *mut Vram
 ///
 /// From inside a callback it returns `CALLED_FROM_CALLBACK` and frees nothing.
 #[no_mangle]
-pub extern "C" fn vram_monitor_free(monitor: *mut VramMonitor) -> VramMonitorResult {
+///
+/// # Safety
+/// Pointer arguments must be NULL or valid as documented above.
+pub unsafe extern "C" fn vram_monitor_free(monitor: *mut VramMonitor) -> VramMonitorResult {
     guard(|| {
         if monitor.is_null() {
             return VramMonitorResult::Ok;
@@ -94,7 +100,10 @@ pub extern "C" fn vram_monitor_free(monitor: *mut VramMonitor) -> VramMonitorRes
 ///
 /// May be called from any thread, also from a callback. Never waits for a check in progress.
 #[no_mangle]
-pub extern "C" fn vram_monitor_register(
+///
+/// # Safety
+/// Pointer arguments must be NULL or valid as documented above.
+pub unsafe extern "C" fn vram_monitor_register(
     monitor: *mut VramMonitor,
     ptr: *const c_void,
     size: usize,
@@ -120,7 +129,10 @@ pub extern "C" fn vram_monitor_register(
 /// never gave or already removed. May be called from a callback (also for the registration
 /// the event is about). An event already being delivered may still name it.
 #[no_mangle]
-pub extern "C" fn vram_monitor_unregister(monitor: *mut VramMonitor, id: u64) -> VramMonitorResult {
+///
+/// # Safety
+/// Pointer arguments must be NULL or valid as documented above.
+pub unsafe extern "C" fn vram_monitor_unregister(monitor: *mut VramMonitor, id: u64) -> VramMonitorResult {
     guard(|| {
         if monitor.is_null() {
             return VramMonitorResult::NullArgument;
@@ -136,7 +148,10 @@ pub extern "C" fn vram_monitor_unregister(monitor: *mut VramMonitor, id: u64) ->
 /// A NULL `callback` removes the callback; then `user_data` and `free_user_data` are ignored.
 /// The previous callback's `free_user_data` runs after any call of it in progress returns.
 #[no_mangle]
-pub extern "C" fn vram_monitor_set_callback(
+///
+/// # Safety
+/// Pointer arguments must be NULL or valid as documented above.
+pub unsafe extern "C" fn vram_monitor_set_callback(
     monitor: *mut VramMonitor,
     callback: VramMonitorCallback,
     user_data: *mut c_void,
@@ -156,7 +171,10 @@ pub extern "C" fn vram_monitor_set_callback(
 /// once; the next check is due one new interval after the previous one. May be called from a
 /// callback. `INVALID_ARGUMENT` for 0.
 #[no_mangle]
-pub extern "C" fn vram_monitor_set_interval_ms(monitor: *mut VramMonitor, interval_ms: u32) -> VramMonitorResult {
+///
+/// # Safety
+/// Pointer arguments must be NULL or valid as documented above.
+pub unsafe extern "C" fn vram_monitor_set_interval_ms(monitor: *mut VramMonitor, interval_ms: u32) -> VramMonitorResult {
     guard(|| {
         if monitor.is_null() {
             return VramMonitorResult::NullArgument;
@@ -172,7 +190,10 @@ pub extern "C" fn vram_monitor_set_interval_ms(monitor: *mut VramMonitor, interv
 /// `OK` means the check ran: read the summary for violations and failed queries. From inside
 /// a callback returns `CALLED_FROM_CALLBACK`.
 #[no_mangle]
-pub extern "C" fn vram_monitor_check_now(
+///
+/// # Safety
+/// Pointer arguments must be NULL or valid as documented above.
+pub unsafe extern "C" fn vram_monitor_check_now(
     monitor: *mut VramMonitor,
     out_summary: *mut VramMonitorCheckSummary,
 ) -> VramMonitorResult {
@@ -191,7 +212,10 @@ pub extern "C" fn vram_monitor_check_now(
 /// Fills `*out_health` with the health snapshot. Cheap (no driver query); callable from any
 /// thread, also from a callback.
 #[no_mangle]
-pub extern "C" fn vram_monitor_health(monitor: *const VramMonitor, out_health: *mut VramMonitorHealth) -> VramMonitorResult {
+///
+/// # Safety
+/// Pointer arguments must be NULL or valid as documented above.
+pub unsafe extern "C" fn vram_monitor_health(monitor: *const VramMonitor, out_health: *mut VramMonitorHealth) -> VramMonitorResult {
     guard(|| {
         if monitor.is_null() || out_health.is_null() {
             return VramMonitorResult::NullArgument;
@@ -212,7 +236,10 @@ pub extern "C" fn vram_monitor_health(monitor: *const VramMonitor, out_health: *
 /// report can grow between the two calls). `out_len` must not be NULL; `buf` may be NULL only
 /// when `buf_len` is 0.
 #[no_mangle]
-pub extern "C" fn vram_monitor_report(
+///
+/// # Safety
+/// Pointer arguments must be NULL or valid as documented above.
+pub unsafe extern "C" fn vram_monitor_report(
     monitor: *const VramMonitor,
     format: i32,
     buf: *mut c_char,
