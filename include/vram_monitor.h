@@ -467,7 +467,8 @@ VramMonitorResult vram_monitor_free(struct VramMonitor *monitor);
 
 /**
  * Checks `[ptr, ptr + size)` at once and, if every byte is resident device memory,
- * registers it for periodic checks and writes its id (never 0) to `*out_id`.
+ * registers it for periodic checks and writes its id (never 0, unique in the process) to
+ * `*out_id`.
  *
  * Memory that is not resident is refused with `REFUSED_<VERDICT>` (managed, host, not
  * mapped, out of range, wrong device): the VRAM-only policy starts at load time. The label
@@ -489,13 +490,14 @@ VramMonitorResult vram_monitor_register(struct VramMonitor *monitor,
 
 /**
  * Stops watching registration `id`. Returns `UNKNOWN_REGISTRATION` for an id this monitor
- * never gave or already removed. May be called from a callback (also for the registration
+ * never gave (another monitor's included) or already removed. May be called from a callback (also for the registration
  * the event is about). An event already being delivered may still name it.
  *
  * # Safety
  * Pointer arguments must be NULL or valid as documented above.
  */
-VramMonitorResult vram_monitor_unregister(struct VramMonitor *monitor, uint64_t id);
+VramMonitorResult vram_monitor_unregister(struct VramMonitor *monitor,
+                                          uint64_t id);
 
 /**
  * Sets the function that receives events (see `VramMonitorCallback` for the thread it runs

@@ -10,7 +10,8 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::verdict::{Piece, Verdict};
 
-/// Identifies a registration within one monitor. Never 0, never reused by that monitor.
+/// Identifies a registration. Never 0 and unique in the process, so an id from another
+/// monitor is never mistaken for one of this monitor's.
 pub type RegistrationId = u64;
 
 /// One registered buffer.
@@ -57,7 +58,6 @@ pub struct Transition {
 #[derive(Debug, Default)]
 pub struct Registry {
     entries: RwLock<HashMap<RegistrationId, Arc<Registration>>>,
-    next_id: AtomicU64,
     tracked_bytes: AtomicU64,
     violating: AtomicU64,
 }
@@ -76,7 +76,7 @@ pub struct RegistryCounts {
 impl Registry {
     /// An empty registry.
     pub fn new() -> Registry {
-        Registry { next_id: AtomicU64::new(1), ..Default::default() }
+        Registry::default()
     }
 
     // A panic while a lock is held cannot leave the map half-changed (each change is one
@@ -91,7 +91,8 @@ impl Registry {
 
     /// Adds a registration that was found resident, and returns its id.
     pub fn insert(&self, ptr: u64, size: u64, label: String, device: i32, pieces: Vec<Piece>) -> RegistrationId {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let registration = Arc::new(Registration {
             id,
             ptr,
@@ -181,13 +182,16 @@ mod tests {
     }
 
     #[test]
-    fn ids_start_at_one_and_are_never_reused() {
+    fn ids_are_never_zero_and_never_reused_across_registries() {
         let registry = Registry::new();
+        let other = Registry::new();
         let a = registry.insert(0x1000, 0x1000, "a".into(), 0, piece());
-        assert_eq!(a, 1);
+        assert_ne!(a, 0);
         registry.remove(a).unwrap();
         let b = registry.insert(0x1000, 0x1000, "a".into(), 0, piece());
-        assert_ne!(a, b);
+        let c = other.insert(0x1000, 0x1000, "a".into(), 0, piece());
+        assert!(a != b && b != c && a != c);
+        assert!(other.remove(b).is_none(), "an id from another registry is unknown here");
     }
 
     #[test]
