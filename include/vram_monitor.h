@@ -263,6 +263,43 @@ typedef int32_t VramMonitorVramSource;
 #endif // __cplusplus
 
 /**
+ * Severity of a log record. The numbers are part of the C ABI.
+ */
+enum VramMonitorLogLevel
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Errors, and every residency violation ("CRITICAL: ...").
+   */
+  VRAM_MONITOR_LOG_LEVEL_ERROR = 1,
+  /**
+   * Warnings, such as a registration that recovered.
+   */
+  VRAM_MONITOR_LOG_LEVEL_WARN = 2,
+  /**
+   * Health changes.
+   */
+  VRAM_MONITOR_LOG_LEVEL_INFO = 3,
+  /**
+   * Passing checks.
+   */
+  VRAM_MONITOR_LOG_LEVEL_DEBUG = 4,
+  /**
+   * Detail.
+   */
+  VRAM_MONITOR_LOG_LEVEL_TRACE = 5,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum VramMonitorLogLevel VramMonitorLogLevel;
+#else
+typedef int32_t VramMonitorLogLevel;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * A residency monitor: registrations and one background thread. Opaque.
  */
 typedef struct VramMonitor VramMonitor;
@@ -421,6 +458,17 @@ typedef struct VramMonitorHealth {
    */
   uint64_t interval_ms;
 } VramMonitorHealth;
+
+/**
+ * Receives one log record: `target` is the module ("vram_monitor"), `message` the sentence
+ * followed by its structured fields as ` {key=value ...}`. Both strings are valid only
+ * during the call. Runs on the thread that logged: the monitor thread or any thread calling
+ * into the library. It must not call `vram_monitor_set_log_callback`.
+ */
+typedef void (*VramMonitorLogCallback)(VramMonitorLogLevel level,
+                                       const char *target,
+                                       const char *message,
+                                       void *user_data);
 
 /**
  * Every result, in numeric order.
@@ -583,6 +631,14 @@ const char *vram_monitor_verdict_str(int32_t verdict);
  * `VRAM_MONITOR_VERSION_*` macros of the header you compiled against). Static; do not free.
  */
 const char *vram_monitor_version(void);
+
+/**
+ * Sets (or with NULL removes) the process-wide function that receives the library's log
+ * records (see `VramMonitorLogCallback`). Without one, records at warning level and above
+ * go to stderr (`VRAM_MONITOR_LOG=off|error|warn|info|debug|trace` changes the level).
+ * Process-wide, not per monitor: call it once, before `vram_monitor_new`, from any thread.
+ */
+void vram_monitor_set_log_callback(VramMonitorLogCallback callback, void *user_data);
 
 #ifdef __cplusplus
 }  // extern "C"

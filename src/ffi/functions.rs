@@ -57,6 +57,7 @@ pub unsafe extern "C" fn vram_monitor_new(interval_ms: u32, out_monitor: *mut *m
         if out_monitor.is_null() {
             return VramMonitorResult::NullArgument;
         }
+        super::log_bridge::install();
         let options = MonitorOptions { interval: Duration::from_millis(u64::from(interval_ms)) };
         let monitor = try_ffi!(Monitor::new(options));
         // SAFETY: checked non-NULL; the caller provides a writable pointer.

@@ -4,11 +4,13 @@
 
 mod callback;
 mod functions;
+mod log_bridge;
 mod panic;
 mod result;
 mod types;
 
 pub use callback::{VramMonitorCallback, VramMonitorUserDataFree};
 pub use functions::*;
+pub use log_bridge::{vram_monitor_set_log_callback, VramMonitorLogCallback, VramMonitorLogLevel};
 pub use result::VramMonitorResult;
 pub use types::{VramMonitorCheckSummary, VramMonitorEvent, VramMonitorHealth};
