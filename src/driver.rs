@@ -196,7 +196,7 @@ pub struct CudaDriver {
     memory_info: Option<MemoryInfoFns>,
     version: Option<i32>,
     /// Drivers older than CUDA 11.3 reject MAPPING_BASE_ADDR/MAPPING_SIZE; then only
-    /// RANGE_* is asked for.
+    /// RANGE_* is asked for. Decided once, when the driver is loaded.
     mapping_attributes_supported: AtomicBool,
 }
 
@@ -256,12 +256,22 @@ fn load() -> Result<CudaDriver, DriverError> {
             let mut v: c_int = 0;
             (f(&mut v) == 0).then_some(v)
         });
-        Ok(CudaDriver {
+        let driver = CudaDriver {
             pointer_get_attributes,
             memory_info,
             version,
             mapping_attributes_supported: AtomicBool::new(true),
-        })
+        };
+        // Drivers before CUDA 11.3 reject the mapping attributes. Ask once, about address 0
+        // (never CUDA memory, so any answer but "invalid value" means they are understood),
+        // rather than guessing from a failure on some later, real pointer.
+        if let Err(DriverError::Call { code: CUDA_ERROR_INVALID_VALUE, .. }) = driver.pointer_info(0) {
+            driver.mapping_attributes_supported.store(false, Ordering::Relaxed);
+            if let Err(error) = driver.pointer_info(0) {
+                log::warn!(target: "vram_monitor", "the driver rejects pointer queries: {error}");
+            }
+        }
+        Ok(driver)
     }
 }
 
@@ -303,17 +313,9 @@ impl Driver for CudaDriver {
             (&mut mapping_size as *mut usize).cast(),
             (&mut mapping_base as *mut u64).cast(),
         ];
-        let mut count: c_uint = if self.mapping_attributes_supported.load(Ordering::Relaxed) { 8 } else { 6 };
+        let count: c_uint = if self.mapping_attributes_supported.load(Ordering::Relaxed) { 8 } else { 6 };
         // SAFETY: each data slot points at a live local of the attribute's C type.
-        let mut code = unsafe { (self.pointer_get_attributes)(count, attributes.as_mut_ptr(), data.as_mut_ptr(), address) };
-        if code == CUDA_ERROR_INVALID_VALUE && count == 8 {
-            // An older driver that does not know the mapping attributes: ask without them.
-            count = 6;
-            code = unsafe { (self.pointer_get_attributes)(count, attributes.as_mut_ptr(), data.as_mut_ptr(), address) };
-            if code == 0 {
-                self.mapping_attributes_supported.store(false, Ordering::Relaxed);
-            }
-        }
+        let code = unsafe { (self.pointer_get_attributes)(count, attributes.as_mut_ptr(), data.as_mut_ptr(), address) };
         if code != 0 {
             return Err(DriverError::Call { function: "cuPointerGetAttributes", code });
         }

@@ -37,7 +37,7 @@ pub fn inspect(driver: &dyn Driver, ptr: u64, size: u64) -> Result<Inspection, D
         let verdict = if kind != Verdict::Resident {
             // Memory that stops being CUDA memory part-way means the range runs past it.
             if !first && kind == Verdict::NotMapped { Verdict::OutOfRange } else { kind }
-        } else if !first && !(previous_was_mapping && info.is_vmm_mapping()) {
+        } else if !first && (!previous_was_mapping || !info.is_vmm_mapping()) {
             Verdict::OutOfRange
         } else if info.device_ordinal != device {
             Verdict::WrongDevice
