@@ -27,6 +27,11 @@
 #define VRAM_MONITOR_DEFAULT_INTERVAL_MS 60000
 
 /**
+ * Labels longer than this many bytes are refused with `INVALID_LABEL`.
+ */
+#define VRAM_MONITOR_MAX_LABEL_BYTES 4096
+
+/**
  * Major version of this header.
  */
 #define VRAM_MONITOR_VERSION_MAJOR 0
@@ -470,17 +475,7 @@ typedef void (*VramMonitorLogCallback)(VramMonitorLogLevel level,
                                        const char *message,
                                        void *user_data);
 
-/**
- * Every result, in numeric order.
- */
-#define VramMonitorResult_ALL { VramMonitorResult_Ok, VramMonitorResult_NullArgument, VramMonitorResult_InvalidArgument, VramMonitorResult_InvalidLabel, VramMonitorResult_BufferTooSmall, VramMonitorResult_UnknownRegistration, VramMonitorResult_UnknownFormat, VramMonitorResult_RefusedManaged, VramMonitorResult_RefusedHost, VramMonitorResult_RefusedNotMapped, VramMonitorResult_RefusedReplaced, VramMonitorResult_RefusedOutOfRange, VramMonitorResult_RefusedWrongDevice, VramMonitorResult_DriverNotFound, VramMonitorResult_DriverSymbolMissing, VramMonitorResult_DriverInitFailed, VramMonitorResult_DriverError, VramMonitorResult_CalledFromCallback, VramMonitorResult_ThreadSpawnFailed, VramMonitorResult_Stopped, VramMonitorResult_Panic, }
 
-
-
-/**
- * Every verdict, in numeric order.
- */
-#define VramMonitorVerdict_ALL { VramMonitorVerdict_Resident, VramMonitorVerdict_Managed, VramMonitorVerdict_Host, VramMonitorVerdict_NotMapped, VramMonitorVerdict_Replaced, VramMonitorVerdict_OutOfRange, VramMonitorVerdict_WrongDevice, VramMonitorVerdict_CheckFailed, }
 
 #ifdef __cplusplus
 extern "C" {

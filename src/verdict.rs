@@ -31,16 +31,9 @@ pub enum Verdict {
 
 impl Verdict {
     /// Every verdict, in numeric order.
-    pub const ALL: [Verdict; 8] = [
-        Verdict::Resident,
-        Verdict::Managed,
-        Verdict::Host,
-        Verdict::NotMapped,
-        Verdict::Replaced,
-        Verdict::OutOfRange,
-        Verdict::WrongDevice,
-        Verdict::CheckFailed,
-    ];
+    pub fn all() -> [Verdict; 8] {
+        ALL_VERDICTS
+    }
 
     /// The stable upper-case name used in reports, logs and the C API.
     pub fn name(self) -> &'static str {
@@ -72,7 +65,7 @@ impl Verdict {
 
     /// The verdict for a C integer, if it names one.
     pub fn from_raw(raw: i32) -> Option<Verdict> {
-        Verdict::ALL.get(usize::try_from(raw).ok()?).copied()
+        ALL_VERDICTS.get(usize::try_from(raw).ok()?).copied()
     }
 
     /// Whether this verdict means the weights have left VRAM (a check that failed is not a
@@ -105,6 +98,19 @@ impl Verdict {
         }
     }
 }
+
+// A free constant, not an associated one: cbindgen would export an associated constant into
+// the C header as a macro of names C does not have.
+const ALL_VERDICTS: [Verdict; 8] = [
+    Verdict::Resident,
+    Verdict::Managed,
+    Verdict::Host,
+    Verdict::NotMapped,
+    Verdict::Replaced,
+    Verdict::OutOfRange,
+    Verdict::WrongDevice,
+    Verdict::CheckFailed,
+];
 
 impl std::fmt::Display for Verdict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -237,7 +243,7 @@ mod tests {
 
     #[test]
     fn raw_values_round_trip_and_unknown_values_are_rejected() {
-        for v in Verdict::ALL {
+        for v in Verdict::all() {
             assert_eq!(Verdict::from_raw(v as i32), Some(v));
         }
         assert_eq!(Verdict::from_raw(8), None);
@@ -246,7 +252,7 @@ mod tests {
 
     #[test]
     fn check_failed_outranks_and_resident_never_wins() {
-        for v in Verdict::ALL {
+        for v in Verdict::all() {
             assert_eq!(Verdict::CheckFailed.worst(v), Verdict::CheckFailed);
             assert_eq!(Verdict::Resident.worst(v), v);
         }

@@ -23,7 +23,9 @@ pub struct VramMonitor {
 /// The default check interval in milliseconds (60 s).
 pub const VRAM_MONITOR_DEFAULT_INTERVAL_MS: u32 = 60_000;
 /// Labels longer than this many bytes are refused with `INVALID_LABEL`.
-pub const VRAM_MONITOR_MAX_LABEL_BYTES: u32 = crate::monitor::MAX_LABEL_BYTES as u32;
+pub const VRAM_MONITOR_MAX_LABEL_BYTES: u32 = 4096;
+// cbindgen only writes literal constants into the header; keep the literal honest.
+const _: () = assert!(VRAM_MONITOR_MAX_LABEL_BYTES as usize == crate::monitor::MAX_LABEL_BYTES);
 /// Major version of this header.
 pub const VRAM_MONITOR_VERSION_MAJOR: u32 = 0;
 /// Minor version of this header.

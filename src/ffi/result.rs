@@ -85,31 +85,6 @@ impl From<&Error> for VramMonitorResult {
 }
 
 impl VramMonitorResult {
-    /// Every result, in numeric order.
-    pub const ALL: [VramMonitorResult; 21] = [
-        Self::Ok,
-        Self::NullArgument,
-        Self::InvalidArgument,
-        Self::InvalidLabel,
-        Self::BufferTooSmall,
-        Self::UnknownRegistration,
-        Self::UnknownFormat,
-        Self::RefusedManaged,
-        Self::RefusedHost,
-        Self::RefusedNotMapped,
-        Self::RefusedReplaced,
-        Self::RefusedOutOfRange,
-        Self::RefusedWrongDevice,
-        Self::DriverNotFound,
-        Self::DriverSymbolMissing,
-        Self::DriverInitFailed,
-        Self::DriverError,
-        Self::CalledFromCallback,
-        Self::ThreadSpawnFailed,
-        Self::Stopped,
-        Self::Panic,
-    ];
-
     /// A static, NUL-terminated description.
     pub(crate) fn description(raw: i32) -> &'static [u8] {
         match raw {
