@@ -78,22 +78,30 @@ impl PointerInfo {
         }
     }
 
-    /// The memory that really backs the address: the VMM mapping where the driver names one
-    /// (for VMM, RANGE_* is the whole reservation), else the allocation.
+    /// The memory that really backs the address: the intersection of the two extents the
+    /// driver names. For an ordinary allocation RANGE_* is the allocation and MAPPING_* the
+    /// driver's larger chunk holding it (2 MiB granular, shared by small allocations); for
+    /// VMM, RANGE_* is the whole address reservation and MAPPING_* the one mapping. Either
+    /// way the intersection is the memory that belongs to the address.
     pub fn extent(&self) -> Option<(u64, u64)> {
-        if self.mapping_size > 0 {
-            Some((self.mapping_base, self.mapping_size))
-        } else if self.range_size > 0 {
-            Some((self.range_start, self.range_size))
-        } else {
-            None
-        }
+        let range = (self.range_size > 0).then(|| (self.range_start, self.range_start.saturating_add(self.range_size)));
+        let mapping = (self.mapping_size > 0).then(|| (self.mapping_base, self.mapping_base.saturating_add(self.mapping_size)));
+        let (start, end) = match (range, mapping) {
+            (Some(r), Some(m)) => (r.0.max(m.0), r.1.min(m.1)),
+            (Some(only), None) | (None, Some(only)) => only,
+            (None, None) => return None,
+        };
+        (end > start).then_some((start, end - start))
     }
 
-    /// Whether the extent is a VMM mapping (which may sit next to further mappings of the
-    /// same registration).
-    pub fn is_vmm_mapping(&self) -> bool {
+    /// Whether the address lies in one VMM mapping of a larger address reservation, so that
+    /// a registered range may go on into the reservation's next mapping (as one tensor does
+    /// over PyTorch's expandable segments).
+    pub fn is_mapping_in_larger_reservation(&self) -> bool {
         self.mapping_size > 0
+            && self.range_size > self.mapping_size
+            && self.range_start <= self.mapping_base
+            && self.mapping_base.saturating_add(self.mapping_size) <= self.range_start.saturating_add(self.range_size)
     }
 }
 

@@ -18,15 +18,17 @@ pub struct Inspection {
 /// Inspects `[ptr, ptr + size)` mapping by mapping. `size` must be non-zero and the range
 /// must not wrap (the caller checks).
 ///
-/// A range may only continue from one piece into the next when both are VMM mappings (as
-/// PyTorch's expandable segments lay out one tensor over many 2 or 20 MiB mappings); running
-/// from one ordinary allocation into a neighbouring one is [`Verdict::OutOfRange`].
+/// A range may only continue from one piece into the next when both are mappings of the same
+/// VMM address reservation (as PyTorch's expandable segments lay out one tensor over many 2
+/// or 20 MiB mappings); running from one ordinary allocation into a neighbouring one, even an
+/// adjacent one, is [`Verdict::OutOfRange`].
 pub fn inspect(driver: &dyn Driver, ptr: u64, size: u64) -> Result<Inspection, DriverError> {
     let end = ptr + size;
     let mut pieces = Vec::new();
     let mut device = -2;
     let mut address = ptr;
-    let mut previous_was_mapping = false;
+    // The reservation the previous piece was a mapping of, if it was one.
+    let mut previous_reservation: Option<(u64, u64)> = None;
     loop {
         let info = driver.pointer_info(address)?;
         let kind = classify_kind(&info);
@@ -37,7 +39,9 @@ pub fn inspect(driver: &dyn Driver, ptr: u64, size: u64) -> Result<Inspection, D
         let verdict = if kind != Verdict::Resident {
             // Memory that stops being CUDA memory part-way means the range runs past it.
             if !first && kind == Verdict::NotMapped { Verdict::OutOfRange } else { kind }
-        } else if !first && (!previous_was_mapping || !info.is_vmm_mapping()) {
+        } else if !first
+            && !(info.is_mapping_in_larger_reservation() && previous_reservation == Some((info.range_start, info.range_size)))
+        {
             Verdict::OutOfRange
         } else if info.device_ordinal != device {
             Verdict::WrongDevice
@@ -58,7 +62,7 @@ pub fn inspect(driver: &dyn Driver, ptr: u64, size: u64) -> Result<Inspection, D
         if piece_end >= end {
             return Ok(Inspection { verdict: Verdict::Resident, device, pieces });
         }
-        previous_was_mapping = info.is_vmm_mapping();
+        previous_reservation = info.is_mapping_in_larger_reservation().then_some((info.range_start, info.range_size));
         address = piece_end;
     }
 }
@@ -77,5 +81,94 @@ pub fn check_piece(driver: &dyn Driver, piece: &Piece, device: i32) -> PieceChec
     match driver.pointer_info(piece.start) {
         Ok(info) => PieceCheck::Judged(classify_piece(piece, device, &info)),
         Err(error) => PieceCheck::Failed(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::{MemoryType, PointerInfo};
+
+    /// Answers like the H100 did: ordinary allocations report RANGE = the allocation and
+    /// MAPPING = the 2 MiB chunk around it; VMM mappings report RANGE = the reservation.
+    struct Table(Vec<PointerInfo>);
+
+    impl Driver for Table {
+        fn pointer_info(&self, address: u64) -> Result<PointerInfo, DriverError> {
+            Ok(self
+                .0
+                .iter()
+                .find(|i| {
+                    let (start, len) = i.extent().unwrap();
+                    start <= address && address < start + len
+                })
+                .copied()
+                .unwrap_or_else(PointerInfo::unregistered))
+        }
+        fn device_used_memory(&self, _: i32) -> Option<u64> {
+            None
+        }
+        fn version(&self) -> Option<i32> {
+            None
+        }
+    }
+
+    fn info(buffer_id: u64, range: (u64, u64), mapping: (u64, u64)) -> PointerInfo {
+        PointerInfo {
+            memory_type: MemoryType::Device,
+            is_managed: false,
+            device_ordinal: 0,
+            buffer_id,
+            range_start: range.0,
+            range_size: range.1,
+            mapping_base: mapping.0,
+            mapping_size: mapping.1,
+        }
+    }
+
+    const CHUNK: u64 = 2 << 20;
+
+    #[test]
+    fn adjacent_small_allocations_in_one_driver_chunk_are_not_one_range() {
+        let driver = Table(vec![info(1, (0x20_0000, 4096), (0x20_0000, CHUNK)), info(2, (0x20_1000, 4096), (0x20_0000, CHUNK))]);
+        assert_eq!(inspect(&driver, 0x20_0000, 4096).unwrap().verdict, Verdict::Resident);
+        assert_eq!(inspect(&driver, 0x20_0000, 8192).unwrap().verdict, Verdict::OutOfRange);
+    }
+
+    #[test]
+    fn a_range_past_a_small_allocation_is_out_of_range_even_inside_the_chunk() {
+        let driver = Table(vec![info(1, (0x20_0000, 4096), (0x20_0000, CHUNK))]);
+        assert_eq!(inspect(&driver, 0x20_0000, 4097).unwrap().verdict, Verdict::OutOfRange);
+    }
+
+    #[test]
+    fn adjacent_large_allocations_are_not_one_range() {
+        let driver = Table(vec![info(1, (0x20_0000, CHUNK), (0x20_0000, CHUNK)), info(2, (0x40_0000, CHUNK), (0x40_0000, CHUNK))]);
+        assert_eq!(inspect(&driver, 0x20_0000, 2 * CHUNK).unwrap().verdict, Verdict::OutOfRange);
+    }
+
+    #[test]
+    fn mappings_of_one_reservation_are_one_range_and_each_is_recorded() {
+        let reservation = (0x100_0000, 3 * CHUNK);
+        let driver = Table(vec![
+            info(7, reservation, (0x100_0000, CHUNK)),
+            info(8, reservation, (0x120_0000, CHUNK)),
+            info(9, reservation, (0x140_0000, CHUNK)),
+        ]);
+        let inspection = inspect(&driver, 0x100_1000, 3 * CHUNK - 0x2000).unwrap();
+        assert_eq!(inspection.verdict, Verdict::Resident);
+        let ids: Vec<u64> = inspection.pieces.iter().map(|p| p.buffer_id).collect();
+        assert_eq!(ids, vec![7, 8, 9]);
+        assert_eq!(inspection.pieces[0].start, 0x100_1000);
+        assert_eq!(inspection.pieces[2].end, 0x100_0000 + 3 * CHUNK - 0x1000);
+    }
+
+    #[test]
+    fn mappings_of_two_different_reservations_are_not_one_range() {
+        let driver = Table(vec![
+            info(7, (0x100_0000, 2 * CHUNK), (0x100_0000, CHUNK)),
+            info(8, (0x120_0000, 2 * CHUNK), (0x120_0000, CHUNK)),
+        ]);
+        assert_eq!(inspect(&driver, 0x100_0000, 2 * CHUNK).unwrap().verdict, Verdict::OutOfRange);
     }
 }

@@ -231,7 +231,18 @@ mod tests {
     }
 
     #[test]
-    fn mapping_extent_takes_precedence_over_the_reservation_range() {
+    fn an_ordinary_allocation_is_bounded_by_its_range_not_the_drivers_chunk() {
+        // Measured: a 4 KiB cuMemAlloc reports RANGE = the 4 KiB and MAPPING = a 2 MiB chunk.
+        let mut info = device(7, 0x1000, 0x1000);
+        info.mapping_base = 0;
+        info.mapping_size = 2 << 20;
+        assert_eq!(classify_piece(&PIECE, 0, &info), Verdict::OutOfRange);
+        info.range_size = 0x2000;
+        assert_eq!(classify_piece(&PIECE, 0, &info), Verdict::Resident);
+    }
+
+    #[test]
+    fn a_vmm_mapping_is_bounded_by_the_mapping_not_the_reservation() {
         // VMM: RANGE_* is the whole reservation, MAPPING_* the memory behind the pointer.
         let mut info = device(7, 0x0, 1 << 40);
         info.mapping_base = 0x1000;

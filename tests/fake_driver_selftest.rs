@@ -216,8 +216,22 @@ impl Driver {
     }
 }
 
+/// An ordinary allocation: RANGE_* is the allocation, MAPPING_* the driver's 2 MiB-granular
+/// chunk around it (as measured on an H100, driver 580).
 fn device(base: u64, size: usize, ordinal: i32, buffer_id: u64) -> Attrs {
-    Attrs { memory_type: 2, ordinal, buffer_id, range_start: base, range_size: size, ..UNREGISTERED }
+    const CHUNK: u64 = 2 << 20;
+    let mapping_base = base & !(CHUNK - 1);
+    let mapping_end = (base + size as u64).div_ceil(CHUNK) * CHUNK;
+    Attrs {
+        memory_type: 2,
+        ordinal,
+        buffer_id,
+        range_start: base,
+        range_size: size,
+        mapping_base,
+        mapping_size: (mapping_end - mapping_base) as usize,
+        ..UNREGISTERED
+    }
 }
 
 #[test]

@@ -257,6 +257,9 @@ static void sleep_us(unsigned us) {
     while (nanosleep(&ts, &rem) != 0 && errno == EINTR) ts = rem;
 }
 
+/* The driver's chunk size for ordinary allocations (MAPPING_* granularity). */
+#define CHUNK (2ull << 20)
+
 struct answer {
     unsigned memory_type;
     unsigned is_managed;
@@ -292,6 +295,11 @@ static int answer_for(unsigned long long ptr, struct answer *a) {
             a->memory_type = r->kind == FAKE_CUDA_HOST ? MEMORYTYPE_HOST : MEMORYTYPE_DEVICE;
             a->range_start = r->base;
             a->range_size = r->size;
+            /* Measured on an H100 (driver 580): for ordinary allocations MAPPING_* names the
+             * driver's own 2 MiB-granular chunk holding the allocation (one chunk can hold several
+             * small allocations), not the allocation: RANGE_* is the allocation. */
+            a->mapping_base = r->base & ~(unsigned long long)(CHUNK - 1);
+            a->mapping_size = (size_t)((((r->base + r->size) + CHUNK - 1) & ~(unsigned long long)(CHUNK - 1)) - a->mapping_base);
         }
         return 0;
     }
