@@ -13,8 +13,9 @@
 #                                 part runs; exits non-zero if any part failed.
 #
 # .gpu-carry/ holds: gpu (the scenario program), tests/ (the other test programs, for running
-# by hand), lib/libvram_monitor.so, include/, c-examples/ and python/ when present, this
-# script, and MANIFEST.txt (commit, build date, checksums).
+# by hand), bin/ (the crate's binaries and examples, release build), lib/libvram_monitor.so,
+# include/, c-examples/ and python/ when present, suites/ (scripts/gpu-suites/*.sh, run in
+# name order after the scenarios and examples), this script, and MANIFEST.txt.
 set -u
 
 CARRY_NAME=.gpu-carry
@@ -91,6 +92,25 @@ prepare() {
   [ "$found_gpu" = 1 ] || die "cargo built no 'gpu' test program (is [[test]] name = \"gpu\" in Cargo.toml?)"
 
   cp target/release/libvram_monitor.so "$carry/lib/"
+  # Binaries and examples (doctor, benchmarks, demo) for the suites below.
+  mkdir -p "$carry/bin"
+  json=$(mktemp)
+  cargo build --release --bins --examples --message-format=json >"$json" || die "cargo build --release --bins --examples failed"
+  python3 - "$json" "$carry/bin" <<'PY'
+import json, shutil, sys
+for line in open(sys.argv[1]):
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"][0] in ("bin", "example"):
+        shutil.copy2(m["executable"], sys.argv[2])
+PY
+  rm -f "$json"
+  # Suites: scripts/gpu-suites/*.sh, each run by `run` in name order (see there).
+  if [ -d scripts/gpu-suites ]; then
+    copy_tree scripts/gpu-suites "$carry/suites"
+  fi
   copy_tree include "$carry/include"
   if [ -d c-examples ]; then
     copy_tree c-examples "$carry/c-examples"
@@ -205,10 +225,27 @@ run_all() {
     echo "not run: $CARRY_NAME/c-examples/CMakeLists.txt is absent (c-examples/ was missing when prepared)"
     printf '\n## C examples (cmake + ctest)\n\n**Not run**: c-examples/ was not carried.\n' >>"$results"
   fi
-  if [ -d "$carry/python" ]; then
-    echo
-    echo "note: $CARRY_NAME/python/ is carried but not run by this script"
-  fi
+  # Each suite is called as `bash suite.sh CARRY MARKDOWN_FILE` from the repository root: it
+  # logs to stdout, writes its section of the report (Markdown, starting with a "## " heading)
+  # to MARKDOWN_FILE, and exits non-zero if it failed.
+  local suite name suite_md
+  for suite in "$carry"/suites/*.sh; do
+    [ -f "$suite" ] || continue
+    name=$(basename "$suite" .sh)
+    section "suite $name"
+    suite_md=$(mktemp)
+    LD_LIBRARY_PATH="$carry/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" timeout 400 bash "$suite" "$carry" "$suite_md"
+    rc=$?
+    echo "exit status: $rc"
+    [ "$rc" = 0 ] || failures+=("suite $name (exit $rc)")
+    if [ -s "$suite_md" ]; then
+      printf '\n' >>"$results"
+      cat "$suite_md" >>"$results"
+    else
+      printf '\n## %s\n\n**The suite wrote no report (exit status %s): see gpu-log.txt.**\n' "$name" "$rc" >>"$results"
+    fi
+    rm -f "$suite_md"
+  done
 
   section "summary"
   {
