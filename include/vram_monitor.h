@@ -32,6 +32,16 @@
 #define VRAM_MONITOR_MAX_LABEL_BYTES 4096
 
 /**
+ * Default driver queries per slice of a check (see `vram_monitor_set_pacing`).
+ */
+#define VRAM_MONITOR_DEFAULT_SLICE_QUERIES 256
+
+/**
+ * Default pause between slices of a check, in microseconds (see `vram_monitor_set_pacing`).
+ */
+#define VRAM_MONITOR_DEFAULT_PAUSE_US 50
+
+/**
  * Major version of this header.
  */
 #define VRAM_MONITOR_VERSION_MAJOR 0
@@ -45,6 +55,11 @@
  * Patch version of this header.
  */
 #define VRAM_MONITOR_VERSION_PATCH 0
+
+/**
+ * Default queries per slice.
+ */
+#define Pacing_DEFAULT_SLICE_QUERIES 256
 
 /**
  * The result of every fallible function. Values are grouped by range and never reused:
@@ -138,6 +153,12 @@ enum VramMonitorResult
    * The monitor thread has stopped.
    */
   VRAM_MONITOR_RESULT_STOPPED = 402,
+  /**
+   * Called in a child process forked after the monitor was created: the monitor's thread
+   * does not exist there, so nothing is done (`vram_monitor_free` releases the handle
+   * without waiting; the monitor's memory is leaked in the child).
+   */
+  VRAM_MONITOR_RESULT_FORKED = 403,
   /**
    * An internal error (a caught panic). The monitor is still usable.
    */
@@ -303,6 +324,14 @@ typedef enum VramMonitorLogLevel VramMonitorLogLevel;
 typedef int32_t VramMonitorLogLevel;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
+
+/**
+ * How a check shares the driver with the engine. The driver serialises pointer queries with
+ * the engine's own calls (kernel launches, synchronisation): a check that queries flat out
+ * adds tail latency to every launch meanwhile. So a check asks in slices and pauses between
+ * them.
+ */
+typedef struct Pacing Pacing;
 
 /**
  * A residency monitor: registrations and one background thread. Opaque.
@@ -477,6 +506,8 @@ typedef void (*VramMonitorLogCallback)(VramMonitorLogLevel level,
 
 
 
+
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -503,6 +534,14 @@ VramMonitorResult vram_monitor_new(uint32_t interval_ms, struct VramMonitor **ou
  *
  * From inside a callback it returns `CALLED_FROM_CALLBACK` and frees nothing.
  *
+ * Bound: the thread checks a stop flag between registrations and between events, so this
+ * waits for at most the driver queries of the registration being checked (one per recorded
+ * piece) plus the callback call in progress; events not yet delivered are dropped.
+ *
+ * In a child process forked after `vram_monitor_new`, returns `FORKED` at once: the monitor
+ * thread does not exist there, so nothing is joined, the user data's finaliser does not run
+ * and the monitor's memory is leaked in the child. The handle is gone either way.
+ *
  * # Safety
  * Pointer arguments must be NULL or valid as documented above.
  */
@@ -522,6 +561,8 @@ VramMonitorResult vram_monitor_free(struct VramMonitor *monitor);
  *
  * May be called from any thread, also from a callback. Never waits for a check in progress.
  *
+ * In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
+ *
  * # Safety
  * Pointer arguments must be NULL or valid as documented above.
  */
@@ -536,6 +577,8 @@ VramMonitorResult vram_monitor_register(struct VramMonitor *monitor,
  * never gave (another monitor's included) or already removed. May be called from a callback (also for the registration
  * the event is about). An event already being delivered may still name it.
  *
+ * In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
+ *
  * # Safety
  * Pointer arguments must be NULL or valid as documented above.
  */
@@ -548,6 +591,8 @@ VramMonitorResult vram_monitor_unregister(struct VramMonitor *monitor,
  * call; `free_user_data` (may be NULL) releases it once this callback can no longer run.
  * A NULL `callback` removes the callback; then `user_data` and `free_user_data` are ignored.
  * The previous callback's `free_user_data` runs after any call of it in progress returns.
+ *
+ * In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
  *
  * # Safety
  * Pointer arguments must be NULL or valid as documented above.
@@ -562,16 +607,33 @@ VramMonitorResult vram_monitor_set_callback(struct VramMonitor *monitor,
  * once; the next check is due one new interval after the previous one. May be called from a
  * callback. `INVALID_ARGUMENT` for 0.
  *
+ * In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
+ *
  * # Safety
  * Pointer arguments must be NULL or valid as documented above.
  */
 VramMonitorResult vram_monitor_set_interval_ms(struct VramMonitor *monitor, uint32_t interval_ms);
 
 /**
+ * Changes how a check paces its driver queries: after every `slice_queries` queries it
+ * pauses `pause_us` microseconds (0: it only yields the processor). The driver serialises
+ * pointer queries with the engine's kernel launches, so an unpaced check adds tail latency
+ * to the engine; the defaults (`VRAM_MONITOR_DEFAULT_SLICE_QUERIES` queries, then
+ * `VRAM_MONITOR_DEFAULT_PAUSE_US` µs) keep that small (docs/performance.md has the
+ * measurements). Takes effect from the next check. `INVALID_ARGUMENT` for `slice_queries`
+ * 0 or a pause over 1 s. Callable from any thread, also from a callback.
+ */
+VramMonitorResult vram_monitor_set_pacing(struct VramMonitor *monitor,
+                                          uint32_t slice_queries,
+                                          uint32_t pause_us);
+
+/**
  * Runs a full check now on the monitor thread (callbacks for what it finds run there before
  * this returns) and waits for it. `out_summary` may be NULL; if not, it receives the result.
  * `OK` means the check ran: read the summary for violations and failed queries. From inside
  * a callback returns `CALLED_FROM_CALLBACK`.
+ *
+ * In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
  *
  * # Safety
  * Pointer arguments must be NULL or valid as documented above.
@@ -582,6 +644,8 @@ VramMonitorResult vram_monitor_check_now(struct VramMonitor *monitor,
 /**
  * Fills `*out_health` with the health snapshot. Cheap (no driver query); callable from any
  * thread, also from a callback.
+ *
+ * In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
  *
  * # Safety
  * Pointer arguments must be NULL or valid as documented above.
@@ -599,6 +663,8 @@ VramMonitorResult vram_monitor_health(const struct VramMonitor *monitor,
  * result is `BUFFER_TOO_SMALL` (call with `buf = NULL, buf_len = 0` to ask for the size; the
  * report can grow between the two calls). `out_len` must not be NULL; `buf` may be NULL only
  * when `buf_len` is 0.
+ *
+ * In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
  *
  * # Safety
  * Pointer arguments must be NULL or valid as documented above.

@@ -24,6 +24,9 @@ pub enum Error {
     ThreadSpawn(String),
     /// The monitor thread has stopped.
     Stopped,
+    /// Called in a child process forked after the monitor was created: the monitor thread
+    /// does not exist there (see [`crate::Monitor::in_forked_child`]).
+    Forked,
 }
 
 impl std::fmt::Display for Error {
@@ -39,6 +42,7 @@ impl std::fmt::Display for Error {
             Error::CalledFromCallback => f.write_str("called from inside a monitor callback, where it would deadlock"),
             Error::ThreadSpawn(why) => write!(f, "could not start the monitor thread: {why}"),
             Error::Stopped => f.write_str("the monitor thread has stopped"),
+            Error::Forked => f.write_str("called in a forked child process, where the monitor's thread does not exist"),
         }
     }
 }

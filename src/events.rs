@@ -1,6 +1,6 @@
 //! Events: what the engine hears when something changes, and the log record for each.
 
-use crate::registry::{Registration, RegistrationId};
+use crate::registry::{RegistrationId, RegistrationInfo};
 use crate::verdict::Verdict;
 
 /// What an event reports. The numbers are part of the C ABI.
@@ -60,7 +60,7 @@ impl Event {
     /// An event about one registration.
     pub(crate) fn about(
         kind: EventKind,
-        registration: &Registration,
+        registration: &RegistrationInfo,
         previous_verdict: Verdict,
         verdict: Verdict,
         detail: Option<&str>,

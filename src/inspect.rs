@@ -1,8 +1,9 @@
 //! Walking a registered range through the driver: at registration, which allocations or VMM
-//! mappings hold `[ptr, ptr + size)`; at each check, whether each of them still does.
+//! mappings hold `[ptr, ptr + size)`. (Each check then asks about those allocations again:
+//! see `registry`.)
 
-use crate::driver::{Driver, DriverError};
-use crate::verdict::{classify_kind, classify_piece, Piece, Verdict};
+use crate::driver::{Driver, DriverError, PointerInfo};
+use crate::verdict::{classify_kind, Piece, Verdict};
 
 /// What registration-time inspection found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +14,8 @@ pub struct Inspection {
     pub device: i32,
     /// The pieces that hold the range, in address order (complete only when resident).
     pub pieces: Vec<Piece>,
+    /// The driver's answer for each piece, in the same order.
+    pub answers: Vec<PointerInfo>,
 }
 
 /// Inspects `[ptr, ptr + size)` mapping by mapping. `size` must be non-zero and the range
@@ -25,6 +28,7 @@ pub struct Inspection {
 pub fn inspect(driver: &dyn Driver, ptr: u64, size: u64) -> Result<Inspection, DriverError> {
     let end = ptr + size;
     let mut pieces = Vec::new();
+    let mut answers = Vec::new();
     let mut device = -2;
     let mut address = ptr;
     // The reservation the previous piece was a mapping of, if it was one.
@@ -49,45 +53,29 @@ pub fn inspect(driver: &dyn Driver, ptr: u64, size: u64) -> Result<Inspection, D
             Verdict::Resident
         };
         if verdict != Verdict::Resident {
-            return Ok(Inspection { verdict, device, pieces });
+            return Ok(Inspection { verdict, device, pieces, answers });
         }
-        let piece_end = match info.extent() {
+        let (query_at, piece_end) = match info.extent() {
             Some((base, len)) if base <= address && base.saturating_add(len) > address => {
-                base.saturating_add(len).min(end)
+                (base, base.saturating_add(len).min(end))
             }
             // Device memory whose extent does not contain the address: do not trust it.
-            _ => return Ok(Inspection { verdict: Verdict::OutOfRange, device, pieces }),
+            _ => return Ok(Inspection { verdict: Verdict::OutOfRange, device, pieces, answers }),
         };
-        pieces.push(Piece { start: address, end: piece_end, buffer_id: info.buffer_id });
+        pieces.push(Piece { query_at, start: address, end: piece_end, buffer_id: info.buffer_id });
+        answers.push(info);
         if piece_end >= end {
-            return Ok(Inspection { verdict: Verdict::Resident, device, pieces });
+            return Ok(Inspection { verdict: Verdict::Resident, device, pieces, answers });
         }
         previous_reservation = info.is_mapping_in_larger_reservation().then_some((info.range_start, info.range_size));
         address = piece_end;
     }
 }
 
-/// The outcome of checking one piece now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PieceCheck {
-    /// The driver answered; this is the verdict.
-    Judged(Verdict),
-    /// The driver query failed.
-    Failed(DriverError),
-}
-
-/// Checks one recorded piece of a registration on `device`.
-pub fn check_piece(driver: &dyn Driver, piece: &Piece, device: i32) -> PieceCheck {
-    match driver.pointer_info(piece.start) {
-        Ok(info) => PieceCheck::Judged(classify_piece(piece, device, &info)),
-        Err(error) => PieceCheck::Failed(error),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::driver::{MemoryType, PointerInfo};
+    use crate::driver::MemoryType;
 
     /// Answers like the H100 did: ordinary allocations report RANGE = the allocation and
     /// MAPPING = the 2 MiB chunk around it; VMM mappings report RANGE = the reservation.

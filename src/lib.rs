@@ -18,17 +18,21 @@ pub mod health;
 pub mod inspect;
 pub mod monitor;
 pub mod process_vram;
+pub mod registration_guard;
 pub mod registry;
 pub mod report;
+#[cfg(feature = "cudarc")]
+pub mod cudarc_buffers;
 pub mod verdict;
 
 pub use driver::{CudaDriver, Driver, DriverError, MemoryType, PointerInfo};
 pub use error::Error;
 pub use events::{Event, EventKind};
 pub use health::{CheckSummary, Health};
-pub use monitor::{Callback, Monitor, MonitorOptions, DEFAULT_INTERVAL};
+pub use monitor::{Callback, Monitor, MonitorOptions, Pacing, DEFAULT_INTERVAL};
 pub use process_vram::{ProcessVram, VramSource};
-pub use registry::{Registration, RegistrationId};
+pub use registration_guard::Registration;
+pub use registry::{RegistrationId, RegistrationInfo};
 pub use report::ReportFormat;
 pub use verdict::Verdict;
 

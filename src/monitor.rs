@@ -12,9 +12,9 @@ use crate::driver::{CudaDriver, Driver};
 use crate::error::Error;
 use crate::events::{Event, EventKind};
 use crate::health::{CheckSummary, Health};
-use crate::inspect::{check_piece, inspect, PieceCheck};
+use crate::inspect::inspect;
 use crate::process_vram::{self, ProcessVram};
-use crate::registry::{Registration, RegistrationId, Registry};
+use crate::registry::{Change, RegistrationId, RegistrationInfo, Registry};
 use crate::report::{self, ReportFormat};
 use crate::verdict::Verdict;
 
@@ -27,16 +27,54 @@ pub const MAX_LABEL_BYTES: usize = 4096;
 /// A function that receives events, on the monitor thread.
 pub type Callback = Arc<dyn Fn(&Event) + Send + Sync>;
 
-/// Settings fixed at creation; the interval can be changed later.
+/// How a check shares the driver with the engine. The driver serialises pointer queries with
+/// the engine's own calls (kernel launches, synchronisation): a check that queries flat out
+/// adds tail latency to every launch meanwhile. So a check asks in slices and pauses between
+/// them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pacing {
+    /// Driver queries per slice (at least 1). Default [`Pacing::DEFAULT_SLICE_QUERIES`].
+    pub slice_queries: u32,
+    /// Pause after each slice. Zero yields the processor instead of sleeping.
+    /// Default [`Pacing::DEFAULT_PAUSE`].
+    pub pause: Duration,
+}
+
+impl Pacing {
+    /// Default queries per slice.
+    pub const DEFAULT_SLICE_QUERIES: u32 = 256;
+    /// Default pause between slices.
+    pub const DEFAULT_PAUSE: Duration = Duration::from_micros(50);
+    /// No pacing: every query back to back (for measurements).
+    pub const FLAT_OUT: Pacing = Pacing { slice_queries: u32::MAX, pause: Duration::ZERO };
+
+    fn pause(&self) {
+        if self.pause.is_zero() {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(self.pause);
+        }
+    }
+}
+
+impl Default for Pacing {
+    fn default() -> Self {
+        Pacing { slice_queries: Pacing::DEFAULT_SLICE_QUERIES, pause: Pacing::DEFAULT_PAUSE }
+    }
+}
+
+/// Settings given at creation; the interval and the pacing can be changed later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MonitorOptions {
     /// Time between full checks (at least 1 ms). Default [`DEFAULT_INTERVAL`].
     pub interval: Duration,
+    /// How a check paces its driver queries. Default [`Pacing::default`].
+    pub pacing: Pacing,
 }
 
 impl Default for MonitorOptions {
     fn default() -> Self {
-        MonitorOptions { interval: DEFAULT_INTERVAL }
+        MonitorOptions { interval: DEFAULT_INTERVAL, pacing: Pacing::default() }
     }
 }
 
@@ -61,12 +99,11 @@ struct Shared {
     driver: Arc<dyn Driver>,
     registry: Registry,
     interval_ms: AtomicU64,
+    pacing: Mutex<Pacing>,
     callback: Mutex<Option<Callback>>,
     stats: Mutex<Stats>,
     total_violations: AtomicU64,
     stopping: AtomicBool,
-    /// Registrations whose last query failed, so a failure is reported once, not every sweep.
-    failing: Mutex<std::collections::HashSet<RegistrationId>>,
     reported_healthy: AtomicBool,
 }
 
@@ -78,6 +115,9 @@ pub struct Monitor {
     commands: Sender<Command>,
     thread: Option<JoinHandle<()>>,
     thread_id: ThreadId,
+    /// The process that created the monitor. After `fork()` the child has a copy of the
+    /// monitor but not its thread: see [`Monitor::in_forked_child`].
+    pid: u32,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -91,6 +131,16 @@ fn interval_ms(interval: Duration) -> Result<u64, Error> {
         return Err(Error::InvalidArgument("the interval must be at least 1 ms"));
     }
     Ok(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
+fn valid_pacing(pacing: Pacing) -> Result<Pacing, Error> {
+    if pacing.slice_queries == 0 {
+        return Err(Error::InvalidArgument("a slice must allow at least one query"));
+    }
+    if pacing.pause > Duration::from_secs(1) {
+        return Err(Error::InvalidArgument("the pause between slices must be at most 1 s"));
+    }
+    Ok(pacing)
 }
 
 impl Monitor {
@@ -108,11 +158,11 @@ impl Monitor {
             driver,
             registry: Registry::new(),
             interval_ms: AtomicU64::new(interval_ms(options.interval)?),
+            pacing: Mutex::new(valid_pacing(options.pacing)?),
             callback: Mutex::new(None),
             stats: Mutex::new(Stats::default()),
             total_violations: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
-            failing: Mutex::new(Default::default()),
             reported_healthy: AtomicBool::new(true),
         });
         let (commands, inbox) = crossbeam_channel::unbounded();
@@ -122,7 +172,26 @@ impl Monitor {
             .spawn(move || run(thread_shared, inbox))
             .map_err(|e| Error::ThreadSpawn(e.to_string()))?;
         let thread_id = thread.thread().id();
-        Ok(Monitor { shared, commands, thread: Some(thread), thread_id })
+        Ok(Monitor { shared, commands, thread: Some(thread), thread_id, pid: std::process::id() })
+    }
+
+    /// Whether this is a child process forked after the monitor was created. Only the thread
+    /// that called `fork()` exists in the child: the monitor thread does not, and any lock it
+    /// held at the fork stays held. So in a child, [`Monitor::register`],
+    /// [`Monitor::unregister`], [`Monitor::set_interval`] and [`Monitor::check_now`] return
+    /// [`Error::Forked`] at once, and dropping the monitor neither joins nor releases anything
+    /// (its memory and callback are leaked in the child; the parent's monitor is unaffected).
+    /// The other methods take the monitor's locks: do not call them in a forked child.
+    pub fn in_forked_child(&self) -> bool {
+        std::process::id() != self.pid
+    }
+
+    fn not_forked(&self) -> Result<(), Error> {
+        if self.in_forked_child() {
+            Err(Error::Forked)
+        } else {
+            Ok(())
+        }
     }
 
     /// Whether the calling thread is this monitor's thread (that is, inside a callback).
@@ -135,6 +204,7 @@ impl Monitor {
     ///
     /// Registering the same memory twice gives two independent registrations.
     pub fn register(&self, ptr: u64, size: u64, label: &str) -> Result<RegistrationId, Error> {
+        self.not_forked()?;
         if size == 0 {
             return Err(Error::InvalidArgument("size must be non-zero"));
         }
@@ -148,14 +218,13 @@ impl Monitor {
         if inspection.verdict != Verdict::Resident {
             return Err(Error::Refused(inspection.verdict));
         }
-        Ok(self.shared.registry.insert(ptr, size, label.to_owned(), inspection.device, inspection.pieces))
+        Ok(self.shared.registry.insert(label, inspection.device, &inspection.pieces, &inspection.answers))
     }
 
     /// Stops watching a registration.
     pub fn unregister(&self, id: RegistrationId) -> Result<(), Error> {
-        self.shared.registry.remove(id).map(|_| ()).ok_or(Error::UnknownRegistration(id))?;
-        lock(&self.shared.failing).remove(&id);
-        Ok(())
+        self.not_forked()?;
+        self.shared.registry.remove(id).map(|_| ()).ok_or(Error::UnknownRegistration(id))
     }
 
     /// Sets (or with `None` removes) the function that receives events. It runs on the
@@ -170,8 +239,20 @@ impl Monitor {
     /// Changes the interval between full checks; the thread wakes at once and the next
     /// check is due one new interval after the last one.
     pub fn set_interval(&self, interval: Duration) -> Result<(), Error> {
+        self.not_forked()?;
         self.shared.interval_ms.store(interval_ms(interval)?, Ordering::Release);
         self.commands.send(Command::Reschedule).map_err(|_| Error::Stopped)
+    }
+
+    /// Changes how checks pace their driver queries (from the next check on).
+    pub fn set_pacing(&self, pacing: Pacing) -> Result<(), Error> {
+        *lock(&self.shared.pacing) = valid_pacing(pacing)?;
+        Ok(())
+    }
+
+    /// The current pacing.
+    pub fn pacing(&self) -> Pacing {
+        *lock(&self.shared.pacing)
     }
 
     /// The current interval.
@@ -182,6 +263,7 @@ impl Monitor {
     /// Runs a full check now, on the monitor thread (so callbacks still run there), and
     /// waits for its result. Refused from inside a callback.
     pub fn check_now(&self) -> Result<CheckSummary, Error> {
+        self.not_forked()?;
         if self.is_monitor_thread() {
             return Err(Error::CalledFromCallback);
         }
@@ -210,8 +292,8 @@ impl Monitor {
         }
     }
 
-    /// The registrations, in id order.
-    pub fn registrations(&self) -> Vec<Arc<Registration>> {
+    /// A copy of the registrations, in id order.
+    pub fn registrations(&self) -> Vec<RegistrationInfo> {
         self.shared.registry.snapshot()
     }
 
@@ -221,8 +303,12 @@ impl Monitor {
     }
 
     /// Stops the thread and waits for it. Returns [`Error::CalledFromCallback`] (and stops
-    /// nothing) when called on the monitor thread.
+    /// nothing) when called on the monitor thread, and [`Error::Forked`] in a forked child
+    /// (where dropping the returned monitor leaks it).
     pub fn shutdown(mut self) -> Result<(), (Monitor, Error)> {
+        if self.in_forked_child() {
+            return Err((self, Error::Forked));
+        }
         if self.is_monitor_thread() {
             return Err((self, Error::CalledFromCallback));
         }
@@ -231,6 +317,15 @@ impl Monitor {
     }
 
     fn stop_and_join(&mut self) {
+        if self.in_forked_child() {
+            // No monitor thread to stop or join here, and its locks may be held forever: leak
+            // the state (extra references keep the shared state and the channel alive, so
+            // dropping the fields only decrements counts) and run no finaliser.
+            std::mem::forget(Arc::clone(&self.shared));
+            std::mem::forget(self.commands.clone());
+            std::mem::forget(self.thread.take());
+            return;
+        }
         self.shared.stopping.store(true, Ordering::Release);
         let _ = self.commands.send(Command::Stop);
         if let Some(thread) = self.thread.take() {
@@ -296,61 +391,50 @@ fn guarded_sweep(shared: &Shared) -> CheckSummary {
 
 fn sweep(shared: &Shared) -> CheckSummary {
     let started = Instant::now();
-    let registrations = shared.registry.snapshot();
-    let mut summary = CheckSummary::default();
+    let pacing = *lock(&shared.pacing);
+    let mut queries_in_slice = 0u32;
     let mut events = Vec::new();
-    let mut devices: Vec<i32> = Vec::new();
-    for registration in &registrations {
-        if shared.stopping.load(Ordering::Acquire) {
-            // Shutting down: a partial check is not a result.
-            return summary;
-        }
-        if registration.is_removed() {
-            continue;
-        }
-        if !devices.contains(&registration.device) {
-            devices.push(registration.device);
-        }
-        let mut verdict = Verdict::Resident;
-        let mut failure = None;
-        for piece in registration.pieces.iter() {
-            match check_piece(&*shared.driver, piece, registration.device) {
-                PieceCheck::Judged(v) => verdict = verdict.worst(v),
-                PieceCheck::Failed(error) => {
-                    failure = Some(error);
-                    break;
+    let mut addresses = Vec::new();
+    for shard in 0..shared.registry.allocation_shards() {
+        addresses.clear();
+        shared.registry.allocation_addresses(shard, &mut addresses);
+        for &(address, last_fingerprint) in &addresses {
+            if queries_in_slice >= pacing.slice_queries {
+                queries_in_slice = 0;
+                if shared.stopping.load(Ordering::Acquire) {
+                    // Shutting down: a partial check is not a result.
+                    return CheckSummary::default();
                 }
+                pacing.pause();
             }
-        }
-        summary.checked += 1;
-        if let Some(error) = failure {
-            summary.check_failures += 1;
-            if lock(&shared.failing).insert(registration.id) {
-                let previous = registration.verdict();
-                let detail = error.to_string();
-                events.push(Event::about(EventKind::CheckFailed, registration, previous, Verdict::CheckFailed, Some(&detail), false));
+            queries_in_slice += 1;
+            let answer = shared.driver.pointer_info(address);
+            if Registry::is_unchanged(last_fingerprint, &answer) {
+                continue;
             }
-            continue;
-        }
-        lock(&shared.failing).remove(&registration.id);
-        if verdict.is_violation() {
-            summary.violations += 1;
-        } else {
-            summary.resident += 1;
-        }
-        if let Some(transition) = shared.registry.record(registration, verdict) {
-            let kind = if transition.to.is_violation() { EventKind::Violation } else { EventKind::Recovered };
-            if kind == EventKind::Violation {
-                shared.total_violations.fetch_add(1, Ordering::Relaxed);
+            for change in shared.registry.apply(address, &answer) {
+                events.push(match change {
+                    Change::CheckFailed { registration, error } => {
+                        let detail = error.to_string();
+                        Event::about(EventKind::CheckFailed, &registration, registration.verdict, Verdict::CheckFailed, Some(&detail), false)
+                    }
+                    Change::Verdict { registration, from } => {
+                        let kind = if registration.verdict.is_violation() { EventKind::Violation } else { EventKind::Recovered };
+                        if kind == EventKind::Violation {
+                            shared.total_violations.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Event::about(kind, &registration, from, registration.verdict, None, false)
+                    }
+                });
             }
-            events.push(Event::about(kind, registration, transition.from, transition.to, None, false));
         }
     }
+    let devices = shared.registry.devices();
     let process_vram = process_vram::read(&*shared.driver, &devices);
     let duration_us = started.elapsed().as_micros() as u64;
-    let violating = shared.registry.counts().violating;
-    let check_failed = summary.check_failures > 0;
-    let healthy = violating == 0 && !check_failed;
+    let counts = shared.registry.counts();
+    let check_failed = counts.failing > 0;
+    let healthy = counts.violating == 0 && !check_failed;
     {
         let mut stats = lock(&shared.stats);
         stats.checks_completed += 1;
@@ -362,17 +446,25 @@ fn sweep(shared: &Shared) -> CheckSummary {
         stats.last_check_duration_us = duration_us;
         stats.process_vram = Some(process_vram);
     }
-    summary.duration_us = duration_us;
-    summary.healthy = healthy;
-    if summary.violations == 0 && !check_failed {
+    let summary = CheckSummary {
+        checked: counts.registrations,
+        resident: counts.registrations.saturating_sub(counts.violating).saturating_sub(counts.failing),
+        violations: counts.violating,
+        check_failures: counts.failing,
+        duration_us,
+        healthy,
+    };
+    if healthy {
         log::debug!(
             target: "vram_monitor",
             actor = "vram-residency", action = "verify";
-            "check passed: {} registrations resident ({} us)", summary.resident, duration_us
+            "check passed: {} registrations resident in {} allocations ({} us)", counts.registrations, counts.allocations, duration_us
         );
     }
+    // Allocations are visited in table order; report in registration order.
+    events.sort_by_key(|e| e.registration_id);
     if shared.reported_healthy.swap(healthy, Ordering::AcqRel) != healthy {
-        events.push(Event::health_changed(healthy, violating, check_failed));
+        events.push(Event::health_changed(healthy, counts.violating, check_failed));
     }
     for mut event in events {
         event.healthy = healthy;
@@ -382,6 +474,11 @@ fn sweep(shared: &Shared) -> CheckSummary {
 }
 
 fn dispatch(shared: &Shared, event: &Event) {
+    if shared.stopping.load(Ordering::Acquire) {
+        // The monitor is being freed: deliver nothing more, so that `free` waits for at most
+        // the callback already running, not for every event of the sweep.
+        return;
+    }
     event.log();
     let callback = lock(&shared.callback).clone();
     if let Some(callback) = callback {

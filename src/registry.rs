@@ -1,22 +1,32 @@
-//! The registrations: what the engine asked us to watch, and the last verdict for each.
+//! The registrations, and the allocations they live in.
 //!
-//! Registering and unregistering take a write lock only for a hash-map insert or remove; a
-//! sweep copies the list under a read lock and asks the driver with no lock held, so a
-//! registration never waits for a sweep to finish.
+//! Two sharded tables:
+//! - registrations by id: the label, device, and each piece with its last verdict;
+//! - allocations by query address (the base of an allocation or VMM mapping): the
+//!   fingerprint of the driver's last answer there and the registrations inside it.
+//!
+//! A check asks the driver once per allocation, compares the answer's fingerprint with the
+//! last one, and only reclassifies the registrations of allocations whose answer changed: its
+//! cost follows allocations, not registrations (a million tensors in ten thousand arenas cost
+//! ten thousand queries). Locks are per shard and held only to copy or update a few entries,
+//! never while the driver is asked, so registering never waits for a check to finish.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
-use crate::verdict::{Piece, Verdict};
+use crate::driver::{DriverError, PointerInfo};
+use crate::verdict::{classify_piece, Piece, Verdict};
 
 /// Identifies a registration. Never 0 and unique in the process, so an id from another
 /// monitor is never mistaken for one of this monitor's.
 pub type RegistrationId = u64;
 
-/// One registered buffer.
-#[derive(Debug)]
-pub struct Registration {
+const SHARDS: usize = 64;
+
+/// A registration as reported: a copy, taken at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationInfo {
     /// Its id.
     pub id: RegistrationId,
     /// First byte.
@@ -27,39 +37,189 @@ pub struct Registration {
     pub label: String,
     /// The device that held it when registered.
     pub device: i32,
+    /// The verdict of the last check that could judge it (a failed query leaves it).
+    pub verdict: Verdict,
+    /// Whether the driver query for it failed in the last check.
+    pub check_failing: bool,
     /// The allocations or mappings that held it when registered.
-    pub pieces: Box<[Piece]>,
-    verdict: AtomicI32,
-    removed: AtomicBool,
+    pub pieces: Vec<Piece>,
+}
+
+impl RegistrationInfo {
+    /// The verdict of the last check that could judge it.
+    pub fn verdict(&self) -> Verdict {
+        self.verdict
+    }
+}
+
+/// A change of a registration's state, found by a check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The verdict changed.
+    Verdict {
+        /// The registration after the change.
+        registration: RegistrationInfo,
+        /// Verdict before.
+        from: Verdict,
+    },
+    /// A query for it started failing.
+    CheckFailed {
+        /// The registration.
+        registration: RegistrationInfo,
+        /// Why.
+        error: DriverError,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct TrackedPiece {
+    piece: Piece,
+    verdict: Verdict,
+    failing: bool,
+}
+
+/// Most registrations are one piece (one allocation); VMM ranges have several.
+#[derive(Debug)]
+enum Pieces {
+    One(TrackedPiece),
+    Many(Box<[TrackedPiece]>),
+}
+
+impl Pieces {
+    fn as_slice(&self) -> &[TrackedPiece] {
+        match self {
+            Pieces::One(p) => std::slice::from_ref(p),
+            Pieces::Many(ps) => ps,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [TrackedPiece] {
+        match self {
+            Pieces::One(p) => std::slice::from_mut(p),
+            Pieces::Many(ps) => ps,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Registration {
+    label: Box<str>,
+    device: i32,
+    verdict: Verdict,
+    failing: bool,
+    pieces: Pieces,
 }
 
 impl Registration {
-    /// The verdict of the last check that could judge it (checks that failed leave it).
-    pub fn verdict(&self) -> Verdict {
-        Verdict::from_raw(self.verdict.load(Ordering::Acquire)).unwrap_or(Verdict::CheckFailed)
+    fn info(&self, id: RegistrationId) -> RegistrationInfo {
+        let pieces: Vec<Piece> = self.pieces.as_slice().iter().map(|p| p.piece).collect();
+        let ptr = pieces.first().map_or(0, |p| p.start);
+        let end = pieces.last().map_or(0, |p| p.end);
+        RegistrationInfo {
+            id,
+            ptr,
+            size: end - ptr,
+            label: self.label.to_string(),
+            device: self.device,
+            verdict: self.verdict,
+            check_failing: self.failing,
+            pieces,
+        }
     }
 
-    /// Whether it has been unregistered (a sweep may still hold a copy).
-    pub fn is_removed(&self) -> bool {
-        self.removed.load(Ordering::Acquire)
+    fn size(&self) -> u64 {
+        let pieces = self.pieces.as_slice();
+        match (pieces.first(), pieces.last()) {
+            (Some(first), Some(last)) => last.piece.end - first.piece.start,
+            _ => 0,
+        }
     }
 }
 
-/// A change of a registration's verdict, as recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Transition {
-    /// Verdict before.
-    pub from: Verdict,
-    /// Verdict now.
-    pub to: Verdict,
-}
-
-/// All registrations of one monitor.
+/// Registrations of one shard, in id order (ids only grow, so inserting is a push), with
+/// removed ones left as holes until they are many.
 #[derive(Debug, Default)]
-pub struct Registry {
-    entries: RwLock<HashMap<RegistrationId, Arc<Registration>>>,
-    tracked_bytes: AtomicU64,
-    violating: AtomicU64,
+struct RegistrationShard {
+    entries: Vec<(RegistrationId, Option<Registration>)>,
+    holes: usize,
+}
+
+impl RegistrationShard {
+    fn position(&self, id: RegistrationId) -> Option<usize> {
+        let i = self.entries.binary_search_by_key(&id, |e| e.0).ok()?;
+        self.entries[i].1.is_some().then_some(i)
+    }
+
+    fn push(&mut self, id: RegistrationId, registration: Registration) {
+        if self.entries.len() == self.entries.capacity() {
+            // Grow by a quarter, not double: a million registrations should not carry a
+            // million empty slots.
+            self.entries.reserve_exact((self.entries.len() / 4).max(16));
+        }
+        self.entries.push((id, Some(registration)));
+    }
+
+    fn remove(&mut self, id: RegistrationId) -> Option<Registration> {
+        let i = self.position(id)?;
+        let removed = self.entries[i].1.take();
+        self.holes += 1;
+        if self.holes > 64 && self.holes * 2 > self.entries.len() {
+            self.entries.retain(|e| e.1.is_some());
+            self.entries.shrink_to(self.entries.len() + self.entries.len() / 4);
+            self.holes = 0;
+        }
+        removed
+    }
+}
+
+/// The registrations inside one allocation. One is the common case; keep it inline.
+#[derive(Debug)]
+enum Members {
+    One(RegistrationId),
+    Many(Vec<RegistrationId>),
+}
+
+#[derive(Debug)]
+struct Allocation {
+    /// Fingerprint of the driver's last answer at this address that the members were judged
+    /// by; [`DIRTY`] forces the next check to judge them again.
+    fingerprint: u64,
+    members: Members,
+}
+
+const DIRTY: u64 = 0;
+const FAILED: u64 = 1;
+
+/// A fingerprint of everything the verdicts depend on in an answer (never DIRTY or FAILED).
+pub fn fingerprint(info: &PointerInfo) -> u64 {
+    let raw_type = match info.memory_type {
+        crate::driver::MemoryType::Unregistered => 0,
+        crate::driver::MemoryType::Host => 1,
+        crate::driver::MemoryType::Device => 2,
+        crate::driver::MemoryType::Array => 3,
+        crate::driver::MemoryType::Unified => 4,
+        crate::driver::MemoryType::Other(x) => u64::from(x),
+    };
+    let words = [
+        raw_type | (u64::from(info.is_managed) << 32),
+        info.device_ordinal as u32 as u64,
+        info.buffer_id,
+        info.range_start,
+        info.range_size,
+        info.mapping_base,
+        info.mapping_size,
+    ];
+    // FxHash-style mixing: fast, and a collision would need two answers that differ yet
+    // hash alike between two consecutive checks of the same address.
+    let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
+    for w in words {
+        h = (h.rotate_left(5) ^ w).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    if h <= FAILED {
+        h + 2
+    } else {
+        h
+    }
 }
 
 /// Counts kept in step with the registrations.
@@ -71,148 +231,373 @@ pub struct RegistryCounts {
     pub tracked_bytes: u64,
     /// Registrations whose last verdict is a violation.
     pub violating: u64,
+    /// Registrations whose driver query is failing.
+    pub failing: u64,
+    /// Distinct allocations and mappings a check asks about.
+    pub allocations: u64,
+}
+
+/// All registrations of one monitor.
+pub struct Registry {
+    registrations: Box<[Mutex<RegistrationShard>]>,
+    allocations: Box<[Mutex<HashMap<u64, Allocation>>]>,
+    count: AtomicU64,
+    tracked_bytes: AtomicU64,
+    violating: AtomicU64,
+    failing: AtomicU64,
+    allocation_count: AtomicU64,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves its shard consistent, so a poisoned lock is usable.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn shard_of_id(id: RegistrationId) -> usize {
+    (id as usize) % SHARDS
+}
+
+fn shard_of_address(address: u64) -> usize {
+    // Allocations are at least 512-byte aligned, often 2 MiB: mix the bits before picking.
+    ((address.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize) % SHARDS
 }
 
 impl Registry {
     /// An empty registry.
     pub fn new() -> Registry {
-        Registry::default()
+        Registry {
+            registrations: (0..SHARDS).map(|_| Mutex::new(RegistrationShard::default())).collect(),
+            allocations: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            count: AtomicU64::new(0),
+            tracked_bytes: AtomicU64::new(0),
+            violating: AtomicU64::new(0),
+            failing: AtomicU64::new(0),
+            allocation_count: AtomicU64::new(0),
+        }
     }
 
-    // A panic while a lock is held cannot leave the map half-changed (each change is one
-    // insert or remove), so a poisoned lock is still safe to use.
-    fn read(&self) -> RwLockReadGuard<'_, HashMap<RegistrationId, Arc<Registration>>> {
-        self.entries.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write(&self) -> RwLockWriteGuard<'_, HashMap<RegistrationId, Arc<Registration>>> {
-        self.entries.write().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Adds a registration that was found resident, and returns its id.
-    pub fn insert(&self, ptr: u64, size: u64, label: String, device: i32, pieces: Vec<Piece>) -> RegistrationId {
+    /// Adds a registration that was found resident. `answers` are the driver's answers at
+    /// each piece's `query_at`, as seen during registration, in piece order.
+    pub fn insert(&self, label: &str, device: i32, pieces: &[Piece], answers: &[PointerInfo]) -> RegistrationId {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let registration = Arc::new(Registration {
-            id,
-            ptr,
-            size,
-            label,
-            device,
-            pieces: pieces.into_boxed_slice(),
-            verdict: AtomicI32::new(Verdict::Resident as i32),
-            removed: AtomicBool::new(false),
-        });
-        let mut entries = self.write();
-        entries.insert(id, registration);
+        let tracked: Vec<TrackedPiece> =
+            pieces.iter().map(|&piece| TrackedPiece { piece, verdict: Verdict::Resident, failing: false }).collect();
+        let pieces_field = match tracked.as_slice() {
+            [one] => Pieces::One(*one),
+            _ => Pieces::Many(tracked.into_boxed_slice()),
+        };
+        let registration =
+            Registration { label: label.into(), device, verdict: Verdict::Resident, failing: false, pieces: pieces_field };
+        let size = registration.size();
+        // The registration exists before any allocation names it, so a check that finds it
+        // through an allocation can always read it.
+        lock(&self.registrations[shard_of_id(id)]).push(id, registration);
+        self.count.fetch_add(1, Ordering::Relaxed);
         self.tracked_bytes.fetch_add(size, Ordering::Relaxed);
+        for (piece, answer) in pieces.iter().zip(answers) {
+            let seen = fingerprint(answer);
+            let mut shard = lock(&self.allocations[shard_of_address(piece.query_at)]);
+            match shard.get_mut(&piece.query_at) {
+                Some(allocation) => {
+                    // The others were judged by an older answer: if it differs from what this
+                    // registration saw, the memory changed meanwhile; judge them all again.
+                    if allocation.fingerprint != seen {
+                        allocation.fingerprint = DIRTY;
+                    }
+                    match &mut allocation.members {
+                        Members::One(other) if *other == id => {}
+                        Members::One(other) => allocation.members = Members::Many(vec![*other, id]),
+                        Members::Many(ids) => {
+                            if ids.last() != Some(&id) {
+                                ids.push(id)
+                            }
+                        }
+                    }
+                }
+                None => {
+                    shard.insert(piece.query_at, Allocation { fingerprint: seen, members: Members::One(id) });
+                    self.allocation_count.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
         id
     }
 
     /// Removes a registration; `None` if the id is not registered (any more).
-    pub fn remove(&self, id: RegistrationId) -> Option<Arc<Registration>> {
-        let mut entries = self.write();
-        let registration = entries.remove(&id)?;
-        registration.removed.store(true, Ordering::Release);
-        self.tracked_bytes.fetch_sub(registration.size, Ordering::Relaxed);
-        if registration.verdict().is_violation() {
+    pub fn remove(&self, id: RegistrationId) -> Option<RegistrationInfo> {
+        let registration = lock(&self.registrations[shard_of_id(id)]).remove(id)?;
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        self.tracked_bytes.fetch_sub(registration.size(), Ordering::Relaxed);
+        if registration.verdict.is_violation() {
             self.violating.fetch_sub(1, Ordering::Relaxed);
         }
-        Some(registration)
-    }
-
-    /// Records a verdict from a check. Returns the transition if the verdict changed and the
-    /// registration is still registered. [`Verdict::CheckFailed`] is not recorded: a failed
-    /// query says nothing about where the memory is.
-    pub fn record(&self, registration: &Registration, verdict: Verdict) -> Option<Transition> {
-        if verdict == Verdict::CheckFailed {
-            return None;
+        if registration.failing {
+            self.failing.fetch_sub(1, Ordering::Relaxed);
         }
-        if registration.verdict() == verdict {
-            return None;
-        }
-        // The read lock orders this against `remove`, which keeps the violation count exact.
-        let _entries = self.read();
-        if registration.is_removed() {
-            return None;
-        }
-        let from = Verdict::from_raw(registration.verdict.swap(verdict as i32, Ordering::AcqRel))
-            .unwrap_or(Verdict::CheckFailed);
-        match (from.is_violation(), verdict.is_violation()) {
-            (false, true) => {
-                self.violating.fetch_add(1, Ordering::Relaxed);
+        for tracked in registration.pieces.as_slice() {
+            let address = tracked.piece.query_at;
+            let mut shard = lock(&self.allocations[shard_of_address(address)]);
+            let Some(allocation) = shard.get_mut(&address) else { continue };
+            let empty = match &mut allocation.members {
+                Members::One(other) => *other == id,
+                Members::Many(ids) => {
+                    ids.retain(|&m| m != id);
+                    if ids.len() == 1 {
+                        allocation.members = Members::One(ids[0]);
+                    }
+                    false
+                }
+            };
+            if empty {
+                shard.remove(&address);
+                self.allocation_count.fetch_sub(1, Ordering::Relaxed);
             }
-            (true, false) => {
-                self.violating.fetch_sub(1, Ordering::Relaxed);
-            }
-            _ => {}
         }
-        (from != verdict).then_some(Transition { from, to: verdict })
-    }
-
-    /// A copy of the current registrations, in id order, to check without holding a lock.
-    pub fn snapshot(&self) -> Vec<Arc<Registration>> {
-        let mut list: Vec<Arc<Registration>> = self.read().values().cloned().collect();
-        list.sort_unstable_by_key(|r| r.id);
-        list
+        Some(registration.info(id))
     }
 
     /// The registration with this id, if registered.
-    pub fn get(&self, id: RegistrationId) -> Option<Arc<Registration>> {
-        self.read().get(&id).cloned()
+    pub fn get(&self, id: RegistrationId) -> Option<RegistrationInfo> {
+        let shard = lock(&self.registrations[shard_of_id(id)]);
+        let i = shard.position(id)?;
+        shard.entries[i].1.as_ref().map(|r| r.info(id))
     }
 
-    /// The counts, read together.
+    /// A copy of every registration, in id order.
+    pub fn snapshot(&self) -> Vec<RegistrationInfo> {
+        let mut all = Vec::with_capacity(self.count.load(Ordering::Relaxed) as usize);
+        for shard in self.registrations.iter() {
+            let shard = lock(shard);
+            all.extend(shard.entries.iter().filter_map(|(id, r)| r.as_ref().map(|r| r.info(*id))));
+        }
+        all.sort_unstable_by_key(|r| r.id);
+        all
+    }
+
+    /// The distinct devices that hold registrations.
+    pub fn devices(&self) -> Vec<i32> {
+        let mut devices = Vec::new();
+        for shard in self.registrations.iter() {
+            for (_, registration) in lock(shard).entries.iter() {
+                if let Some(r) = registration {
+                    if !devices.contains(&r.device) {
+                        devices.push(r.device);
+                    }
+                }
+            }
+        }
+        devices
+    }
+
+    /// The counts.
     pub fn counts(&self) -> RegistryCounts {
-        let entries = self.read();
         RegistryCounts {
-            registrations: entries.len() as u64,
+            registrations: self.count.load(Ordering::Relaxed),
             tracked_bytes: self.tracked_bytes.load(Ordering::Relaxed),
             violating: self.violating.load(Ordering::Relaxed),
+            failing: self.failing.load(Ordering::Relaxed),
+            allocations: self.allocation_count.load(Ordering::Relaxed),
         }
+    }
+
+    /// Number of allocation shards (a check walks them one by one).
+    pub fn allocation_shards(&self) -> usize {
+        self.allocations.len()
+    }
+
+    /// The addresses of allocation shard `shard` with their last fingerprints, appended to
+    /// `out`. The lock is held only for the copy.
+    pub fn allocation_addresses(&self, shard: usize, out: &mut Vec<(u64, u64)>) {
+        out.extend(lock(&self.allocations[shard]).iter().map(|(&address, a)| (address, a.fingerprint)));
+    }
+
+    /// Whether an answer at `address` differs from the one its members were judged by.
+    pub fn is_unchanged(last_fingerprint: u64, answer: &Result<PointerInfo, DriverError>) -> bool {
+        match answer {
+            Ok(info) => last_fingerprint == fingerprint(info),
+            Err(_) => last_fingerprint == FAILED,
+        }
+    }
+
+    /// Judges again every registration inside the allocation at `address` by `answer`, and
+    /// records the answer as the one they were judged by. Returns what changed.
+    pub fn apply(&self, address: u64, answer: &Result<PointerInfo, DriverError>) -> Vec<Change> {
+        let members: Vec<RegistrationId> = {
+            let mut shard = lock(&self.allocations[shard_of_address(address)]);
+            let Some(allocation) = shard.get_mut(&address) else { return Vec::new() };
+            allocation.fingerprint = match answer {
+                Ok(info) => fingerprint(info),
+                Err(_) => FAILED,
+            };
+            match &allocation.members {
+                Members::One(id) => vec![*id],
+                Members::Many(ids) => ids.clone(),
+            }
+        };
+        let mut changes = Vec::new();
+        for id in members {
+            let mut shard = lock(&self.registrations[shard_of_id(id)]);
+            let Some(i) = shard.position(id) else { continue };
+            let Some(registration) = shard.entries[i].1.as_mut() else { continue };
+            let device = registration.device;
+            for tracked in registration.pieces.as_mut_slice().iter_mut().filter(|t| t.piece.query_at == address) {
+                match answer {
+                    Ok(info) => {
+                        tracked.verdict = classify_piece(&tracked.piece, device, info);
+                        tracked.failing = false;
+                    }
+                    // The last verdict stays: a failed query says nothing about the memory.
+                    Err(_) => tracked.failing = true,
+                }
+            }
+            let verdict = registration.pieces.as_slice().iter().fold(Verdict::Resident, |v, t| v.worst(t.verdict));
+            let failing = registration.pieces.as_slice().iter().any(|t| t.failing);
+            let (old_verdict, old_failing) = (registration.verdict, registration.failing);
+            registration.verdict = verdict;
+            registration.failing = failing;
+            match (old_verdict.is_violation(), verdict.is_violation()) {
+                (false, true) => {
+                    self.violating.fetch_add(1, Ordering::Relaxed);
+                }
+                (true, false) => {
+                    self.violating.fetch_sub(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+            match (old_failing, failing) {
+                (false, true) => {
+                    self.failing.fetch_add(1, Ordering::Relaxed);
+                }
+                (true, false) => {
+                    self.failing.fetch_sub(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+            if !old_failing && failing {
+                if let Err(error) = answer {
+                    changes.push(Change::CheckFailed { registration: registration.info(id), error: error.clone() });
+                }
+            }
+            if old_verdict != verdict {
+                changes.push(Change::Verdict { registration: registration.info(id), from: old_verdict });
+            }
+        }
+        changes
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::driver::MemoryType;
 
-    fn piece() -> Vec<Piece> {
-        vec![Piece { start: 0x1000, end: 0x2000, buffer_id: 1 }]
+    fn answer(buffer_id: u64) -> PointerInfo {
+        PointerInfo {
+            memory_type: MemoryType::Device,
+            is_managed: false,
+            device_ordinal: 0,
+            buffer_id,
+            range_start: 0x1000,
+            range_size: 0x1000,
+            mapping_base: 0,
+            mapping_size: 0,
+        }
+    }
+
+    fn piece(start: u64, end: u64) -> Piece {
+        Piece { query_at: 0x1000, start, end, buffer_id: 1 }
     }
 
     #[test]
     fn ids_are_never_zero_and_never_reused_across_registries() {
         let registry = Registry::new();
         let other = Registry::new();
-        let a = registry.insert(0x1000, 0x1000, "a".into(), 0, piece());
+        let a = registry.insert("a", 0, &[piece(0x1000, 0x2000)], &[answer(1)]);
         assert_ne!(a, 0);
         registry.remove(a).unwrap();
-        let b = registry.insert(0x1000, 0x1000, "a".into(), 0, piece());
-        let c = other.insert(0x1000, 0x1000, "a".into(), 0, piece());
+        let b = registry.insert("a", 0, &[piece(0x1000, 0x2000)], &[answer(1)]);
+        let c = other.insert("a", 0, &[piece(0x1000, 0x2000)], &[answer(1)]);
         assert!(a != b && b != c && a != c);
         assert!(other.remove(b).is_none(), "an id from another registry is unknown here");
     }
 
     #[test]
-    fn counts_follow_inserts_removals_and_verdicts() {
+    fn registrations_in_one_allocation_share_one_query_address() {
         let registry = Registry::new();
-        let a = registry.insert(0x1000, 100, "a".into(), 0, piece());
-        let b = registry.insert(0x9000, 50, "b".into(), 0, piece());
-        assert_eq!(registry.counts(), RegistryCounts { registrations: 2, tracked_bytes: 150, violating: 0 });
+        let a = registry.insert("a", 0, &[piece(0x1000, 0x1800)], &[answer(1)]);
+        let b = registry.insert("b", 0, &[piece(0x1800, 0x2000)], &[answer(1)]);
+        assert_eq!(registry.counts().allocations, 1);
+        assert_eq!(registry.counts().registrations, 2);
+        assert_eq!(registry.counts().tracked_bytes, 0x1000);
 
-        let ra = registry.get(a).unwrap();
-        assert_eq!(registry.record(&ra, Verdict::Host), Some(Transition { from: Verdict::Resident, to: Verdict::Host }));
-        assert_eq!(registry.record(&ra, Verdict::Host), None, "no change, no transition");
-        assert_eq!(registry.record(&ra, Verdict::Managed), Some(Transition { from: Verdict::Host, to: Verdict::Managed }));
-        assert_eq!(registry.counts().violating, 1, "violation to violation keeps the count");
-        assert_eq!(registry.record(&ra, Verdict::CheckFailed), None);
-        assert_eq!(ra.verdict(), Verdict::Managed, "a failed check does not overwrite");
+        let changes = registry.apply(0x1000, &Ok(answer(2)));
+        let changed: Vec<(u64, Verdict)> = changes
+            .iter()
+            .map(|c| match c {
+                Change::Verdict { registration, .. } => (registration.id, registration.verdict),
+                Change::CheckFailed { .. } => panic!("no failure"),
+            })
+            .collect();
+        assert_eq!(changed, vec![(a, Verdict::Replaced), (b, Verdict::Replaced)]);
+        assert_eq!(registry.counts().violating, 2);
+        assert!(Registry::is_unchanged(fingerprint(&answer(2)), &Ok(answer(2))));
 
         registry.remove(a).unwrap();
-        assert_eq!(registry.counts(), RegistryCounts { registrations: 1, tracked_bytes: 50, violating: 0 });
-        assert_eq!(registry.record(&ra, Verdict::Resident), None, "removed registrations record nothing");
-        assert!(registry.remove(a).is_none());
-        assert!(registry.get(b).is_some());
+        assert_eq!(registry.counts().allocations, 1);
+        assert_eq!(registry.counts().violating, 1);
+        registry.remove(b).unwrap();
+        assert_eq!(registry.counts(), RegistryCounts::default());
+    }
+
+    #[test]
+    fn a_failed_query_keeps_the_verdict_and_is_reported_once() {
+        let registry = Registry::new();
+        let a = registry.insert("a", 0, &[piece(0x1000, 0x2000)], &[answer(1)]);
+        let mut managed = answer(1);
+        managed.is_managed = true;
+        assert_eq!(registry.apply(0x1000, &Ok(managed)).len(), 1);
+        let error = Err(DriverError::Call { function: "cuPointerGetAttributes", code: 999 });
+        let changes = registry.apply(0x1000, &error);
+        assert!(matches!(&changes[..], [Change::CheckFailed { .. }]));
+        assert_eq!(registry.get(a).unwrap().verdict, Verdict::Managed);
+        assert!(registry.get(a).unwrap().check_failing);
+        assert_eq!((registry.counts().violating, registry.counts().failing), (1, 1));
+        assert!(Registry::is_unchanged(FAILED, &error), "a persisting failure is no change");
+        registry.apply(0x1000, &Ok(answer(1)));
+        assert_eq!((registry.counts().violating, registry.counts().failing), (0, 0));
+    }
+
+    #[test]
+    fn joining_an_allocation_with_a_different_answer_marks_it_for_a_new_judgement() {
+        let registry = Registry::new();
+        registry.insert("a", 0, &[piece(0x1000, 0x2000)], &[answer(1)]);
+        registry.insert("b", 0, &[Piece { buffer_id: 2, ..piece(0x1000, 0x2000) }], &[answer(2)]);
+        let mut addresses = Vec::new();
+        for shard in 0..registry.allocation_shards() {
+            registry.allocation_addresses(shard, &mut addresses);
+        }
+        assert_eq!(addresses, vec![(0x1000, DIRTY)]);
+    }
+
+    #[test]
+    fn holes_are_compacted_and_lookups_still_work() {
+        let registry = Registry::new();
+        let ids: Vec<u64> =
+            (0..10_000u64).map(|i| registry.insert("x", 0, &[piece(0x1000 + i, 0x1001 + i)], &[answer(1)])).collect();
+        for id in ids.iter().step_by(3).copied().collect::<Vec<_>>() {
+            registry.remove(id).unwrap();
+        }
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(registry.get(*id).is_some(), i % 3 != 0);
+        }
+        assert_eq!(registry.counts().registrations, 10_000 - 3334);
+        assert_eq!(registry.snapshot().len(), 10_000 - 3334);
     }
 }

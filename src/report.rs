@@ -2,10 +2,8 @@
 //! health endpoints and tools.
 
 use std::fmt::Write;
-use std::sync::Arc;
-
 use crate::health::Health;
-use crate::registry::Registration;
+use crate::registry::RegistrationInfo;
 
 /// A report's format. The numbers are part of the C ABI.
 #[repr(i32)]
@@ -29,14 +27,14 @@ impl ReportFormat {
 }
 
 /// Renders a report.
-pub fn render(format: ReportFormat, health: &Health, registrations: &[Arc<Registration>]) -> String {
+pub fn render(format: ReportFormat, health: &Health, registrations: &[RegistrationInfo]) -> String {
     match format {
         ReportFormat::Text => text(health, registrations),
         ReportFormat::Json => json(health, registrations),
     }
 }
 
-fn text(health: &Health, registrations: &[Arc<Registration>]) -> String {
+fn text(health: &Health, registrations: &[RegistrationInfo]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -69,7 +67,7 @@ fn text(health: &Health, registrations: &[Arc<Registration>]) -> String {
             out,
             "  #{:<6} {:<12} GPU{} {:#x} +{} '{}'",
             r.id,
-            r.verdict().name(),
+            r.verdict.name(),
             r.device,
             r.ptr,
             r.size,
@@ -79,7 +77,7 @@ fn text(health: &Health, registrations: &[Arc<Registration>]) -> String {
     out
 }
 
-fn json(health: &Health, registrations: &[Arc<Registration>]) -> String {
+fn json(health: &Health, registrations: &[RegistrationInfo]) -> String {
     let mut out = String::with_capacity(512 + registrations.len() * 128);
     out.push_str("{\"health\":");
     health_json(&mut out, health);
@@ -97,7 +95,7 @@ fn json(health: &Health, registrations: &[Arc<Registration>]) -> String {
             r.ptr,
             r.size,
             r.device,
-            r.verdict().name()
+            r.verdict.name()
         );
     }
     out.push_str("]}");

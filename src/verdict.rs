@@ -122,6 +122,10 @@ impl std::fmt::Display for Verdict {
 /// `[ptr, ptr + size)` that one allocation or VMM mapping holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Piece {
+    /// Where to ask the driver about this piece: the base of the allocation or mapping that
+    /// held it at registration. Registrations inside one allocation share this address, so a
+    /// check asks once per allocation, not once per registration.
+    pub query_at: u64,
     /// First address of the registered range that lies in this piece.
     pub start: u64,
     /// One past the last registered address that lies in this piece.
@@ -185,7 +189,7 @@ mod tests {
         }
     }
 
-    const PIECE: Piece = Piece { start: 0x1000, end: 0x3000, buffer_id: 7 };
+    const PIECE: Piece = Piece { query_at: 0x1000, start: 0x1000, end: 0x3000, buffer_id: 7 };
 
     #[test]
     fn plain_device_memory_is_resident() {

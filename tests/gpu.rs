@@ -114,6 +114,30 @@ struct Cuda {
     mem_set_access: unsafe extern "C" fn(u64, usize, *const cu::CUmemAccessDesc, usize) -> c_int,
     pointer_get_attribute: unsafe extern "C" fn(Ptr, c_int, u64) -> c_int,
     pointer_get_attributes: unsafe extern "C" fn(c_uint, *mut c_int, *mut Ptr, u64) -> c_int,
+    device_get_attribute: unsafe extern "C" fn(*mut c_int, c_int, c_int) -> c_int,
+    device_can_access_peer: unsafe extern "C" fn(*mut c_int, c_int, c_int) -> c_int,
+    ctx_push: unsafe extern "C" fn(Ptr) -> c_int,
+    ctx_pop: unsafe extern "C" fn(*mut Ptr) -> c_int,
+    /// Used only by the CHECK_FAILED attempts: a missing one disables that attempt alone.
+    breakers: Breakers,
+}
+
+/// Driver functions that only the attempts to make the pointer query fail call. Each is
+/// optional: a driver without it skips that attempt, not the whole program.
+#[derive(Clone, Copy)]
+struct Breakers {
+    module_load_data: Option<unsafe extern "C" fn(*mut Ptr, *const c_void) -> c_int>,
+    module_get_function: Option<unsafe extern "C" fn(*mut Ptr, Ptr, *const c_char) -> c_int>,
+    #[allow(clippy::type_complexity)]
+    launch_kernel: Option<
+        unsafe extern "C" fn(Ptr, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, Ptr, *mut Ptr, *mut Ptr) -> c_int,
+    >,
+    primary_ctx_reset: Option<unsafe extern "C" fn(c_int) -> c_int>,
+    /// `cuCtxCreate_v2(ctx, flags, dev)`.
+    ctx_create_v2: Option<unsafe extern "C" fn(*mut Ptr, c_uint, c_int) -> c_int>,
+    /// `cuCtxCreate_v4(ctx, params, flags, dev)` (CUDA 12.5+), with params NULL.
+    ctx_create_v4: Option<unsafe extern "C" fn(*mut Ptr, Ptr, c_uint, c_int) -> c_int>,
+    ctx_destroy: Option<unsafe extern "C" fn(Ptr) -> c_int>,
 }
 
 /// Looks a function up by name. `T` must be its true C signature (enums read as integers).
@@ -174,6 +198,19 @@ impl Cuda {
                 mem_set_access: sym(lib, "cuMemSetAccess")?,
                 pointer_get_attribute: sym(lib, "cuPointerGetAttribute")?,
                 pointer_get_attributes: sym(lib, "cuPointerGetAttributes")?,
+                device_get_attribute: sym(lib, "cuDeviceGetAttribute")?,
+                device_can_access_peer: sym(lib, "cuDeviceCanAccessPeer")?,
+                ctx_push: sym(lib, "cuCtxPushCurrent_v2")?,
+                ctx_pop: sym(lib, "cuCtxPopCurrent_v2")?,
+                breakers: Breakers {
+                    module_load_data: sym(lib, "cuModuleLoadData").ok(),
+                    module_get_function: sym(lib, "cuModuleGetFunction").ok(),
+                    launch_kernel: sym(lib, "cuLaunchKernel").ok(),
+                    primary_ctx_reset: sym(lib, "cuDevicePrimaryCtxReset_v2").ok(),
+                    ctx_create_v2: sym(lib, "cuCtxCreate_v2").ok(),
+                    ctx_create_v4: sym(lib, "cuCtxCreate_v4").ok(),
+                    ctx_destroy: sym(lib, "cuCtxDestroy_v2").ok(),
+                },
             })
         }
     }
@@ -649,7 +686,7 @@ impl Collector {
 }
 
 fn monitor(interval: Duration) -> Result<(Monitor, Arc<Collector>), String> {
-    let monitor = Monitor::new(MonitorOptions { interval }).map_err(|e| format!("Monitor::new: {e}"))?;
+    let monitor = Monitor::new(MonitorOptions { interval, ..Default::default() }).map_err(|e| format!("Monitor::new: {e}"))?;
     let collector = Arc::new(Collector::default());
     monitor.set_callback(Some(collector.callback()));
     Ok((monitor, collector))
@@ -1123,7 +1160,7 @@ fn child_no_context() -> i32 {
             return 1;
         }
     };
-    let m = match Monitor::new(MonitorOptions { interval: PERIODIC }) {
+    let m = match Monitor::new(MonitorOptions { interval: PERIODIC, ..Default::default() }) {
         Ok(m) => m,
         Err(e) => {
             println!("CHILD-RESULT error=Monitor::new:{}", token(&e.to_string()));

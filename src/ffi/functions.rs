@@ -26,12 +26,31 @@ pub const VRAM_MONITOR_DEFAULT_INTERVAL_MS: u32 = 60_000;
 pub const VRAM_MONITOR_MAX_LABEL_BYTES: u32 = 4096;
 // cbindgen only writes literal constants into the header; keep the literal honest.
 const _: () = assert!(VRAM_MONITOR_MAX_LABEL_BYTES as usize == crate::monitor::MAX_LABEL_BYTES);
+/// Default driver queries per slice of a check (see `vram_monitor_set_pacing`).
+pub const VRAM_MONITOR_DEFAULT_SLICE_QUERIES: u32 = 256;
+/// Default pause between slices of a check, in microseconds (see `vram_monitor_set_pacing`).
+pub const VRAM_MONITOR_DEFAULT_PAUSE_US: u32 = 50;
+// The header's literals must match the core's defaults.
+const _: () = assert!(VRAM_MONITOR_DEFAULT_SLICE_QUERIES == crate::monitor::Pacing::DEFAULT_SLICE_QUERIES);
+const _: () = assert!(VRAM_MONITOR_DEFAULT_PAUSE_US as u128 == crate::monitor::Pacing::DEFAULT_PAUSE.as_micros());
 /// Major version of this header.
 pub const VRAM_MONITOR_VERSION_MAJOR: u32 = 0;
 /// Minor version of this header.
 pub const VRAM_MONITOR_VERSION_MINOR: u32 = 1;
 /// Patch version of this header.
 pub const VRAM_MONITOR_VERSION_PATCH: u32 = 0;
+
+/// `FORKED` when `monitor` was created by another process (this is a child forked after
+/// `vram_monitor_new`): its thread does not exist here, so nothing may wait for it or take
+/// its locks.
+macro_rules! refuse_in_forked_child {
+    ($monitor:expr) => {
+        // SAFETY: non-NULL (checked by the caller) and not freed (caller's contract).
+        if unsafe { &(*$monitor).monitor }.in_forked_child() {
+            return VramMonitorResult::Forked;
+        }
+    };
+}
 
 macro_rules! try_ffi {
     ($e:expr) => {
@@ -60,7 +79,7 @@ pub unsafe extern "C" fn vram_monitor_new(interval_ms: u32, out_monitor: *mut *m
             return VramMonitorResult::NullArgument;
         }
         super::log_bridge::install();
-        let options = MonitorOptions { interval: Duration::from_millis(u64::from(interval_ms)) };
+        let options = MonitorOptions { interval: Duration::from_millis(u64::from(interval_ms)), ..Default::default() };
         let monitor = try_ffi!(Monitor::new(options));
         // SAFETY: checked non-NULL; the caller provides a writable pointer.
         unsafe { *out_monitor = Box::into_raw(Box::new(VramMonitor { monitor })) };
@@ -73,6 +92,14 @@ pub unsafe extern "C" fn vram_monitor_new(interval_ms: u32, out_monitor: *mut *m
 /// after this returns. `NULL` is a no-op returning `OK`.
 ///
 /// From inside a callback it returns `CALLED_FROM_CALLBACK` and frees nothing.
+///
+/// Bound: the thread checks a stop flag between registrations and between events, so this
+/// waits for at most the driver queries of the registration being checked (one per recorded
+/// piece) plus the callback call in progress; events not yet delivered are dropped.
+///
+/// In a child process forked after `vram_monitor_new`, returns `FORKED` at once: the monitor
+/// thread does not exist there, so nothing is joined, the user data's finaliser does not run
+/// and the monitor's memory is leaked in the child. The handle is gone either way.
 #[no_mangle]
 ///
 /// # Safety
@@ -83,6 +110,11 @@ pub unsafe extern "C" fn vram_monitor_free(monitor: *mut VramMonitor) -> VramMon
             return VramMonitorResult::Ok;
         }
         // SAFETY: a pointer from vram_monitor_new that has not been freed (caller's contract).
+        if unsafe { &*monitor }.monitor.in_forked_child() {
+            // Dropping leaks the monitor in the child without waiting (Monitor::in_forked_child).
+            drop(unsafe { Box::from_raw(monitor) });
+            return VramMonitorResult::Forked;
+        }
         if unsafe { &*monitor }.monitor.is_monitor_thread() {
             return VramMonitorResult::CalledFromCallback;
         }
@@ -103,6 +135,8 @@ pub unsafe extern "C" fn vram_monitor_free(monitor: *mut VramMonitor) -> VramMon
 /// `INVALID_LABEL`; `DRIVER_ERROR` if the driver query failed.
 ///
 /// May be called from any thread, also from a callback. Never waits for a check in progress.
+///
+/// In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
 #[no_mangle]
 ///
 /// # Safety
@@ -118,6 +152,7 @@ pub unsafe extern "C" fn vram_monitor_register(
         if monitor.is_null() || ptr.is_null() || label.is_null() || out_id.is_null() {
             return VramMonitorResult::NullArgument;
         }
+        refuse_in_forked_child!(monitor);
         // SAFETY: non-NULL, NUL-terminated per the contract.
         let Ok(label) = unsafe { CStr::from_ptr(label) }.to_str() else {
             return VramMonitorResult::InvalidLabel;
@@ -132,6 +167,8 @@ pub unsafe extern "C" fn vram_monitor_register(
 /// Stops watching registration `id`. Returns `UNKNOWN_REGISTRATION` for an id this monitor
 /// never gave (another monitor's included) or already removed. May be called from a callback (also for the registration
 /// the event is about). An event already being delivered may still name it.
+///
+/// In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
 #[no_mangle]
 ///
 /// # Safety
@@ -141,6 +178,7 @@ pub unsafe extern "C" fn vram_monitor_unregister(monitor: *mut VramMonitor, id: 
         if monitor.is_null() {
             return VramMonitorResult::NullArgument;
         }
+        refuse_in_forked_child!(monitor);
         try_ffi!(unsafe { &(*monitor).monitor }.unregister(id));
         VramMonitorResult::Ok
     })
@@ -151,6 +189,8 @@ pub unsafe extern "C" fn vram_monitor_unregister(monitor: *mut VramMonitor, id: 
 /// call; `free_user_data` (may be NULL) releases it once this callback can no longer run.
 /// A NULL `callback` removes the callback; then `user_data` and `free_user_data` are ignored.
 /// The previous callback's `free_user_data` runs after any call of it in progress returns.
+///
+/// In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
 #[no_mangle]
 ///
 /// # Safety
@@ -165,6 +205,7 @@ pub unsafe extern "C" fn vram_monitor_set_callback(
         if monitor.is_null() {
             return VramMonitorResult::NullArgument;
         }
+        refuse_in_forked_child!(monitor);
         let monitor = unsafe { &(*monitor).monitor };
         monitor.set_callback(callback.map(|f| callback::wrap(f, user_data, free_user_data)));
         VramMonitorResult::Ok
@@ -174,6 +215,8 @@ pub unsafe extern "C" fn vram_monitor_set_callback(
 /// Changes the interval between full checks (milliseconds, at least 1). The thread wakes at
 /// once; the next check is due one new interval after the previous one. May be called from a
 /// callback. `INVALID_ARGUMENT` for 0.
+///
+/// In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
 #[no_mangle]
 ///
 /// # Safety
@@ -183,8 +226,29 @@ pub unsafe extern "C" fn vram_monitor_set_interval_ms(monitor: *mut VramMonitor,
         if monitor.is_null() {
             return VramMonitorResult::NullArgument;
         }
+        refuse_in_forked_child!(monitor);
         let monitor = unsafe { &(*monitor).monitor };
         try_ffi!(monitor.set_interval(Duration::from_millis(u64::from(interval_ms))));
+        VramMonitorResult::Ok
+    })
+}
+
+/// Changes how a check paces its driver queries: after every `slice_queries` queries it
+/// pauses `pause_us` microseconds (0: it only yields the processor). The driver serialises
+/// pointer queries with the engine's kernel launches, so an unpaced check adds tail latency
+/// to the engine; the defaults (`VRAM_MONITOR_DEFAULT_SLICE_QUERIES` queries, then
+/// `VRAM_MONITOR_DEFAULT_PAUSE_US` µs) keep that small (docs/performance.md has the
+/// measurements). Takes effect from the next check. `INVALID_ARGUMENT` for `slice_queries`
+/// 0 or a pause over 1 s. Callable from any thread, also from a callback.
+#[no_mangle]
+pub unsafe extern "C" fn vram_monitor_set_pacing(monitor: *mut VramMonitor, slice_queries: u32, pause_us: u32) -> VramMonitorResult {
+    guard(|| {
+        if monitor.is_null() {
+            return VramMonitorResult::NullArgument;
+        }
+        let monitor = unsafe { &(*monitor).monitor };
+        let pacing = crate::monitor::Pacing { slice_queries, pause: Duration::from_micros(u64::from(pause_us)) };
+        try_ffi!(monitor.set_pacing(pacing));
         VramMonitorResult::Ok
     })
 }
@@ -193,6 +257,8 @@ pub unsafe extern "C" fn vram_monitor_set_interval_ms(monitor: *mut VramMonitor,
 /// this returns) and waits for it. `out_summary` may be NULL; if not, it receives the result.
 /// `OK` means the check ran: read the summary for violations and failed queries. From inside
 /// a callback returns `CALLED_FROM_CALLBACK`.
+///
+/// In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
 #[no_mangle]
 ///
 /// # Safety
@@ -205,6 +271,7 @@ pub unsafe extern "C" fn vram_monitor_check_now(
         if monitor.is_null() {
             return VramMonitorResult::NullArgument;
         }
+        refuse_in_forked_child!(monitor);
         let summary = try_ffi!(unsafe { &(*monitor).monitor }.check_now());
         if !out_summary.is_null() {
             unsafe { *out_summary = VramMonitorCheckSummary::from(&summary) };
@@ -215,6 +282,8 @@ pub unsafe extern "C" fn vram_monitor_check_now(
 
 /// Fills `*out_health` with the health snapshot. Cheap (no driver query); callable from any
 /// thread, also from a callback.
+///
+/// In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
 #[no_mangle]
 ///
 /// # Safety
@@ -224,6 +293,7 @@ pub unsafe extern "C" fn vram_monitor_health(monitor: *const VramMonitor, out_he
         if monitor.is_null() || out_health.is_null() {
             return VramMonitorResult::NullArgument;
         }
+        refuse_in_forked_child!(monitor);
         let health = unsafe { &(*monitor).monitor }.health();
         unsafe { *out_health = VramMonitorHealth::from(&health) };
         VramMonitorResult::Ok
@@ -239,6 +309,8 @@ pub unsafe extern "C" fn vram_monitor_health(monitor: *const VramMonitor, out_he
 /// result is `BUFFER_TOO_SMALL` (call with `buf = NULL, buf_len = 0` to ask for the size; the
 /// report can grow between the two calls). `out_len` must not be NULL; `buf` may be NULL only
 /// when `buf_len` is 0.
+///
+/// In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
 #[no_mangle]
 ///
 /// # Safety
@@ -254,6 +326,7 @@ pub unsafe extern "C" fn vram_monitor_report(
         if monitor.is_null() || out_len.is_null() || (buf.is_null() && buf_len > 0) {
             return VramMonitorResult::NullArgument;
         }
+        refuse_in_forked_child!(monitor);
         let Some(format) = ReportFormat::from_raw(format) else {
             return VramMonitorResult::UnknownFormat;
         };

@@ -54,6 +54,10 @@ pub enum VramMonitorResult {
     ThreadSpawnFailed = 401,
     /// The monitor thread has stopped.
     Stopped = 402,
+    /// Called in a child process forked after the monitor was created: the monitor's thread
+    /// does not exist there, so nothing is done (`vram_monitor_free` releases the handle
+    /// without waiting; the monitor's memory is leaked in the child).
+    Forked = 403,
     /// An internal error (a caught panic). The monitor is still usable.
     Panic = 500,
 }
@@ -80,6 +84,7 @@ impl From<&Error> for VramMonitorResult {
             Error::CalledFromCallback => VramMonitorResult::CalledFromCallback,
             Error::ThreadSpawn(_) => VramMonitorResult::ThreadSpawnFailed,
             Error::Stopped => VramMonitorResult::Stopped,
+            Error::Forked => VramMonitorResult::Forked,
         }
     }
 }
@@ -108,6 +113,7 @@ impl VramMonitorResult {
             400 => b"called from a monitor callback, where it would deadlock\0",
             401 => b"could not start the monitor thread\0",
             402 => b"the monitor thread has stopped\0",
+            403 => b"called in a forked child process: the monitor belongs to the parent\0",
             500 => b"internal error (caught panic)\0",
             _ => b"unknown result code\0",
         }

@@ -1,0 +1,2 @@
+//! Placeholder: the doctor is being written.
+fn main() {}
