@@ -155,7 +155,15 @@ pub fn cuda_error_name(code: i32) -> &'static str {
         101 => "CUDA_ERROR_INVALID_DEVICE",
         201 => "CUDA_ERROR_INVALID_CONTEXT",
         304 => "CUDA_ERROR_OPERATING_SYSTEM",
+        46 => "CUDA_ERROR_DEVICE_UNAVAILABLE",
         400 => "CUDA_ERROR_INVALID_HANDLE",
+        700 => "CUDA_ERROR_ILLEGAL_ADDRESS",
+        709 => "CUDA_ERROR_CONTEXT_IS_DESTROYED",
+        710 => "CUDA_ERROR_ASSERT",
+        714 => "CUDA_ERROR_HARDWARE_STACK_ERROR",
+        715 => "CUDA_ERROR_ILLEGAL_INSTRUCTION",
+        719 => "CUDA_ERROR_LAUNCH_FAILED",
+        802 => "CUDA_ERROR_SYSTEM_NOT_READY",
         999 => "CUDA_ERROR_UNKNOWN",
         _ => "an unknown CUDA error code",
     }
@@ -174,6 +182,14 @@ pub trait Driver: Send + Sync {
 
     /// The driver's API version (for example 13000), if known.
     fn version(&self) -> Option<i32>;
+
+    /// The PCI bus id of CUDA device `device` ("0000:18:00.0"), if the driver can say; it is
+    /// how the device-health readings find the same GPU in NVML, whose numbering differs
+    /// from CUDA's. The default says nothing.
+    fn pci_bus_id(&self, device: i32) -> Option<String> {
+        let _ = device;
+        None
+    }
 }
 
 type InitFn = unsafe extern "C" fn(c_uint) -> c_int;
@@ -185,6 +201,8 @@ type PrimaryCtxReleaseFn = unsafe extern "C" fn(c_int) -> c_int;
 type CtxPushFn = unsafe extern "C" fn(*mut c_void) -> c_int;
 type CtxPopFn = unsafe extern "C" fn(*mut *mut c_void) -> c_int;
 type MemGetInfoFn = unsafe extern "C" fn(*mut usize, *mut usize) -> c_int;
+type DeviceGetFn = unsafe extern "C" fn(*mut c_int, c_int) -> c_int;
+type DeviceGetPciBusIdFn = unsafe extern "C" fn(*mut std::ffi::c_char, c_int, c_int) -> c_int;
 
 /// The functions needed to read device memory use through the engine's primary context.
 /// Optional: without them the monitor falls back to "unknown".
@@ -203,6 +221,8 @@ pub struct CudaDriver {
     pointer_get_attributes: PointerGetAttributesFn,
     memory_info: Option<MemoryInfoFns>,
     version: Option<i32>,
+    /// `cuDeviceGet` and `cuDeviceGetPCIBusId`, for [`Driver::pci_bus_id`]; optional.
+    pci_bus_id: Option<(DeviceGetFn, DeviceGetPciBusIdFn)>,
     /// Drivers older than CUDA 11.3 reject MAPPING_BASE_ADDR/MAPPING_SIZE; then only
     /// RANGE_* is asked for. Decided once, when the driver is loaded.
     mapping_attributes_supported: AtomicBool,
@@ -243,6 +263,9 @@ fn load() -> Result<CudaDriver, DriverError> {
         let init: InitFn = symbol(library, "cuInit")?;
         let pointer_get_attributes: PointerGetAttributesFn = symbol(library, "cuPointerGetAttributes")?;
         let driver_get_version: Option<DriverGetVersionFn> = symbol(library, "cuDriverGetVersion").ok();
+        let pci_bus_id = symbol::<DeviceGetFn>(library, "cuDeviceGet")
+            .and_then(|get| Ok((get, symbol::<DeviceGetPciBusIdFn>(library, "cuDeviceGetPCIBusId")?)))
+            .ok();
         let memory_info = (|| -> Result<MemoryInfoFns, DriverError> {
             Ok(MemoryInfoFns {
                 primary_ctx_get_state: symbol(library, "cuDevicePrimaryCtxGetState")?,
@@ -268,6 +291,7 @@ fn load() -> Result<CudaDriver, DriverError> {
             pointer_get_attributes,
             memory_info,
             version,
+            pci_bus_id,
             mapping_attributes_supported: AtomicBool::new(true),
         };
         // Drivers before CUDA 11.3 reject the mapping attributes. Ask once, about address 0
@@ -371,6 +395,23 @@ impl Driver for CudaDriver {
     fn version(&self) -> Option<i32> {
         self.version
     }
+
+    fn pci_bus_id(&self, device: i32) -> Option<String> {
+        let (device_get, get_pci_bus_id) = self.pci_bus_id?;
+        let mut handle: c_int = 0;
+        let mut buf = [0 as std::ffi::c_char; 32];
+        // SAFETY: plain driver calls (no context needed) with out-pointers to locals; the
+        // buffer length passed is the buffer's.
+        unsafe {
+            if device_get(&mut handle, device) != 0 || get_pci_bus_id(buf.as_mut_ptr(), buf.len() as c_int, handle) != 0 {
+                return None;
+            }
+        }
+        buf[buf.len() - 1] = 0;
+        // SAFETY: NUL-terminated within the buffer (forced above).
+        let id = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_str().ok()?.to_owned();
+        (!id.is_empty()).then_some(id)
+    }
 }
 
 impl<T: Driver + ?Sized> Driver for &T {
@@ -382,5 +423,8 @@ impl<T: Driver + ?Sized> Driver for &T {
     }
     fn version(&self) -> Option<i32> {
         (**self).version()
+    }
+    fn pci_bus_id(&self, device: i32) -> Option<String> {
+        (**self).pci_bus_id(device)
     }
 }

@@ -1,0 +1,349 @@
+//! The GPU benchmark (run on a GPU machine by scripts/gpu-suites/40-performance.sh, which
+//! turns its `RESULT vram <key> <value>` lines into docs/performance.md).
+//!
+//! Plays the engine: retains the primary context of GPU 0, allocates with the driver API,
+//! launches an empty kernel (JIT-compiled PTX) for the engine-latency figures. All times in
+//! microseconds.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::ffi::{c_char, c_int, c_uint, c_void};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vram_monitor::{Monitor, MonitorOptions, Pacing};
+
+/// Counts live heap bytes, for the memory-per-registration figure.
+struct Counting;
+static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE_BYTES.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// The driver functions the benchmark needs, looked up with integer results.
+struct Cuda {
+    ctx_set_current: unsafe extern "C" fn(*mut c_void) -> c_int,
+    mem_alloc: unsafe extern "C" fn(*mut u64, usize) -> c_int,
+    mem_free: unsafe extern "C" fn(u64) -> c_int,
+    pointer_get_attributes: unsafe extern "C" fn(c_uint, *mut c_int, *mut *mut c_void, u64) -> c_int,
+    launch: unsafe extern "C" fn(
+        *mut c_void,
+        c_uint,
+        c_uint,
+        c_uint,
+        c_uint,
+        c_uint,
+        c_uint,
+        c_uint,
+        *mut c_void,
+        *mut *mut c_void,
+        *mut *mut c_void,
+    ) -> c_int,
+    stream_synchronize: unsafe extern "C" fn(*mut c_void) -> c_int,
+    context: *mut c_void,
+    kernel: *mut c_void,
+    name: String,
+}
+unsafe impl Send for Cuda {}
+unsafe impl Sync for Cuda {}
+
+const EMPTY_KERNEL_PTX: &[u8] = b".version 7.0\n.target sm_50\n.address_size 64\n.visible .entry noop()\n{\n  ret;\n}\n\0";
+
+fn check(what: &str, code: c_int) {
+    if code != 0 {
+        eprintln!("{what} failed with CUresult {code}");
+        std::process::exit(1);
+    }
+}
+
+impl Cuda {
+    fn load() -> Cuda {
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            println!("perf_gpu: skipped (no CUDA driver)");
+            std::process::exit(0);
+        }
+        let lib = unsafe { cudarc::driver::sys::culib() };
+        unsafe fn sym<T: Copy>(lib: &libloading::Library, name: &str) -> T {
+            *unsafe { lib.get::<T>(name) }.unwrap_or_else(|_| panic!("missing {name}"))
+        }
+        unsafe {
+            let init: unsafe extern "C" fn(c_uint) -> c_int = sym(lib, "cuInit");
+            check("cuInit", init(0));
+            let retain: unsafe extern "C" fn(*mut *mut c_void, c_int) -> c_int = sym(lib, "cuDevicePrimaryCtxRetain");
+            let mut context = std::ptr::null_mut();
+            check("cuDevicePrimaryCtxRetain", retain(&mut context, 0));
+            let ctx_set_current: unsafe extern "C" fn(*mut c_void) -> c_int = sym(lib, "cuCtxSetCurrent");
+            check("cuCtxSetCurrent", ctx_set_current(context));
+            let load_data: unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> c_int = sym(lib, "cuModuleLoadData");
+            let get_function: unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *const c_char) -> c_int =
+                sym(lib, "cuModuleGetFunction");
+            let mut module = std::ptr::null_mut();
+            check("cuModuleLoadData", load_data(&mut module, EMPTY_KERNEL_PTX.as_ptr().cast()));
+            let mut kernel = std::ptr::null_mut();
+            check("cuModuleGetFunction", get_function(&mut kernel, module, c"noop".as_ptr()));
+            let get_name: unsafe extern "C" fn(*mut c_char, c_int, c_int) -> c_int = sym(lib, "cuDeviceGetName");
+            let mut name = [0 as c_char; 256];
+            get_name(name.as_mut_ptr(), 256, 0);
+            let name = std::ffi::CStr::from_ptr(name.as_ptr()).to_string_lossy().into_owned();
+            Cuda {
+                ctx_set_current,
+                mem_alloc: sym(lib, "cuMemAlloc_v2"),
+                mem_free: sym(lib, "cuMemFree_v2"),
+                pointer_get_attributes: sym(lib, "cuPointerGetAttributes"),
+                launch: sym(lib, "cuLaunchKernel"),
+                stream_synchronize: sym(lib, "cuStreamSynchronize"),
+                context,
+                kernel,
+                name,
+            }
+        }
+    }
+
+    fn make_current(&self) {
+        check("cuCtxSetCurrent", unsafe { (self.ctx_set_current)(self.context) });
+    }
+
+    fn alloc(&self, bytes: usize) -> u64 {
+        let mut ptr = 0;
+        check("cuMemAlloc_v2", unsafe { (self.mem_alloc)(&mut ptr, bytes) });
+        ptr
+    }
+
+    fn free(&self, ptr: u64) {
+        unsafe { (self.mem_free)(ptr) };
+    }
+
+    /// The floor: the same 8 attributes the library asks, in a tight loop. Best of 5, per query.
+    fn floor_us_per_query(&self, pointers: &[u64]) -> f64 {
+        let mut best = f64::MAX;
+        for _ in 0..6 {
+            let started = Instant::now();
+            for &p in pointers {
+                let (mut t, mut m, mut o, mut id, mut rs, mut rz, mut ms, mut mb) = (0u32, 0u32, 0i32, 0u64, 0u64, 0usize, 0usize, 0u64);
+                let mut attributes: [c_int; 8] = [2, 8, 9, 7, 11, 12, 18, 19];
+                let mut data: [*mut c_void; 8] = [
+                    (&mut t as *mut u32).cast(),
+                    (&mut m as *mut u32).cast(),
+                    (&mut o as *mut i32).cast(),
+                    (&mut id as *mut u64).cast(),
+                    (&mut rs as *mut u64).cast(),
+                    (&mut rz as *mut usize).cast(),
+                    (&mut ms as *mut usize).cast(),
+                    (&mut mb as *mut u64).cast(),
+                ];
+                unsafe { (self.pointer_get_attributes)(8, attributes.as_mut_ptr(), data.as_mut_ptr(), p) };
+                std::hint::black_box((t, m, o, id, rs, rz, ms, mb));
+            }
+            best = best.min(started.elapsed().as_secs_f64() * 1e6);
+        }
+        best / pointers.len() as f64
+    }
+
+    /// One launch of the empty kernel and a synchronisation, in microseconds.
+    fn launch_and_sync(&self) -> f64 {
+        let started = Instant::now();
+        let code = unsafe {
+            (self.launch)(self.kernel, 1, 1, 1, 1, 1, 1, 0, std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut())
+        };
+        check("cuLaunchKernel", code);
+        check("cuStreamSynchronize", unsafe { (self.stream_synchronize)(std::ptr::null_mut()) });
+        started.elapsed().as_secs_f64() * 1e6
+    }
+}
+
+fn result(key: &str, value: f64) {
+    println!("RESULT vram {key} {value:.3}");
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v
+}
+
+fn monitor(pacing: Pacing) -> Monitor {
+    Monitor::new(MonitorOptions { interval: Duration::from_secs(3600), pacing }).expect("monitor")
+}
+
+/// Best of 5 full checks, in microseconds (the check's own duration).
+fn best_check_us(m: &Monitor) -> f64 {
+    m.check_now().unwrap();
+    (0..5).map(|_| m.check_now().unwrap().duration_us as f64).fold(f64::MAX, f64::min)
+}
+
+fn engine_latencies(cuda: &Cuda, iterations: usize) -> Vec<f64> {
+    for _ in 0..500 {
+        cuda.launch_and_sync();
+    }
+    sorted((0..iterations).map(|_| cuda.launch_and_sync()).collect())
+}
+
+fn main() {
+    let cuda = Arc::new(Cuda::load());
+    println!("perf_gpu on {} (GPU 0), vram-monitor {}", cuda.name, vram_monitor::VERSION);
+    println!("default pacing: {} queries per slice, {:?} pause", Pacing::DEFAULT_SLICE_QUERIES, Pacing::DEFAULT_PAUSE);
+
+    // ---- sweep vs floor, N distinct allocations ------------------------------------------
+    let mut distinct_100k = Vec::new();
+    for n in [10_000usize, 100_000] {
+        let pointers: Vec<u64> = (0..n).map(|_| cuda.alloc(4096)).collect();
+        let m = monitor(Pacing::FLAT_OUT);
+        let before = LIVE_BYTES.load(Ordering::Relaxed);
+        let started = Instant::now();
+        for &p in &pointers {
+            m.register(p, 4096, "").unwrap();
+        }
+        let register_us = started.elapsed().as_secs_f64() * 1e6 / n as f64;
+        let bytes = (LIVE_BYTES.load(Ordering::Relaxed) - before) as f64 / n as f64;
+        let floor = cuda.floor_us_per_query(&pointers) * n as f64;
+        let sweep = best_check_us(&m);
+        result(&format!("floor_us_{n}"), floor);
+        result(&format!("sweep_us_{n}"), sweep);
+        result(&format!("sweep_ratio_{n}"), sweep / floor);
+        result(&format!("register_mean_us_{n}"), register_us);
+        result(&format!("memory_bytes_per_registration_distinct_{n}"), bytes);
+        m.set_pacing(Pacing::default()).unwrap();
+        result(&format!("sweep_paced_us_{n}"), best_check_us(&m));
+        if n == 100_000 {
+            distinct_100k = pointers;
+        } else {
+            drop(m);
+            for p in pointers {
+                cuda.free(p);
+            }
+        }
+    }
+
+    // ---- sharing: 1,000,000 registrations inside 10,000 allocations -----------------------
+    {
+        let arenas: Vec<u64> = (0..10_000).map(|_| cuda.alloc(256 << 10)).collect();
+        let m = monitor(Pacing::FLAT_OUT);
+        let before = LIVE_BYTES.load(Ordering::Relaxed);
+        for &a in &arenas {
+            for i in 0..100u64 {
+                m.register(a + i * 2048, 2048, "").unwrap();
+            }
+        }
+        let bytes = (LIVE_BYTES.load(Ordering::Relaxed) - before) as f64 / 1e6;
+        let floor = cuda.floor_us_per_query(&arenas) * arenas.len() as f64;
+        let sweep = best_check_us(&m);
+        result("sharing_floor_us_10000", floor);
+        result("sharing_sweep_us_1000000", sweep);
+        result("sharing_ratio", sweep / floor);
+        result("memory_bytes_per_registration_shared_1000000", bytes);
+        // Still catches a change to any one of them.
+        let victim = arenas[7_777];
+        cuda.free(victim);
+        let summary = m.check_now().unwrap();
+        result("sharing_violations_after_freeing_one_arena", summary.violations as f64);
+        drop(m);
+        for a in arenas {
+            if a != victim {
+                cuda.free(a);
+            }
+        }
+    }
+
+    // ---- engine impact: launch + sync while 100k registrations are checked continuously ----
+    let alone = engine_latencies(&cuda, 20_000);
+    result("engine_p50_alone", percentile(&alone, 0.5));
+    result("engine_p999_alone", percentile(&alone, 0.999));
+    let pacings: [(&str, Pacing); 4] = [
+        ("flat_out", Pacing::FLAT_OUT),
+        ("default", Pacing::default()),
+        ("slice64_pause50", Pacing { slice_queries: 64, pause: Duration::from_micros(50) }),
+        ("slice1024_pause100", Pacing { slice_queries: 1024, pause: Duration::from_micros(100) }),
+    ];
+    for (name, pacing) in pacings {
+        let m = Monitor::new(MonitorOptions { interval: Duration::from_millis(1), pacing }).unwrap();
+        for &p in &distinct_100k {
+            m.register(p, 4096, "").unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let checks_before = m.health().checks_completed;
+        let with = engine_latencies(&cuda, 20_000);
+        let checks = m.health().checks_completed - checks_before;
+        result(&format!("engine_p50_with_{name}"), percentile(&with, 0.5));
+        result(&format!("engine_p999_with_{name}"), percentile(&with, 0.999));
+        result(&format!("engine_checks_during_{name}"), checks as f64);
+        result(&format!("engine_check_us_{name}"), m.health().last_check_duration_us as f64);
+    }
+
+    // ---- registration under load: 8 threads while checks run continuously ------------------
+    for (name, pacing) in [("default", Pacing::default()), ("flat_out", Pacing::FLAT_OUT)] {
+        let m = Arc::new(Monitor::new(MonitorOptions { interval: Duration::from_millis(1), pacing }).unwrap());
+        for &p in &distinct_100k {
+            m.register(p, 4096, "").unwrap();
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers: Vec<_> = (0..8)
+            .map(|_| {
+                let (m, stop, cuda) = (Arc::clone(&m), Arc::clone(&stop), Arc::clone(&cuda));
+                std::thread::spawn(move || {
+                    cuda.make_current();
+                    let own: Vec<u64> = (0..1000).map(|_| cuda.alloc(4096)).collect();
+                    let (mut reg, mut unreg) = (Vec::with_capacity(1 << 20), Vec::with_capacity(1 << 20));
+                    'outer: loop {
+                        for &p in &own {
+                            if stop.load(Ordering::Relaxed) {
+                                break 'outer;
+                            }
+                            let t = Instant::now();
+                            let id = m.register(p, 4096, "kv").unwrap();
+                            reg.push(t.elapsed().as_secs_f64() * 1e6);
+                            let t = Instant::now();
+                            m.unregister(id).unwrap();
+                            unreg.push(t.elapsed().as_secs_f64() * 1e6);
+                        }
+                    }
+                    for p in own {
+                        cuda.free(p);
+                    }
+                    (reg, unreg)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs(3));
+        stop.store(true, Ordering::Relaxed);
+        let (mut reg, mut unreg) = (Vec::new(), Vec::new());
+        for w in workers {
+            let (r, u) = w.join().unwrap();
+            reg.extend(r);
+            unreg.extend(u);
+        }
+        let checks = m.health().checks_completed;
+        let (reg, unreg) = (sorted(reg), sorted(unreg));
+        result(&format!("register_calls_{name}"), reg.len() as f64);
+        result(&format!("register_p50_{name}"), percentile(&reg, 0.5));
+        result(&format!("register_p999_{name}"), percentile(&reg, 0.999));
+        result(&format!("register_max_{name}"), *reg.last().unwrap_or(&f64::NAN));
+        result(&format!("unregister_p50_{name}"), percentile(&unreg, 0.5));
+        result(&format!("unregister_p999_{name}"), percentile(&unreg, 0.999));
+        result(&format!("unregister_max_{name}"), *unreg.last().unwrap_or(&f64::NAN));
+        result(&format!("register_checks_during_{name}"), checks as f64);
+    }
+    for p in distinct_100k {
+        cuda.free(p);
+    }
+    println!("perf_gpu: done");
+}
