@@ -1,5 +1,6 @@
-// 03_cpp_monitor.cpp - vram-monitor from C++17, through a small RAII wrapper local to this
-// example (the library ships only the C header).
+// 03_cpp_monitor.cpp - vram-monitor from C++17, through the header-only wrapper the library
+// ships (include/vram_monitor.hpp): RAII Monitor and Registration, std::function callbacks,
+// errors as vram_monitor::Error exceptions carrying the result code.
 //
 // Registers a toy model's weights, checks them, prints the report (like 01_register_weights.c),
 // then frees one registered buffer behind the monitor's back and shows that the next check
@@ -7,7 +8,7 @@
 //
 // Needs an NVIDIA GPU. Exit status 0 when the weights were resident and the freed buffer was
 // caught.
-#include "vram_monitor.h"
+#include "vram_monitor.hpp"
 
 #include <cuda_runtime_api.h>
 
@@ -25,104 +26,6 @@
 namespace {
 
 constexpr std::size_t MiB = std::size_t{1} << 20;
-
-// ---- the wrapper -----------------------------------------------------------------------------
-
-class MonitorError : public std::runtime_error {
-public:
-    MonitorError(const std::string &what, VramMonitorResult result)
-        : std::runtime_error(what + ": " + vram_monitor_result_str(result)), result_(result) {}
-    VramMonitorResult result() const noexcept { return result_; }
-
-private:
-    VramMonitorResult result_;
-};
-
-void throw_unless_ok(VramMonitorResult result, const std::string &what) {
-    if (result != VRAM_MONITOR_RESULT_OK) throw MonitorError(what, result);
-}
-
-// vram_monitor_free stops and joins the monitor thread; after it, no callback runs.
-struct MonitorDeleter {
-    void operator()(VramMonitor *monitor) const noexcept { vram_monitor_free(monitor); }
-};
-using MonitorPtr = std::unique_ptr<VramMonitor, MonitorDeleter>;
-
-using EventHandler = std::function<void(const VramMonitorEvent &)>;
-
-// C-linkage trampolines: the user data is a heap-allocated EventHandler owned by the monitor,
-// deleted by the library through release_handler when the handler is replaced or the monitor
-// is freed. Exceptions must not cross into the library's thread.
-extern "C" {
-static void call_handler(const VramMonitorEvent *event, void *user_data) {
-    try {
-        (*static_cast<EventHandler *>(user_data))(*event);
-    } catch (const std::exception &e) {
-        std::fprintf(stderr, "vram-monitor event handler threw: %s\n", e.what());
-    } catch (...) {
-        std::fprintf(stderr, "vram-monitor event handler threw\n");
-    }
-}
-static void release_handler(void *user_data) { delete static_cast<EventHandler *>(user_data); }
-}
-
-class VramMonitorHandle {
-public:
-    explicit VramMonitorHandle(std::uint32_t interval_ms = VRAM_MONITOR_DEFAULT_INTERVAL_MS) {
-        VramMonitor *raw = nullptr;
-        throw_unless_ok(vram_monitor_new(interval_ms, &raw), "vram_monitor_new");
-        monitor_.reset(raw);
-    }
-
-    // Any callable taking `const VramMonitorEvent &`; it runs on the monitor's thread.
-    void on_event(EventHandler handler) {
-        auto owned = std::make_unique<EventHandler>(std::move(handler));
-        throw_unless_ok(vram_monitor_set_callback(monitor_.get(), call_handler, owned.get(), release_handler),
-                        "vram_monitor_set_callback");
-        owned.release();  // the monitor owns it now
-    }
-
-    // Registers [ptr, ptr + size); throws MonitorError (REFUSED_<verdict>, ...) otherwise.
-    std::uint64_t watch(const void *ptr, std::size_t size, const std::string &label) {
-        std::uint64_t id = 0;
-        throw_unless_ok(vram_monitor_register(monitor_.get(), ptr, size, label.c_str(), &id),
-                        "vram_monitor_register(" + label + ")");
-        return id;
-    }
-
-    void unwatch(std::uint64_t id) { throw_unless_ok(vram_monitor_unregister(monitor_.get(), id), "vram_monitor_unregister"); }
-
-    VramMonitorCheckSummary check_now() {
-        VramMonitorCheckSummary summary{};
-        throw_unless_ok(vram_monitor_check_now(monitor_.get(), &summary), "vram_monitor_check_now");
-        return summary;
-    }
-
-    VramMonitorHealth health() const {
-        VramMonitorHealth health{};
-        throw_unless_ok(vram_monitor_health(monitor_.get(), &health), "vram_monitor_health");
-        return health;
-    }
-
-    std::string report(std::int32_t format = VRAM_MONITOR_REPORT_FORMAT_TEXT) const {
-        // The report can grow between the size query and the copy: retry until it fits.
-        std::string text;
-        std::size_t needed = 0;
-        VramMonitorResult result = vram_monitor_report(monitor_.get(), format, nullptr, 0, &needed);
-        while (result == VRAM_MONITOR_RESULT_BUFFER_TOO_SMALL) {
-            text.resize(needed);
-            std::size_t length = 0;
-            result = vram_monitor_report(monitor_.get(), format, text.data(), text.size(), &length);
-            if (result == VRAM_MONITOR_RESULT_OK) text.resize(length);
-            else needed = length;
-        }
-        throw_unless_ok(result, "vram_monitor_report");
-        return text;
-    }
-
-private:
-    MonitorPtr monitor_;
-};
 
 // ---- a device buffer, for the example's "engine" ---------------------------------------------
 
@@ -159,8 +62,8 @@ const char *kind_name(VramMonitorEventKind kind) {
     case VRAM_MONITOR_EVENT_KIND_RECOVERED: return "RECOVERED";
     case VRAM_MONITOR_EVENT_KIND_HEALTH_CHANGED: return "HEALTH_CHANGED";
     case VRAM_MONITOR_EVENT_KIND_CHECK_FAILED: return "CHECK_FAILED";
+    default: return "OTHER";  // kinds added by later versions of the library
     }
-    return "?";
 }
 
 struct Violation {
@@ -189,20 +92,23 @@ int run() {
     std::vector<Violation> violations;
     std::atomic<unsigned> events{0};
 
-    VramMonitorHandle monitor;
-    std::printf("vram-monitor %s (header %d.%d.%d)\n", vram_monitor_version(), VRAM_MONITOR_VERSION_MAJOR,
-                VRAM_MONITOR_VERSION_MINOR, VRAM_MONITOR_VERSION_PATCH);
-    monitor.on_event([&](const VramMonitorEvent &event) {
+    vram_monitor::Monitor monitor;
+    std::printf("vram-monitor %s (header %s)\n", vram_monitor::library_version().c_str(),
+                vram_monitor::header_version().c_str());
+    monitor.set_callback([&](const vram_monitor::Event &event) {
         ++events;
-        std::printf("[vram-monitor %s] %s\n", kind_name(event.kind), event.message);
+        std::printf("[vram-monitor %s] %s\n", kind_name(event.kind), event.message.c_str());
         if (event.kind == VRAM_MONITOR_EVENT_KIND_VIOLATION) {
             std::lock_guard<std::mutex> lock(mutex);
             violations.push_back({event.registration_id, event.verdict, event.label});
         }
     });
 
+    // Registrations unregister when destroyed: declared after the monitor, they go first.
+    std::vector<vram_monitor::Registration> registrations;
     for (auto &w : weights) {
-        w.id = monitor.watch(w.buffer.get(), w.buffer.size(), w.name);
+        registrations.push_back(monitor.register_buffer(w.buffer.get(), w.buffer.size(), w.name));
+        w.id = registrations.back().id();
         std::printf("registered #%" PRIu64 " %-45s %p +%zu\n", w.id, w.name.c_str(), w.buffer.get(), w.buffer.size());
     }
 
@@ -226,13 +132,14 @@ int run() {
     VramMonitorHealth health = monitor.health();
     std::printf("after the free: %" PRIu64 " in violation, healthy %s; the handler %s the freed buffer as NOT_MAPPED\n",
                 health.current_violations, health.healthy ? "yes" : "no", caught ? "reported" : "did NOT report");
-    std::printf("\n%s\n", monitor.report(VRAM_MONITOR_REPORT_FORMAT_JSON).c_str());
+    std::printf("\n%s\n", monitor.report(vram_monitor::ReportFormat::Json).c_str());
     ok = ok && caught && !health.healthy && health.current_violations == 1;
 
-    for (const auto &w : weights) monitor.unwatch(w.id);
+    registrations.clear();  // unregisters every weight
+    ok = ok && monitor.health().registrations == 0;
     std::printf("%u event(s) received; %s\n", events.load(), ok ? "all as expected" : "FAILED");
-    // Locals die in reverse order: ~VramMonitorHandle frees the monitor (joining its thread and
-    // deleting the handler) before the handler's captures and the weights' buffers go.
+    // Locals die in reverse order: ~Monitor frees the monitor (joining its thread and deleting
+    // the handler) before the handler's captures and the weights' buffers go.
     return ok ? 0 : 1;
 }
 

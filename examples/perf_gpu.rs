@@ -14,19 +14,28 @@ use std::time::{Duration, Instant};
 use vram_monitor::{Monitor, MonitorOptions, Pacing};
 
 /// Counts live heap bytes, for the memory-per-registration figure.
+/// Counts only while COUNTING is set, so that the latency figures (8 threads) do not pay for
+/// a shared counter.
 struct Counting;
 static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
+static COUNTING: AtomicBool = AtomicBool::new(false);
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        if COUNTING.load(Ordering::Relaxed) {
+            LIVE_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        }
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE_BYTES.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+        if COUNTING.load(Ordering::Relaxed) {
+            LIVE_BYTES.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+        }
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE_BYTES.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
+        if COUNTING.load(Ordering::Relaxed) {
+            LIVE_BYTES.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
+        }
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
@@ -208,6 +217,7 @@ fn main() {
     for n in [10_000usize, 100_000] {
         let pointers: Vec<u64> = (0..n).map(|_| cuda.alloc(4096)).collect();
         let m = monitor(Pacing::FLAT_OUT);
+        COUNTING.store(true, Ordering::SeqCst);
         let before = LIVE_BYTES.load(Ordering::Relaxed);
         let started = Instant::now();
         for &p in &pointers {
@@ -215,10 +225,27 @@ fn main() {
         }
         let register_us = started.elapsed().as_secs_f64() * 1e6 / n as f64;
         let bytes = (LIVE_BYTES.load(Ordering::Relaxed) - before) as f64 / n as f64;
+        COUNTING.store(false, Ordering::SeqCst);
         let floor = cuda.floor_us_per_query(&pointers) * n as f64;
         let sweep = best_check_us(&m);
         result(&format!("floor_us_{n}"), floor);
         result(&format!("sweep_us_{n}"), sweep);
+        // What the floor depends on: a thread with no current context (as the monitor's thread
+        // has unless it borrows the engine's), and the order of the addresses.
+        let no_context = {
+            let (cuda, pointers) = (Arc::clone(&cuda), pointers.clone());
+            std::thread::spawn(move || cuda.floor_us_per_query(&pointers) * pointers.len() as f64).join().unwrap()
+        };
+        result(&format!("floor_no_context_us_{n}"), no_context);
+        let mut shuffled = pointers.clone();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for i in (1..shuffled.len()).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            shuffled.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        result(&format!("floor_shuffled_us_{n}"), cuda.floor_us_per_query(&shuffled) * n as f64);
         result(&format!("sweep_ratio_{n}"), sweep / floor);
         result(&format!("register_mean_us_{n}"), register_us);
         result(&format!("memory_bytes_per_registration_distinct_{n}"), bytes);
@@ -238,6 +265,7 @@ fn main() {
     {
         let arenas: Vec<u64> = (0..10_000).map(|_| cuda.alloc(256 << 10)).collect();
         let m = monitor(Pacing::FLAT_OUT);
+        COUNTING.store(true, Ordering::SeqCst);
         let before = LIVE_BYTES.load(Ordering::Relaxed);
         for &a in &arenas {
             for i in 0..100u64 {
@@ -245,6 +273,7 @@ fn main() {
             }
         }
         let bytes = (LIVE_BYTES.load(Ordering::Relaxed) - before) as f64 / 1e6;
+        COUNTING.store(false, Ordering::SeqCst);
         let floor = cuda.floor_us_per_query(&arenas) * arenas.len() as f64;
         let sweep = best_check_us(&m);
         result("sharing_floor_us_10000", floor);
@@ -341,6 +370,50 @@ fn main() {
         result(&format!("unregister_p999_{name}"), percentile(&unreg, 0.999));
         result(&format!("unregister_max_{name}"), *unreg.last().unwrap_or(&f64::NAN));
         result(&format!("register_checks_during_{name}"), checks as f64);
+    }
+    // The driver's own floor for the registration figures: 8 threads doing only the
+    // registration-time query (no registry) while the monitor checks continuously.
+    {
+        let m = Monitor::new(MonitorOptions { interval: Duration::from_millis(1), pacing: Pacing::default() }).unwrap();
+        for &p in &distinct_100k {
+            m.register(p, 4096, "").unwrap();
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers: Vec<_> = (0..8)
+            .map(|_| {
+                let (stop, cuda) = (Arc::clone(&stop), Arc::clone(&cuda));
+                std::thread::spawn(move || {
+                    cuda.make_current();
+                    let own: Vec<u64> = (0..1000).map(|_| cuda.alloc(4096)).collect();
+                    let driver = vram_monitor::CudaDriver::get().unwrap();
+                    let mut lat = Vec::with_capacity(1 << 20);
+                    'outer: loop {
+                        for &p in &own {
+                            if stop.load(Ordering::Relaxed) {
+                                break 'outer;
+                            }
+                            let t = Instant::now();
+                            let _ = std::hint::black_box(vram_monitor::Driver::pointer_info(driver, p));
+                            lat.push(t.elapsed().as_secs_f64() * 1e6);
+                        }
+                    }
+                    for p in own {
+                        cuda.free(p);
+                    }
+                    lat
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs(2));
+        stop.store(true, Ordering::Relaxed);
+        let mut lat = Vec::new();
+        for w in workers {
+            lat.extend(w.join().unwrap());
+        }
+        let lat = sorted(lat);
+        result("query_only_8_threads_p50", percentile(&lat, 0.5));
+        result("query_only_8_threads_p999", percentile(&lat, 0.999));
+        result("query_only_8_threads_calls", lat.len() as f64);
     }
     for p in distinct_100k {
         cuda.free(p);

@@ -8,6 +8,22 @@
  *  - from a callback, any function may be called, but vram_monitor_check_now and
  *    vram_monitor_free return VRAM_MONITOR_RESULT_CALLED_FROM_CALLBACK instead of deadlocking;
  *  - after vram_monitor_free returns, no callback runs and the user data has been released.
+ *
+ * Bad input (each tested from C: tests/c/test_api_contract.c, test_bad_input.c; the full table
+ * with the test for each row is in docs/reliability.md). A rejected call changes nothing and
+ * writes no out-parameter.
+ *  - NULL monitor, ptr, label or out-parameter: NULL_ARGUMENT (vram_monitor_free(NULL): OK;
+ *    check_now's out_summary may be NULL; report's buf may be NULL only with buf_len 0).
+ *  - size 0, ptr + size past the top of the address space, interval 0, pacing slice 0:
+ *    INVALID_ARGUMENT. Any interval from 1 to UINT32_MAX ms is accepted.
+ *  - a label that is not UTF-8 or longer than VRAM_MONITOR_MAX_LABEL_BYTES: INVALID_LABEL.
+ *    Labels are copied; quotes, newlines and control characters are escaped in reports.
+ *  - the same or overlapping memory registered again: another, independent registration.
+ *  - an id never given by this monitor (another monitor's included) or already
+ *    unregistered: UNKNOWN_REGISTRATION.
+ *  - a report buffer shorter than the report: BUFFER_TOO_SMALL, nothing written, the size
+ *    needed (with the NUL) in *out_len.
+ *  - any call on a monitor in a child process forked after vram_monitor_new: FORKED.
  */
 
 #ifndef VRAM_MONITOR_H
@@ -19,6 +35,7 @@
 /** The report formats accepted by vram_monitor_report. */
 #define VRAM_MONITOR_REPORT_FORMAT_TEXT 0
 #define VRAM_MONITOR_REPORT_FORMAT_JSON 1
+#define VRAM_MONITOR_REPORT_FORMAT_PROMETHEUS 2
 
 
 /**
@@ -57,6 +74,12 @@
 #define VRAM_MONITOR_VERSION_PATCH 0
 
 /**
+ * Bytes of `VramMonitorDeviceHealth::uuid` and `::name`, the NUL included (NVML's own
+ * buffer size for both).
+ */
+#define VRAM_MONITOR_DEVICE_STRING_BYTES 96
+
+/**
  * Default queries per slice.
  */
 #define Pacing_DEFAULT_SLICE_QUERIES 256
@@ -64,7 +87,7 @@
 /**
  * The result of every fallible function. Values are grouped by range and never reused:
  * 0 success; 1xx bad arguments; 2xx registration refused, by verdict (200 + verdict);
- * 3xx CUDA driver; 4xx threading and state; 5xx internal.
+ * 3xx CUDA driver; 4xx threading and state; 5xx internal; 6xx the built-in HTTP endpoint.
  */
 enum VramMonitorResult
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
@@ -163,6 +186,15 @@ enum VramMonitorResult
    * An internal error (a caught panic). The monitor is still usable.
    */
   VRAM_MONITOR_RESULT_PANIC = 500,
+  /**
+   * The HTTP endpoint could not listen on the address (in use, not permitted, not an
+   * address of this machine; the reason is logged).
+   */
+  VRAM_MONITOR_RESULT_HTTP_BIND_FAILED = 600,
+  /**
+   * The HTTP endpoint is already serving: call `vram_monitor_stop_http` first.
+   */
+  VRAM_MONITOR_RESULT_HTTP_ALREADY_SERVING = 601,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -196,6 +228,12 @@ enum VramMonitorEventKind
    * The driver query for a registration failed: residency is unknown, not moved.
    */
   VRAM_MONITOR_EVENT_KIND_CHECK_FAILED = 4,
+  /**
+   * A GPU that holds registrations reports a memory fault (uncorrectable ECC errors, pages
+   * pending retirement, remapped rows pending or failed, a memory XID) or a critical XID
+   * event. Not about one registration: `device` names the GPU, the message says what.
+   */
+  VRAM_MONITOR_EVENT_KIND_DEVICE_FAULT = 5,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -326,6 +364,37 @@ typedef int32_t VramMonitorLogLevel;
 #endif // __cplusplus
 
 /**
+ * Whether a device-health signal could be read. The numbers are part of the C ABI.
+ */
+enum VramMonitorSignalStatus
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Not read: NVML is absent, the CUDA device could not be matched to an NVML device, or
+   * NVML answered with an error (for example no permission, or the GPU is lost).
+   */
+  VRAM_MONITOR_SIGNAL_STATUS_UNAVAILABLE = 0,
+  /**
+   * The GPU does not support this signal (for example no ECC or ECC turned off, or page
+   * retirement on GPUs that remap rows instead).
+   */
+  VRAM_MONITOR_SIGNAL_STATUS_UNSUPPORTED = 1,
+  /**
+   * Read: the value is valid.
+   */
+  VRAM_MONITOR_SIGNAL_STATUS_SUPPORTED = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum VramMonitorSignalStatus VramMonitorSignalStatus;
+#else
+typedef int32_t VramMonitorSignalStatus;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * How a check shares the driver with the engine. The driver serialises pointer queries with
  * the engine's own calls (kernel launches, synchronisation): a check that queries flat out
  * adds tail latency to every launch meanwhile. So a check asks in slices and pauses between
@@ -348,11 +417,12 @@ typedef struct VramMonitorEvent {
    */
   VramMonitorEventKind kind;
   /**
-   * The registration concerned (0 for `VRAM_MONITOR_EVENT_KIND_HEALTH_CHANGED`).
+   * The registration concerned (0 for `VRAM_MONITOR_EVENT_KIND_HEALTH_CHANGED` and
+   * `VRAM_MONITOR_EVENT_KIND_DEVICE_FAULT`).
    */
   uint64_t registration_id;
   /**
-   * Its label, NUL-terminated UTF-8 (empty for health changes).
+   * Its label, NUL-terminated UTF-8 (empty for health changes and device faults).
    */
   const char *label;
   /**
@@ -364,11 +434,13 @@ typedef struct VramMonitorEvent {
    */
   size_t size;
   /**
-   * The device it was registered on (-1 for health changes).
+   * The device it was registered on (-1 for health changes; the GPU at fault for device
+   * faults).
    */
   int32_t device;
   /**
-   * The verdict now (`VRAM_MONITOR_VERDICT_CHECK_FAILED` for a failed query).
+   * The verdict now (`VRAM_MONITOR_VERDICT_CHECK_FAILED` for a failed query;
+   * `VRAM_MONITOR_VERDICT_RESIDENT` for device faults, which change no verdict).
    */
   VramMonitorVerdict verdict;
   /**
@@ -440,7 +512,8 @@ typedef struct VramMonitorCheckSummary {
  */
 typedef struct VramMonitorHealth {
   /**
-   * True when no registration is in violation and the last check did not fail.
+   * True when no registration is in violation, the last check did not fail, and no GPU
+   * that holds registrations reports a memory fault.
    */
   bool healthy;
   /**
@@ -480,7 +553,7 @@ typedef struct VramMonitorHealth {
    */
   uint64_t last_check_duration_us;
   /**
-   * This process's VRAM use in bytes, read after the last full check.
+   * This process's VRAM use in bytes, read after a check, at most once per second.
    */
   uint64_t process_vram_bytes;
   /**
@@ -491,6 +564,12 @@ typedef struct VramMonitorHealth {
    * The check interval in milliseconds.
    */
   uint64_t interval_ms;
+  /**
+   * GPUs holding registrations that report a memory fault (uncorrectable ECC errors,
+   * pages pending retirement, remapped rows pending or failed, a memory XID); any makes
+   * `healthy` false. Details: `vram_monitor_device_health`.
+   */
+  uint64_t device_faults;
 } VramMonitorHealth;
 
 /**
@@ -503,6 +582,91 @@ typedef void (*VramMonitorLogCallback)(VramMonitorLogLevel level,
                                        const char *target,
                                        const char *message,
                                        void *user_data);
+
+/**
+ * The memory health of one GPU that holds registrations, as of the last full check; filled
+ * by `vram_monitor_device_health`. Each signal has a status: its value is meaningful only
+ * when the status is `VRAM_MONITOR_SIGNAL_STATUS_SUPPORTED` (then 0 means zero, not "not
+ * known"). NVML is read after a check at most once per second.
+ */
+typedef struct VramMonitorDeviceHealth {
+  /**
+   * The CUDA device ordinal.
+   */
+  int32_t device;
+  /**
+   * Whether NVML could read this device at all (false: every status is `UNAVAILABLE`;
+   * the JSON report's `detail` says why).
+   */
+  bool nvml_available;
+  /**
+   * Whether the GPU reports a memory fault now: uncorrectable ECC errors, pages pending
+   * retirement, remapped rows pending or failed, or a memory XID (48, 63, 64, 79, 92, 94,
+   * 95) since the monitor started. Any makes the monitor unhealthy.
+   */
+  bool memory_fault;
+  /**
+   * Status of `ecc_uncorrected_volatile` (`UNSUPPORTED` without ECC or with ECC off).
+   */
+  VramMonitorSignalStatus ecc_uncorrected_volatile_status;
+  /**
+   * Uncorrectable ECC errors since the driver was loaded (NVML's volatile counter).
+   */
+  uint64_t ecc_uncorrected_volatile;
+  /**
+   * Status of `retired_pages_pending` (GPUs before Ampere retire pages; later ones remap
+   * rows and say `UNSUPPORTED` here).
+   */
+  VramMonitorSignalStatus retired_pages_pending_status;
+  /**
+   * Pages are pending retirement; a GPU reset retires them.
+   */
+  bool retired_pages_pending;
+  /**
+   * Status of the `remapped_rows_*` fields (Ampere and newer).
+   */
+  VramMonitorSignalStatus remapped_rows_status;
+  /**
+   * A row remapping is pending; a GPU reset applies it.
+   */
+  bool remapped_rows_pending;
+  /**
+   * A row remapping failed: no spare rows left, the GPU needs service.
+   */
+  bool remapped_rows_failed;
+  /**
+   * Rows remapped because of correctable errors.
+   */
+  uint64_t remapped_rows_correctable;
+  /**
+   * Rows remapped because of uncorrectable errors.
+   */
+  uint64_t remapped_rows_uncorrectable;
+  /**
+   * Status of `critical_xid_events` and `last_critical_xid`.
+   */
+  VramMonitorSignalStatus critical_xid_status;
+  /**
+   * Critical XID events seen since the monitor started watching this GPU.
+   */
+  uint64_t critical_xid_events;
+  /**
+   * The last critical XID seen (0: none).
+   */
+  uint64_t last_critical_xid;
+  /**
+   * When the monitor took this reading, milliseconds since the Unix epoch.
+   */
+  uint64_t read_unix_ms;
+  /**
+   * The GPU's UUID ("GPU-..."), NUL-terminated; empty when unknown.
+   */
+  char uuid[96];
+  /**
+   * The GPU's product name, NUL-terminated; empty when unknown.
+   */
+  char name[96];
+} VramMonitorDeviceHealth;
 
 
 
@@ -528,15 +692,16 @@ extern "C" {
 VramMonitorResult vram_monitor_new(uint32_t interval_ms, struct VramMonitor **out_monitor);
 
 /**
- * Stops the monitor thread, waits for it (at most one driver query and one callback in
- * progress), releases the callback's user data, and frees the monitor. No callback runs
- * after this returns. `NULL` is a no-op returning `OK`.
+ * Stops the monitor thread, waits for it (see the bound below), releases the callback's
+ * user data, and frees the monitor. No callback runs after this returns. `NULL` is a no-op
+ * returning `OK`.
  *
  * From inside a callback it returns `CALLED_FROM_CALLBACK` and frees nothing.
  *
- * Bound: the thread checks a stop flag between registrations and between events, so this
- * waits for at most the driver queries of the registration being checked (one per recorded
- * piece) plus the callback call in progress; events not yet delivered are dropped.
+ * Bound: the thread checks a stop flag between pacing slices and before each event, so
+ * this waits for at most the driver queries of the slice in progress (`slice_queries` of
+ * `vram_monitor_set_pacing`; where a driver query can block for long, a small slice gives a
+ * tight bound) plus the callback call in progress. Events not yet delivered are dropped.
  *
  * In a child process forked after `vram_monitor_new`, returns `FORKED` at once: the monitor
  * thread does not exist there, so nothing is joined, the user data's finaliser does not run
@@ -622,6 +787,8 @@ VramMonitorResult vram_monitor_set_interval_ms(struct VramMonitor *monitor, uint
  * `VRAM_MONITOR_DEFAULT_PAUSE_US` µs) keep that small (docs/performance.md has the
  * measurements). Takes effect from the next check. `INVALID_ARGUMENT` for `slice_queries`
  * 0 or a pause over 1 s. Callable from any thread, also from a callback.
+ *
+ * In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
  */
 VramMonitorResult vram_monitor_set_pacing(struct VramMonitor *monitor,
                                           uint32_t slice_queries,
@@ -700,6 +867,70 @@ const char *vram_monitor_version(void);
  * Process-wide, not per monitor: call it once, before `vram_monitor_new`, from any thread.
  */
 void vram_monitor_set_log_callback(VramMonitorLogCallback callback, void *user_data);
+
+/**
+ * Fills `out[0..count)` with the memory health of the GPUs that hold registrations (one
+ * entry per GPU, by ordinal) and writes `count` to `*out_count`. Cheap: no NVML call (the
+ * monitor thread reads NVML after its checks).
+ *
+ * If `capacity` is smaller than the count, nothing is written to `out`, `*out_count` is the
+ * count needed and the result is `BUFFER_TOO_SMALL` (call with `out = NULL, capacity = 0` to
+ * ask; the count can change between two calls). No entries before the first full check or
+ * without registrations. `out_count` must not be NULL; `out` may be NULL only when
+ * `capacity` is 0. Callable from any thread, also from a callback.
+ *
+ * # Safety
+ * Pointer arguments must be NULL or valid as documented above.
+ */
+VramMonitorResult vram_monitor_device_health(const struct VramMonitor *monitor,
+                                             struct VramMonitorDeviceHealth *out,
+                                             size_t capacity,
+                                             size_t *out_count);
+
+/**
+ * Starts the built-in HTTP endpoint on `address` and, if `out_port` is not NULL, writes the
+ * port it listens on there (useful with port 0, which lets the system choose).
+ *
+ * Off unless called. `address` (NUL-terminated) is `"PORT"` or `"localhost:PORT"` (both
+ * loopback), or an IP literal with a port (`"127.0.0.1:9464"`, `"0.0.0.0:9464"` for every
+ * interface, `"[::1]:9464"`); NULL or `""` means `"127.0.0.1:9464"`. Host names are not
+ * resolved. Serves, read-only, one request per connection:
+ *  - `GET /health`: the JSON `{"health": {...}, "devices": [...]}` (docs/health-schema.md),
+ *    status 200 when healthy and 503 when not;
+ *  - `GET /metrics`: the Prometheus text format (version 0.0.4);
+ *  - `HEAD` of either; other methods 405, other paths 404, malformed requests 400, a
+ *    request head over 8 KiB 431, one not complete within 5 s 408, and beyond 8
+ *    connections at once 503.
+ *
+ * Runs on its own threads ("vram-monitor-http"), never on the monitor thread; a request
+ * reads a snapshot and never waits for a check. Stops when `vram_monitor_stop_http` or
+ * `vram_monitor_free` is called (both join its threads). Returns `INVALID_ARGUMENT` for an
+ * address that does not parse, `HTTP_BIND_FAILED` when it cannot listen there (the reason
+ * is logged), `HTTP_ALREADY_SERVING` if it is already serving, `FORKED` in a forked child.
+ * Callable from any thread, also from a callback.
+ *
+ * # Safety
+ * Pointer arguments must be NULL or valid as documented above.
+ */
+VramMonitorResult vram_monitor_serve_http(struct VramMonitor *monitor,
+                                          const char *address,
+                                          uint16_t *out_port);
+
+/**
+ * Stops the built-in HTTP endpoint, if it is serving, and joins its threads (at most the
+ * requests in progress, each bounded by the 5 s request time). `OK` whether or not it was
+ * serving. Callable from any thread, also from a callback.
+ *
+ * # Safety
+ * Pointer arguments must be NULL or valid as documented above.
+ */
+VramMonitorResult vram_monitor_stop_http(struct VramMonitor *monitor);
+
+/**
+ * The static name of a signal status ("supported", "unsupported", "unavailable"; "unknown"
+ * for other values). Never NULL; do not free.
+ */
+const char *vram_monitor_signal_status_str(int32_t status);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -57,7 +57,7 @@ copy_tree() {
 }
 
 prepare() {
-  local script root carry json line name kind exe found_gpu=0 bytes
+  local script root carry json line name kind exe found_gpu=0 bytes soname
   script=$(readlink -f "$0")
   root=$(cd "$(dirname "$script")/.." && pwd)
   cd "$root" || die "cannot enter $root"
@@ -92,6 +92,12 @@ prepare() {
   [ "$found_gpu" = 1 ] || die "cargo built no 'gpu' test program (is [[test]] name = \"gpu\" in Cargo.toml?)"
 
   cp target/release/libvram_monitor.so "$carry/lib/"
+  # Programs linked against it record its SONAME (libvram_monitor.so.<major>, see build.rs) and
+  # look for that name at run time. A copy, not a symlink: the carry may not keep links.
+  soname=$(readelf -d "$carry/lib/libvram_monitor.so" 2>/dev/null | sed -n 's/.*(SONAME).*\[\(.*\)\].*/\1/p')
+  if [ -n "$soname" ] && [ "$soname" != libvram_monitor.so ]; then
+    cp "$carry/lib/libvram_monitor.so" "$carry/lib/$soname"
+  fi
   # Binaries and examples (doctor, benchmarks, demo) for the suites below.
   mkdir -p "$carry/bin"
   json=$(mktemp)

@@ -5,6 +5,13 @@
 #   2. the committed C header is what cbindgen generates (part of 1);
 #   3. the C tests in tests/c, plain and under AddressSanitizer + UndefinedBehaviorSanitizer;
 #   4. the CMake examples configured (they need the CUDA toolkit and a GPU: skipped here).
+#   4b. the C tests under valgrind (helgrind, memcheck), and the fuzz targets over their
+#      committed seeds (docs/reliability.md; the stress and model tests run in step 1).
+#   5. the built-in HTTP endpoint with curl, malformed and slow requests, `promtool check
+#      metrics` and a real Prometheus server scraping it (scripts/observability-test.sh).
+#   6. scripts/install.sh to a temporary prefix, then C and C++ consumers built through
+#      find_package and pkg-config (shared and static) and run (tests/install/test_install.sh);
+#   7. the Python package (python/) against the fake driver.
 # Installs the C toolchain and CMake with apt-get when run as root; otherwise says what to
 # install. The GPU suite runs on a GPU machine: see scripts/gpu-test.sh.
 set -euo pipefail
@@ -20,6 +27,9 @@ have cc || missing+=(gcc)
 have c++ || missing+=(g++)
 have cmake || missing+=(cmake)
 have make || missing+=(make)
+have pkg-config || missing+=(pkg-config)
+have readelf || missing+=(binutils)
+have python3 || missing+=(python3)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && have apt-get; then
     echo "== installing ${missing[*]}"
@@ -46,10 +56,48 @@ cmake -S tests/c -B target/c-tests-sanitized -DVRAM_MONITOR_LIB_DIR="$root/targe
 cmake --build target/c-tests-sanitized -j 2
 ctest --test-dir target/c-tests-sanitized --output-on-failure
 
+echo "== C tests under valgrind: helgrind (threads) and memcheck (memory, also inside the Rust library)"
+# Suppressions and what helgrind cannot see: tests/valgrind/rust-sync.supp. Findings fail the run.
+if ! have valgrind; then
+  if [ "$(id -u)" = 0 ] && have apt-get; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
+  else
+    echo "error: valgrind is needed: run 'sudo apt-get install -y valgrind' and run this again." >&2
+    exit 1
+  fi
+fi
+for tool in helgrind memcheck; do
+  cmake -S tests/c -B "target/c-tests-$tool" -DVRAM_MONITOR_LIB_DIR="$root/target/debug" -DVRAM_MONITOR_VALGRIND=$tool >/dev/null
+  cmake --build "target/c-tests-$tool" -j 2
+  ctest --test-dir "target/c-tests-$tool" --output-on-failure -j 2
+done
+
+echo "== fuzz targets over their committed seeds (gcc, AddressSanitizer + UBSan; fuzzing itself: fuzz/run.sh)"
+mkdir -p target/fuzz-replay
+for t in api labels; do
+  cc -std=c11 -Wall -Wextra -Wpedantic -Werror -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all \
+    -I include -I tests/c -I tests/fake_cuda -I fuzz "fuzz/fuzz_$t.c" fuzz/standalone_main.c \
+    -L target/debug -lvram_monitor -Wl,-rpath,"$root/target/debug" -ldl -lpthread -o "target/fuzz-replay/fuzz_$t"
+  env LD_LIBRARY_PATH="$root/target/c-tests/fake-complete" VRAM_MONITOR_LOG=off "target/fuzz-replay/fuzz_$t" fuzz/corpus/$t/*
+done
+
 echo "== C and C++ examples (configure; they build and run only where the CUDA toolkit is)"
 cmake -S c-examples -B target/examples -DVRAM_MONITOR_LIB_DIR="$root/target/debug"
 if [ -f target/examples/Makefile ] && grep -q "add_test\|vram_example" target/examples/CTestTestfile.cmake 2>/dev/null; then
   cmake --build target/examples -j 2
 fi
+
+echo "== observability: curl, malformed and slow requests, promtool, a real Prometheus scrape"
+bash scripts/observability-test.sh
+
+echo "== install to a temporary prefix; C and C++ consumers through find_package and pkg-config"
+bash tests/install/test_install.sh --profile debug
+
+echo "== Python package (ctypes) against the fake driver"
+# The fake driver folder was built by the Rust tests; LD_LIBRARY_PATH is read at process start.
+env LD_LIBRARY_PATH="$root/target/fake-cuda/complete" VRAM_MONITOR_LIBRARY="$root/target/debug/libvram_monitor.so" \
+  VRAM_MONITOR_TEST_REQUIRE_FAKE=1 VRAM_MONITOR_LOG=off PYTHONDONTWRITEBYTECODE=1 \
+  python3 -m unittest discover -s python/tests -p 'test_*.py' -v
 
 echo "== all tests passed"

@@ -27,6 +27,11 @@ pub enum Error {
     /// Called in a child process forked after the monitor was created: the monitor thread
     /// does not exist there (see [`crate::Monitor::in_forked_child`]).
     Forked,
+    /// The built-in HTTP endpoint could not listen on the address (in use, not permitted,
+    /// not an address of this machine). The text says why.
+    HttpBind(String),
+    /// The built-in HTTP endpoint is already serving; stop it first.
+    AlreadyServing,
 }
 
 impl std::fmt::Display for Error {
@@ -43,6 +48,8 @@ impl std::fmt::Display for Error {
             Error::ThreadSpawn(why) => write!(f, "could not start the monitor thread: {why}"),
             Error::Stopped => f.write_str("the monitor thread has stopped"),
             Error::Forked => f.write_str("called in a forked child process, where the monitor's thread does not exist"),
+            Error::HttpBind(why) => write!(f, "HTTP endpoint: {why}"),
+            Error::AlreadyServing => f.write_str("the HTTP endpoint is already serving"),
         }
     }
 }

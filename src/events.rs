@@ -15,6 +15,10 @@ pub enum EventKind {
     HealthChanged = 3,
     /// The driver query for a registration failed: residency is unknown, not moved.
     CheckFailed = 4,
+    /// A GPU that holds registrations reports a memory fault (uncorrectable ECC errors, pages
+    /// pending retirement, remapped rows pending or failed, a memory XID) or a critical XID
+    /// event. Not about one registration: `device` names the GPU, the message says what.
+    DeviceFault = 5,
 }
 
 impl EventKind {
@@ -25,6 +29,7 @@ impl EventKind {
             EventKind::Recovered => "recovered",
             EventKind::HealthChanged => "health_changed",
             EventKind::CheckFailed => "check_failed",
+            EventKind::DeviceFault => "device_fault",
         }
     }
 }
@@ -34,15 +39,17 @@ impl EventKind {
 pub struct Event {
     /// What happened.
     pub kind: EventKind,
-    /// The registration concerned (0 for [`EventKind::HealthChanged`]).
+    /// The registration concerned (0 for [`EventKind::HealthChanged`] and
+    /// [`EventKind::DeviceFault`]).
     pub registration_id: RegistrationId,
-    /// Its label (empty for health changes).
+    /// Its label (empty for health changes and device faults).
     pub label: String,
     /// Its first byte.
     pub ptr: u64,
     /// Its size.
     pub size: u64,
-    /// The device it was registered on (-1 for health changes).
+    /// The device it was registered on (-1 for health changes; the faulty GPU for device
+    /// faults).
     pub device: i32,
     /// The verdict now.
     pub verdict: Verdict,
@@ -80,7 +87,7 @@ impl Event {
                 "'{}' ({} bytes at {:#x}, GPU{}) is resident again (was {})",
                 registration.label, registration.size, registration.ptr, registration.device, previous_verdict.name()
             ),
-            EventKind::CheckFailed | EventKind::HealthChanged => format!(
+            EventKind::CheckFailed | EventKind::HealthChanged | EventKind::DeviceFault => format!(
                 "could not check '{}' ({} bytes at {:#x}, GPU{}): {}",
                 registration.label,
                 registration.size,
@@ -110,6 +117,9 @@ impl Event {
             "healthy: every registration is resident".to_string()
         } else if check_failed {
             format!("unhealthy: the last check failed ({violating} registrations in violation)")
+        } else if violating == 0 {
+            // The only other cause: a GPU that holds registrations reports a memory fault.
+            "unhealthy: a GPU that holds registrations reports a memory fault".to_string()
         } else {
             format!("unhealthy: {violating} registrations are not resident")
         };
@@ -120,8 +130,33 @@ impl Event {
             ptr: 0,
             size: 0,
             device: -1,
-            verdict: if healthy { Verdict::Resident } else if check_failed { Verdict::CheckFailed } else { Verdict::NotMapped },
+            verdict: if healthy || (!check_failed && violating == 0) {
+                // Healthy, or unhealthy through a device fault: no verdict moved.
+                Verdict::Resident
+            } else if check_failed {
+                Verdict::CheckFailed
+            } else {
+                Verdict::NotMapped
+            },
             previous_verdict: if healthy { Verdict::NotMapped } else { Verdict::Resident },
+            healthy,
+            message,
+            timestamp_unix_ms: crate::clock::unix_ms(),
+        }
+    }
+
+    /// The event for a GPU's memory fault or critical XID (see [`EventKind::DeviceFault`]).
+    /// The verdict fields say `RESIDENT`: a device fault does not change a verdict.
+    pub(crate) fn device_fault(device: i32, message: String, healthy: bool) -> Event {
+        Event {
+            kind: EventKind::DeviceFault,
+            registration_id: 0,
+            label: String::new(),
+            ptr: 0,
+            size: 0,
+            device,
+            verdict: Verdict::Resident,
+            previous_verdict: Verdict::Resident,
             healthy,
             message,
             timestamp_unix_ms: crate::clock::unix_ms(),
@@ -145,6 +180,12 @@ impl Event {
                 target: "vram_monitor",
                 actor = "vram-residency", action = "verify", target = label, device = device,
                 error_kind = "check_failed", verdict = verdict;
+                "{}", self.message
+            ),
+            EventKind::DeviceFault => log::error!(
+                target: "vram_monitor",
+                actor = "vram-residency", action = "device_health", device = device,
+                error_kind = "device_memory_fault";
                 "{}", self.message
             ),
             EventKind::Recovered => log::warn!(

@@ -6,7 +6,8 @@ use crate::process_vram::ProcessVram;
 /// The monitor's state, read at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Health {
-    /// No registration is in violation and the last check did not fail.
+    /// No registration is in violation, the last check did not fail, and no GPU that holds
+    /// registrations reports a memory fault.
     pub healthy: bool,
     /// Number of registrations.
     pub registrations: u64,
@@ -26,10 +27,13 @@ pub struct Health {
     pub last_check_unix_ms: u64,
     /// How long the last full check took, in microseconds.
     pub last_check_duration_us: u64,
-    /// This process's VRAM use, measured after the last full check.
+    /// This process's VRAM use, read after a check, at most once per second.
     pub process_vram: ProcessVram,
     /// The check interval in milliseconds.
     pub interval_ms: u64,
+    /// GPUs holding registrations that report a memory fault (see
+    /// [`crate::Monitor::device_health`]).
+    pub device_faults: u64,
 }
 
 /// The result of one full check.

@@ -10,14 +10,18 @@
 #![deny(missing_docs)]
 
 pub mod clock;
+pub mod device_health;
 pub mod driver;
 pub mod error;
 pub mod events;
+pub mod fork;
 pub mod ffi;
 pub mod health;
+pub mod http;
 pub mod inspect;
 pub mod monitor;
 pub mod process_vram;
+pub mod prometheus;
 pub mod registration_guard;
 pub mod registry;
 pub mod report;
@@ -25,6 +29,7 @@ pub mod report;
 pub mod cudarc_buffers;
 pub mod verdict;
 
+pub use device_health::{DeviceHealth, DeviceHealthSource, DeviceReading, RemappedRows, Signal, SignalStatus};
 pub use driver::{CudaDriver, Driver, DriverError, MemoryType, PointerInfo};
 pub use error::Error;
 pub use events::{Event, EventKind};

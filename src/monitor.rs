@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::driver::{CudaDriver, Driver};
+use crate::device_health::{DeviceHealth, DeviceHealthMonitor, DeviceHealthSource};
 use crate::error::Error;
 use crate::events::{Event, EventKind};
 use crate::health::{CheckSummary, Health};
@@ -20,6 +21,9 @@ use crate::verdict::Verdict;
 
 /// The default check interval: 60 seconds.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Process VRAM is read after a check at most this often.
+pub const PROCESS_VRAM_PERIOD: Duration = Duration::from_secs(1);
 
 /// Labels longer than this are refused (they are copied into every event and report).
 pub const MAX_LABEL_BYTES: usize = 4096;
@@ -93,6 +97,7 @@ struct Stats {
     last_check_unix_ms: u64,
     last_check_duration_us: u64,
     process_vram: Option<ProcessVram>,
+    process_vram_read_at: Option<Instant>,
 }
 
 struct Shared {
@@ -100,11 +105,15 @@ struct Shared {
     registry: Registry,
     interval_ms: AtomicU64,
     pacing: Mutex<Pacing>,
+    /// Used by the monitor thread only (a Mutex to be shareable).
+    plan: Mutex<SweepPlan>,
     callback: Mutex<Option<Callback>>,
     stats: Mutex<Stats>,
     total_violations: AtomicU64,
     stopping: AtomicBool,
     reported_healthy: AtomicBool,
+    /// The GPUs' own memory health (src/device_health.rs).
+    device_health: DeviceHealthMonitor,
 }
 
 /// Watches registered device buffers and reports when they stop being resident in VRAM.
@@ -117,7 +126,9 @@ pub struct Monitor {
     thread_id: ThreadId,
     /// The process that created the monitor. After `fork()` the child has a copy of the
     /// monitor but not its thread: see [`Monitor::in_forked_child`].
-    pid: u32,
+    origin: crate::fork::Origin,
+    /// The built-in HTTP endpoint, when the host started it (src/http.rs).
+    http: Mutex<Option<crate::http::HttpServer>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -159,11 +170,13 @@ impl Monitor {
             registry: Registry::new(),
             interval_ms: AtomicU64::new(interval_ms(options.interval)?),
             pacing: Mutex::new(valid_pacing(options.pacing)?),
+            plan: Mutex::new(SweepPlan::default()),
             callback: Mutex::new(None),
             stats: Mutex::new(Stats::default()),
             total_violations: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             reported_healthy: AtomicBool::new(true),
+            device_health: DeviceHealthMonitor::new(),
         });
         let (commands, inbox) = crossbeam_channel::unbounded();
         let thread_shared = Arc::clone(&shared);
@@ -172,7 +185,7 @@ impl Monitor {
             .spawn(move || run(thread_shared, inbox))
             .map_err(|e| Error::ThreadSpawn(e.to_string()))?;
         let thread_id = thread.thread().id();
-        Ok(Monitor { shared, commands, thread: Some(thread), thread_id, pid: std::process::id() })
+        Ok(Monitor { shared, commands, thread: Some(thread), thread_id, origin: crate::fork::Origin::here(), http: Mutex::new(None) })
     }
 
     /// Whether this is a child process forked after the monitor was created. Only the thread
@@ -183,7 +196,7 @@ impl Monitor {
     /// (its memory and callback are leaked in the child; the parent's monitor is unaffected).
     /// The other methods take the monitor's locks: do not call them in a forked child.
     pub fn in_forked_child(&self) -> bool {
-        std::process::id() != self.pid
+        self.origin.is_forked_child()
     }
 
     fn not_forked(&self) -> Result<(), Error> {
@@ -246,6 +259,7 @@ impl Monitor {
 
     /// Changes how checks pace their driver queries (from the next check on).
     pub fn set_pacing(&self, pacing: Pacing) -> Result<(), Error> {
+        self.not_forked()?;
         *lock(&self.shared.pacing) = valid_pacing(pacing)?;
         Ok(())
     }
@@ -274,32 +288,101 @@ impl Monitor {
 
     /// The health snapshot.
     pub fn health(&self) -> Health {
-        let counts = self.shared.registry.counts();
-        let stats = lock(&self.shared.stats);
+        self.shared.health()
+    }
+
+    /// The memory health of the GPUs that hold registrations, as of the last full check
+    /// (read from NVML; see [`crate::device_health`]).
+    pub fn device_health(&self) -> Vec<DeviceHealth> {
+        self.shared.device_health.snapshot()
+    }
+
+    /// Replaces where device health is read from (NVML by default): another backend, or a
+    /// model in tests. A source set here is read after every full check.
+    pub fn set_device_health_source(&self, source: Box<dyn DeviceHealthSource>) {
+        self.shared.device_health.set_source(source);
+    }
+
+    /// Starts the built-in HTTP endpoint (`GET /health`, `GET /metrics`; see
+    /// [`crate::http`]) on `address` (`None`: 127.0.0.1:9464; see
+    /// [`crate::http::parse_address`]) and returns the address it listens on. It stops when
+    /// the monitor is dropped or [`Monitor::stop_http`] is called.
+    pub fn serve_http(&self, address: Option<&str>) -> Result<std::net::SocketAddr, Error> {
+        self.serve_http_with(address, crate::http::HttpOptions::default())
+    }
+
+    /// [`Monitor::serve_http`] with other bounds than the defaults.
+    pub fn serve_http_with(&self, address: Option<&str>, options: crate::http::HttpOptions) -> Result<std::net::SocketAddr, Error> {
+        self.not_forked()?;
+        let address = crate::http::parse_address(address)?;
+        let mut http = lock(&self.http);
+        if http.is_some() {
+            return Err(Error::AlreadyServing);
+        }
+        let server = crate::http::HttpServer::start(address, options, Arc::clone(&self.shared) as Arc<dyn crate::http::Snapshot>)?;
+        let bound = server.local_addr();
+        *http = Some(server);
+        Ok(bound)
+    }
+
+    /// Stops the HTTP endpoint and joins its threads; returns whether one was serving.
+    pub fn stop_http(&self) -> bool {
+        let server = lock(&self.http).take();
+        server.is_some()
+    }
+
+    /// Where the HTTP endpoint listens, if it is serving.
+    pub fn http_address(&self) -> Option<std::net::SocketAddr> {
+        lock(&self.http).as_ref().map(|s| s.local_addr())
+    }
+}
+
+impl Shared {
+    fn health(&self) -> Health {
+        let counts = self.registry.counts();
+        let device_faults = self.device_health.faulted();
+        let stats = lock(&self.stats);
         Health {
-            healthy: counts.violating == 0 && !stats.last_check_failed,
+            healthy: counts.violating == 0 && !stats.last_check_failed && device_faults == 0,
             registrations: counts.registrations,
             tracked_bytes: counts.tracked_bytes,
             current_violations: counts.violating,
-            total_violations: self.shared.total_violations.load(Ordering::Relaxed),
+            total_violations: self.total_violations.load(Ordering::Relaxed),
             checks_completed: stats.checks_completed,
             checks_failed: stats.checks_failed,
             last_check_failed: stats.last_check_failed,
             last_check_unix_ms: stats.last_check_unix_ms,
             last_check_duration_us: stats.last_check_duration_us,
             process_vram: stats.process_vram.unwrap_or(ProcessVram::UNKNOWN),
-            interval_ms: self.shared.interval_ms.load(Ordering::Relaxed),
+            interval_ms: self.interval_ms.load(Ordering::Relaxed),
+            device_faults,
         }
     }
+}
+
+impl crate::http::Snapshot for Shared {
+    fn health(&self) -> Health {
+        Shared::health(self)
+    }
+    fn devices(&self) -> Vec<DeviceHealth> {
+        self.device_health.snapshot()
+    }
+    fn registrations(&self) -> Vec<RegistrationInfo> {
+        self.registry.snapshot()
+    }
+}
+
+impl Monitor {
 
     /// A copy of the registrations, in id order.
     pub fn registrations(&self) -> Vec<RegistrationInfo> {
         self.shared.registry.snapshot()
     }
 
-    /// The health and every registration with its last verdict, as text or JSON.
+    /// The health, the GPUs' memory health and every registration with its last verdict, as
+    /// text, JSON or Prometheus metrics.
     pub fn report(&self, format: ReportFormat) -> String {
-        report::render(format, &self.health(), &self.registrations())
+        report::render(format, &self.health(), &self.registrations(), &self.device_health())
     }
 
     /// Stops the thread and waits for it. Returns [`Error::CalledFromCallback`] (and stops
@@ -324,8 +407,12 @@ impl Monitor {
             std::mem::forget(Arc::clone(&self.shared));
             std::mem::forget(self.commands.clone());
             std::mem::forget(self.thread.take());
+            // Nor is the HTTP thread: forget the server rather than join a thread that is gone.
+            std::mem::forget(self.http.get_mut().unwrap_or_else(|e| e.into_inner()).take());
             return;
         }
+        // The HTTP endpoint first: it reads what the monitor thread writes.
+        drop(self.http.get_mut().unwrap_or_else(|e| e.into_inner()).take());
         self.shared.stopping.store(true, Ordering::Release);
         let _ = self.commands.send(Command::Stop);
         if let Some(thread) = self.thread.take() {
@@ -389,16 +476,64 @@ fn guarded_sweep(shared: &Shared) -> CheckSummary {
     }
 }
 
+/// The addresses a check asks about, sorted (the driver answers neighbouring addresses
+/// faster), kept between checks until the allocation table changes.
+#[derive(Default)]
+struct SweepPlan {
+    addresses: Vec<(u64, u64)>,
+    generations: Vec<u64>,
+    current: Vec<u64>,
+}
+
+impl SweepPlan {
+    fn refresh(&mut self, registry: &Registry) {
+        registry.allocation_generations(&mut self.current);
+        if self.current == self.generations && !self.generations.is_empty() {
+            return;
+        }
+        self.addresses.clear();
+        self.generations.clear();
+        for shard in 0..registry.allocation_shards() {
+            let generation = registry.allocation_addresses(shard, &mut self.addresses);
+            self.generations.push(generation);
+        }
+        self.addresses.sort_unstable_by_key(|&(address, _)| address);
+    }
+}
+
+/// Holds the engine's context current on the monitor thread for one check (see
+/// [`Driver::borrow_engine_context`]).
+struct BorrowedContext<'a> {
+    driver: &'a dyn Driver,
+    device: Option<i32>,
+}
+
+impl<'a> BorrowedContext<'a> {
+    fn borrow(driver: &'a dyn Driver, devices: &[i32]) -> BorrowedContext<'a> {
+        let device = devices.iter().copied().find(|&d| d >= 0 && driver.borrow_engine_context(d));
+        BorrowedContext { driver, device }
+    }
+}
+
+impl Drop for BorrowedContext<'_> {
+    fn drop(&mut self) {
+        if let Some(device) = self.device {
+            self.driver.return_engine_context(device);
+        }
+    }
+}
+
 fn sweep(shared: &Shared) -> CheckSummary {
     let started = Instant::now();
     let pacing = *lock(&shared.pacing);
     let mut queries_in_slice = 0u32;
     let mut events = Vec::new();
-    let mut addresses = Vec::new();
-    for shard in 0..shared.registry.allocation_shards() {
-        addresses.clear();
-        shared.registry.allocation_addresses(shard, &mut addresses);
-        for &(address, last_fingerprint) in &addresses {
+    let mut plan = lock(&shared.plan);
+    plan.refresh(&shared.registry);
+    let context = BorrowedContext::borrow(&*shared.driver, &shared.registry.devices());
+    for i in 0..plan.addresses.len() {
+        let (address, last_fingerprint) = plan.addresses[i];
+        {
             if queries_in_slice >= pacing.slice_queries {
                 queries_in_slice = 0;
                 if shared.stopping.load(Ordering::Acquire) {
@@ -412,6 +547,7 @@ fn sweep(shared: &Shared) -> CheckSummary {
             if Registry::is_unchanged(last_fingerprint, &answer) {
                 continue;
             }
+            plan.addresses[i].1 = Registry::fingerprint_of(&answer);
             for change in shared.registry.apply(address, &answer) {
                 events.push(match change {
                     Change::CheckFailed { registration, error } => {
@@ -429,12 +565,17 @@ fn sweep(shared: &Shared) -> CheckSummary {
             }
         }
     }
-    let devices = shared.registry.devices();
-    let process_vram = process_vram::read(&*shared.driver, &devices);
+    drop(context);
+    drop(plan);
     let duration_us = started.elapsed().as_micros() as u64;
+    // Process VRAM costs an NVML call per GPU (about 30 us): at most once per
+    // PROCESS_VRAM_PERIOD, not on every check of a 1 ms interval. Not part of the check's time.
+    let read_vram = lock(&shared.stats).process_vram_read_at.is_none_or(|at| at.elapsed() >= PROCESS_VRAM_PERIOD);
+    let process_vram = read_vram.then(|| process_vram::read(&*shared.driver, &shared.registry.devices()));
+    let device_faults = shared.device_health.refresh(&*shared.driver, || shared.registry.devices(), &mut events);
     let counts = shared.registry.counts();
     let check_failed = counts.failing > 0;
-    let healthy = counts.violating == 0 && !check_failed;
+    let healthy = counts.violating == 0 && !check_failed && device_faults == 0;
     {
         let mut stats = lock(&shared.stats);
         stats.checks_completed += 1;
@@ -444,7 +585,10 @@ fn sweep(shared: &Shared) -> CheckSummary {
         stats.last_check_failed = check_failed;
         stats.last_check_unix_ms = crate::clock::unix_ms();
         stats.last_check_duration_us = duration_us;
-        stats.process_vram = Some(process_vram);
+        if let Some(process_vram) = process_vram {
+            stats.process_vram = Some(process_vram);
+            stats.process_vram_read_at = Some(Instant::now());
+        }
     }
     let summary = CheckSummary {
         checked: counts.registrations,

@@ -44,7 +44,8 @@ impl ProcessVram {
     pub const UNKNOWN: ProcessVram = ProcessVram { bytes: 0, source: VramSource::Unknown };
 }
 
-fn nvml() -> Option<&'static nvml_wrapper::Nvml> {
+/// The process's NVML session, opened on first use; `None` where NVML is absent.
+pub(crate) fn nvml() -> Option<&'static nvml_wrapper::Nvml> {
     static NVML: OnceCell<Option<nvml_wrapper::Nvml>> = OnceCell::new();
     NVML.get_or_init(|| {
         // nvml-wrapper loads libnvidia-ml at run time and reports its absence as an error.

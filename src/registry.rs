@@ -71,11 +71,16 @@ pub enum Change {
     },
 }
 
+// Verdicts are kept as bytes here (they are i32 in the C ABI): a million registrations.
 #[derive(Debug, Clone, Copy)]
 struct TrackedPiece {
     piece: Piece,
-    verdict: Verdict,
+    verdict: u8,
     failing: bool,
+}
+
+fn verdict_of(raw: u8) -> Verdict {
+    Verdict::from_raw(i32::from(raw)).unwrap_or(Verdict::CheckFailed)
 }
 
 /// Most registrations are one piece (one allocation); VMM ranges have several.
@@ -104,10 +109,10 @@ impl Pieces {
 #[derive(Debug)]
 struct Registration {
     label: Box<str>,
-    device: i32,
-    verdict: Verdict,
-    failing: bool,
     pieces: Pieces,
+    device: i32,
+    verdict: u8,
+    failing: bool,
 }
 
 impl Registration {
@@ -121,7 +126,7 @@ impl Registration {
             size: end - ptr,
             label: self.label.to_string(),
             device: self.device,
-            verdict: self.verdict,
+            verdict: verdict_of(self.verdict),
             check_failing: self.failing,
             pieces,
         }
@@ -142,6 +147,10 @@ impl Registration {
 struct RegistrationShard {
     entries: Vec<(RegistrationId, Option<Registration>)>,
     holes: usize,
+    // Counted per shard, under its lock: global atomics would bounce one cache line between
+    // every thread that registers.
+    count: u64,
+    tracked_bytes: u64,
 }
 
 impl RegistrationShard {
@@ -156,7 +165,15 @@ impl RegistrationShard {
             // million empty slots.
             self.entries.reserve_exact((self.entries.len() / 4).max(16));
         }
-        self.entries.push((id, Some(registration)));
+        // Ids are taken before this shard's lock, so two threads registering at once can
+        // arrive out of order: keep the entries sorted (binary search depends on it).
+        match self.entries.last() {
+            Some(&(last, _)) if last > id => {
+                let i = self.entries.partition_point(|e| e.0 < id);
+                self.entries.insert(i, (id, Some(registration)));
+            }
+            _ => self.entries.push((id, Some(registration))),
+        }
     }
 
     fn remove(&mut self, id: RegistrationId) -> Option<Registration> {
@@ -176,7 +193,18 @@ impl RegistrationShard {
 #[derive(Debug)]
 enum Members {
     One(RegistrationId),
-    Many(Vec<RegistrationId>),
+    // Boxed: keeps the common one-member allocation at 16 bytes.
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<RegistrationId>>),
+}
+
+/// One shard of the allocation table. `generation` changes whenever an address is added or
+/// removed or marked for a new judgement, so a check can keep its sorted list of addresses
+/// until then.
+#[derive(Debug, Default)]
+struct AllocationShard {
+    map: HashMap<u64, Allocation>,
+    generation: u64,
 }
 
 #[derive(Debug)]
@@ -240,12 +268,12 @@ pub struct RegistryCounts {
 /// All registrations of one monitor.
 pub struct Registry {
     registrations: Box<[Mutex<RegistrationShard>]>,
-    allocations: Box<[Mutex<HashMap<u64, Allocation>>]>,
-    count: AtomicU64,
-    tracked_bytes: AtomicU64,
+    allocations: Box<[Mutex<AllocationShard>]>,
+    // Changed only by checks and unregistering: rarely contended.
     violating: AtomicU64,
     failing: AtomicU64,
-    allocation_count: AtomicU64,
+    // Devices that ever held a registration (a handful; append-only).
+    devices: Mutex<Vec<i32>>,
 }
 
 impl Default for Registry {
@@ -273,12 +301,10 @@ impl Registry {
     pub fn new() -> Registry {
         Registry {
             registrations: (0..SHARDS).map(|_| Mutex::new(RegistrationShard::default())).collect(),
-            allocations: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            count: AtomicU64::new(0),
-            tracked_bytes: AtomicU64::new(0),
+            allocations: (0..SHARDS).map(|_| Mutex::new(AllocationShard::default())).collect(),
             violating: AtomicU64::new(0),
             failing: AtomicU64::new(0),
-            allocation_count: AtomicU64::new(0),
+            devices: Mutex::new(Vec::new()),
         }
     }
 
@@ -288,32 +314,43 @@ impl Registry {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let tracked: Vec<TrackedPiece> =
-            pieces.iter().map(|&piece| TrackedPiece { piece, verdict: Verdict::Resident, failing: false }).collect();
+            pieces.iter().map(|&piece| TrackedPiece { piece, verdict: Verdict::Resident as u8, failing: false }).collect();
         let pieces_field = match tracked.as_slice() {
             [one] => Pieces::One(*one),
             _ => Pieces::Many(tracked.into_boxed_slice()),
         };
         let registration =
-            Registration { label: label.into(), device, verdict: Verdict::Resident, failing: false, pieces: pieces_field };
+            Registration { label: label.into(), device, verdict: Verdict::Resident as u8, failing: false, pieces: pieces_field };
         let size = registration.size();
         // The registration exists before any allocation names it, so a check that finds it
         // through an allocation can always read it.
-        lock(&self.registrations[shard_of_id(id)]).push(id, registration);
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.tracked_bytes.fetch_add(size, Ordering::Relaxed);
+        {
+            let mut shard = lock(&self.registrations[shard_of_id(id)]);
+            shard.push(id, registration);
+            shard.count += 1;
+            shard.tracked_bytes += size;
+        }
+        {
+            let mut devices = lock(&self.devices);
+            if !devices.contains(&device) {
+                devices.push(device);
+            }
+        }
         for (piece, answer) in pieces.iter().zip(answers) {
             let seen = fingerprint(answer);
-            let mut shard = lock(&self.allocations[shard_of_address(piece.query_at)]);
-            match shard.get_mut(&piece.query_at) {
+            let mut guard = lock(&self.allocations[shard_of_address(piece.query_at)]);
+            let shard = &mut *guard;
+            match shard.map.get_mut(&piece.query_at) {
                 Some(allocation) => {
                     // The others were judged by an older answer: if it differs from what this
                     // registration saw, the memory changed meanwhile; judge them all again.
                     if allocation.fingerprint != seen {
                         allocation.fingerprint = DIRTY;
+                        shard.generation += 1;
                     }
                     match &mut allocation.members {
                         Members::One(other) if *other == id => {}
-                        Members::One(other) => allocation.members = Members::Many(vec![*other, id]),
+                        Members::One(other) => allocation.members = Members::Many(Box::new(vec![*other, id])),
                         Members::Many(ids) => {
                             if ids.last() != Some(&id) {
                                 ids.push(id)
@@ -322,8 +359,8 @@ impl Registry {
                     }
                 }
                 None => {
-                    shard.insert(piece.query_at, Allocation { fingerprint: seen, members: Members::One(id) });
-                    self.allocation_count.fetch_add(1, Ordering::Relaxed);
+                    shard.map.insert(piece.query_at, Allocation { fingerprint: seen, members: Members::One(id) });
+                    shard.generation += 1;
                 }
             }
         }
@@ -332,10 +369,14 @@ impl Registry {
 
     /// Removes a registration; `None` if the id is not registered (any more).
     pub fn remove(&self, id: RegistrationId) -> Option<RegistrationInfo> {
-        let registration = lock(&self.registrations[shard_of_id(id)]).remove(id)?;
-        self.count.fetch_sub(1, Ordering::Relaxed);
-        self.tracked_bytes.fetch_sub(registration.size(), Ordering::Relaxed);
-        if registration.verdict.is_violation() {
+        let registration = {
+            let mut shard = lock(&self.registrations[shard_of_id(id)]);
+            let registration = shard.remove(id)?;
+            shard.count -= 1;
+            shard.tracked_bytes -= registration.size();
+            registration
+        };
+        if verdict_of(registration.verdict).is_violation() {
             self.violating.fetch_sub(1, Ordering::Relaxed);
         }
         if registration.failing {
@@ -343,8 +384,9 @@ impl Registry {
         }
         for tracked in registration.pieces.as_slice() {
             let address = tracked.piece.query_at;
-            let mut shard = lock(&self.allocations[shard_of_address(address)]);
-            let Some(allocation) = shard.get_mut(&address) else { continue };
+            let mut guard = lock(&self.allocations[shard_of_address(address)]);
+            let shard = &mut *guard;
+            let Some(allocation) = shard.map.get_mut(&address) else { continue };
             let empty = match &mut allocation.members {
                 Members::One(other) => *other == id,
                 Members::Many(ids) => {
@@ -356,8 +398,8 @@ impl Registry {
                 }
             };
             if empty {
-                shard.remove(&address);
-                self.allocation_count.fetch_sub(1, Ordering::Relaxed);
+                shard.map.remove(&address);
+                shard.generation += 1;
             }
         }
         Some(registration.info(id))
@@ -372,7 +414,7 @@ impl Registry {
 
     /// A copy of every registration, in id order.
     pub fn snapshot(&self) -> Vec<RegistrationInfo> {
-        let mut all = Vec::with_capacity(self.count.load(Ordering::Relaxed) as usize);
+        let mut all = Vec::new();
         for shard in self.registrations.iter() {
             let shard = lock(shard);
             all.extend(shard.entries.iter().filter_map(|(id, r)| r.as_ref().map(|r| r.info(*id))));
@@ -381,30 +423,27 @@ impl Registry {
         all
     }
 
-    /// The distinct devices that hold registrations.
+    /// The devices that have held registrations (a superset of those that hold them now).
     pub fn devices(&self) -> Vec<i32> {
-        let mut devices = Vec::new();
-        for shard in self.registrations.iter() {
-            for (_, registration) in lock(shard).entries.iter() {
-                if let Some(r) = registration {
-                    if !devices.contains(&r.device) {
-                        devices.push(r.device);
-                    }
-                }
-            }
-        }
-        devices
+        lock(&self.devices).clone()
     }
 
     /// The counts.
     pub fn counts(&self) -> RegistryCounts {
-        RegistryCounts {
-            registrations: self.count.load(Ordering::Relaxed),
-            tracked_bytes: self.tracked_bytes.load(Ordering::Relaxed),
+        let mut counts = RegistryCounts {
             violating: self.violating.load(Ordering::Relaxed),
             failing: self.failing.load(Ordering::Relaxed),
-            allocations: self.allocation_count.load(Ordering::Relaxed),
+            ..Default::default()
+        };
+        for shard in self.registrations.iter() {
+            let shard = lock(shard);
+            counts.registrations += shard.count;
+            counts.tracked_bytes += shard.tracked_bytes;
         }
+        for shard in self.allocations.iter() {
+            counts.allocations += lock(shard).map.len() as u64;
+        }
+        counts
     }
 
     /// Number of allocation shards (a check walks them one by one).
@@ -413,9 +452,17 @@ impl Registry {
     }
 
     /// The addresses of allocation shard `shard` with their last fingerprints, appended to
-    /// `out`. The lock is held only for the copy.
-    pub fn allocation_addresses(&self, shard: usize, out: &mut Vec<(u64, u64)>) {
-        out.extend(lock(&self.allocations[shard]).iter().map(|(&address, a)| (address, a.fingerprint)));
+    /// `out`; returns the shard's generation. The lock is held only for the copy.
+    pub fn allocation_addresses(&self, shard: usize, out: &mut Vec<(u64, u64)>) -> u64 {
+        let shard = lock(&self.allocations[shard]);
+        out.extend(shard.map.iter().map(|(&address, a)| (address, a.fingerprint)));
+        shard.generation
+    }
+
+    /// The generation of each allocation shard, in shard order.
+    pub fn allocation_generations(&self, out: &mut Vec<u64>) {
+        out.clear();
+        out.extend(self.allocations.iter().map(|shard| lock(shard).generation));
     }
 
     /// Whether an answer at `address` differs from the one its members were judged by.
@@ -426,19 +473,24 @@ impl Registry {
         }
     }
 
+    /// The fingerprint [`Registry::apply`] records for an answer.
+    pub fn fingerprint_of(answer: &Result<PointerInfo, DriverError>) -> u64 {
+        match answer {
+            Ok(info) => fingerprint(info),
+            Err(_) => FAILED,
+        }
+    }
+
     /// Judges again every registration inside the allocation at `address` by `answer`, and
     /// records the answer as the one they were judged by. Returns what changed.
     pub fn apply(&self, address: u64, answer: &Result<PointerInfo, DriverError>) -> Vec<Change> {
         let members: Vec<RegistrationId> = {
             let mut shard = lock(&self.allocations[shard_of_address(address)]);
-            let Some(allocation) = shard.get_mut(&address) else { return Vec::new() };
-            allocation.fingerprint = match answer {
-                Ok(info) => fingerprint(info),
-                Err(_) => FAILED,
-            };
+            let Some(allocation) = shard.map.get_mut(&address) else { return Vec::new() };
+            allocation.fingerprint = Registry::fingerprint_of(answer);
             match &allocation.members {
                 Members::One(id) => vec![*id],
-                Members::Many(ids) => ids.clone(),
+                Members::Many(ids) => ids.to_vec(),
             }
         };
         let mut changes = Vec::new();
@@ -450,17 +502,17 @@ impl Registry {
             for tracked in registration.pieces.as_mut_slice().iter_mut().filter(|t| t.piece.query_at == address) {
                 match answer {
                     Ok(info) => {
-                        tracked.verdict = classify_piece(&tracked.piece, device, info);
+                        tracked.verdict = classify_piece(&tracked.piece, device, info) as u8;
                         tracked.failing = false;
                     }
                     // The last verdict stays: a failed query says nothing about the memory.
                     Err(_) => tracked.failing = true,
                 }
             }
-            let verdict = registration.pieces.as_slice().iter().fold(Verdict::Resident, |v, t| v.worst(t.verdict));
+            let verdict = registration.pieces.as_slice().iter().fold(Verdict::Resident, |v, t| v.worst(verdict_of(t.verdict)));
             let failing = registration.pieces.as_slice().iter().any(|t| t.failing);
-            let (old_verdict, old_failing) = (registration.verdict, registration.failing);
-            registration.verdict = verdict;
+            let (old_verdict, old_failing) = (verdict_of(registration.verdict), registration.failing);
+            registration.verdict = verdict as u8;
             registration.failing = failing;
             match (old_verdict.is_violation(), verdict.is_violation()) {
                 (false, true) => {

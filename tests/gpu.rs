@@ -3,20 +3,37 @@
 //! A plain program (`harness = false`). It plays the inference engine: it retains device 0's
 //! primary context (the engine may; the library must not), allocates every kind of memory
 //! with the driver API, registers it with `vram_monitor::Monitor`, changes it underneath
-//! (free, reallocate, unmap, remap from host memory) and checks what `check_now`, the periodic
-//! thread and the callback report. One line per scenario:
+//! (free, reallocate, unmap, remap from host memory, remap from another GPU's memory) and
+//! checks what `check_now`, the periodic thread and the callback report. One line per scenario:
 //!
 //! ```text
 //! PASS|FAIL|SKIP <name>: expected X, saw Y
+//! VERDICTS produced by real allocations: K of 8 (...); not produced: ...
 //! N passed, M failed, K skipped
 //! ```
+//!
+//! The aim is all eight verdicts from real memory on a real driver:
+//! - WRONG_DEVICE needs a second GPU: a VMM address first backed by GPU 0's memory, then by
+//!   GPU 1's (`wrong-device-*`). With one GPU these scenarios are skipped ("needs 2 GPUs"),
+//!   never passed. The engine is always GPU 0.
+//! - CHECK_FAILED needs the driver's own pointer query to fail. `check-failed-real-driver`
+//!   tries, each in a child process (this program again, `VRAM_MONITOR_GPU_CHILD=
+//!   check-failed:<attempt>`): a sticky context error (a kernel storing to address 0; a kernel
+//!   executing `trap`), a reset of the primary context that owns the buffer, the destruction
+//!   of a context of its own that owns it, and the process exiting (checks from an atexit
+//!   handler that runs after the driver's). It passes when one of them makes the driver fail
+//!   the query and both `check_now` and the periodic thread report CHECK_FAILED; it fails if
+//!   the driver failed the query and the monitor did not say so, or if none produced it and
+//!   an attempt could not run; when the driver answers after every attempt it is skipped as
+//!   "not producible on this driver", with what the driver returned for each.
 //!
 //! Exit status 1 if any scenario failed. Without a CUDA driver or GPU it prints
 //! `gpu scenarios: skipped (no CUDA driver / GPU): <reason>` and exits 0, never claiming a
 //! pass; with `VRAM_MONITOR_GPU_REQUIRED=1` that skip is a failure (exit 1), so a GPU run that
 //! silently finds no GPU cannot look green. `VRAM_MONITOR_GPU_RESULTS=<file>` also writes a
-//! Markdown report (scenario table, process VRAM, the no-context check, check cost, and the
-//! raw pointer attributes the driver reported for each kind of allocation).
+//! Markdown report (scenario table, the CHECK_FAILED attempts, process VRAM, the no-context
+//! check, check cost, and the raw pointer attributes the driver reported for each kind of
+//! allocation).
 //!
 //! Driver calls: the library is the one cudarc's dynamic loader found
 //! (`cudarc::driver::sys::is_culib_present` / `culib`), the VMM structs are cudarc's
@@ -225,6 +242,15 @@ impl Cuda {
         }
     }
 
+    fn device_name(&self, dev: c_int) -> Result<String, String> {
+        let mut name = [0 as c_char; 256];
+        self.check(
+            unsafe { (self.device_get_name)(name.as_mut_ptr(), name.len() as c_int, dev) },
+            "cuDeviceGetName",
+        )?;
+        Ok(unsafe { CStr::from_ptr(name.as_ptr()) }.to_string_lossy().into_owned())
+    }
+
     fn check(&self, code: c_int, what: &str) -> Result<(), String> {
         if code == 0 {
             Ok(())
@@ -294,6 +320,9 @@ struct Row {
     status: Status,
     saw: String,
     notes: Vec<String>,
+    /// The verdicts this scenario saw the library report from real memory, when it passed
+    /// (for the "verdicts produced" line).
+    shows: Vec<Verdict>,
 }
 
 impl Row {
@@ -309,6 +338,7 @@ impl Row {
             status: Status::Fail,
             saw: "nothing (the scenario did not finish)".into(),
             notes: Vec::new(),
+            shows: Vec::new(),
         }
     }
 
@@ -382,6 +412,9 @@ struct Gpu {
     cu: Cuda,
     dev: c_int,
     name: String,
+    /// `cuDeviceGetCount`, and every device's name (index = ordinal).
+    device_count: c_int,
+    device_names: Vec<String>,
     driver_version: c_int,
     /// VMM chunk: a multiple of the device (and, where supported, host) granularity.
     chunk: usize,
@@ -390,6 +423,8 @@ struct Gpu {
     probes: RefCell<Vec<Probe>>,
     no_context: RefCell<NoContext>,
     process_vram: RefCell<Option<ProcessVramResult>>,
+    /// What each attempt to make the driver's pointer query fail did.
+    check_failed: RefCell<Vec<Attempt>>,
 }
 
 impl Gpu {
@@ -457,26 +492,35 @@ impl Gpu {
         });
     }
 
-    /// NVML's figure for this process on device 0: Ok(None) when NVML does not list it.
+    /// NVML's figure for this process, summed over every GPU: Ok(None) when NVML does not
+    /// list it on any.
     fn nvml_process_bytes(&self) -> Result<Option<u64>, String> {
         let nvml = self.nvml.as_ref().map_err(Clone::clone)?;
         nvml_bytes_for(nvml, std::process::id())
     }
 }
 
+/// NVML's figure for `pid` summed over every GPU (NVML's index order need not be CUDA's, so
+/// on a machine with several GPUs "device 0" in one is not device 0 in the other; the library
+/// sums the same way).
 fn nvml_bytes_for(nvml: &nvml_wrapper::Nvml, pid: u32) -> Result<Option<u64>, String> {
-    let device = nvml
-        .device_by_index(0)
-        .map_err(|e| format!("NVML device_by_index(0): {e}"))?;
-    let processes = device
-        .running_compute_processes()
-        .map_err(|e| format!("NVML running_compute_processes: {e}"))?;
+    let count = nvml
+        .device_count()
+        .map_err(|e| format!("NVML device_count: {e}"))?;
     let mut total = None;
-    for process in processes.iter().filter(|p| p.pid == pid) {
-        match process.used_gpu_memory {
-            nvml_wrapper::enums::device::UsedGpuMemory::Used(bytes) => *total.get_or_insert(0) += bytes,
-            nvml_wrapper::enums::device::UsedGpuMemory::Unavailable => {
-                return Err("NVML lists this process but not its memory".into())
+    for index in 0..count {
+        let device = nvml
+            .device_by_index(index)
+            .map_err(|e| format!("NVML device_by_index({index}): {e}"))?;
+        let processes = device
+            .running_compute_processes()
+            .map_err(|e| format!("NVML running_compute_processes (device {index}): {e}"))?;
+        for process in processes.iter().filter(|p| p.pid == pid) {
+            match process.used_gpu_memory {
+                nvml_wrapper::enums::device::UsedGpuMemory::Used(bytes) => *total.get_or_insert(0) += bytes,
+                nvml_wrapper::enums::device::UsedGpuMemory::Unavailable => {
+                    return Err("NVML lists this process but not its memory".into())
+                }
             }
         }
     }
@@ -583,6 +627,12 @@ impl<'a> Vmm<'a> {
     /// Maps `handle` at `slot` and gives the device read/write access. Takes the handle
     /// (released on failure).
     fn map(&mut self, slot: usize, handle: u64) -> Result<(), String> {
+        self.map_only(slot, handle)?;
+        self.set_access(slot, &[self.gpu.dev])
+    }
+
+    /// Maps `handle` at `slot`, giving no access yet. Takes the handle (released on failure).
+    fn map_only(&mut self, slot: usize, handle: u64) -> Result<(), String> {
         let cu = &self.gpu.cu;
         let addr = self.addr(slot);
         if let Err(e) = self
@@ -593,17 +643,63 @@ impl<'a> Vmm<'a> {
             return Err(e);
         }
         self.handles[slot] = Some(handle);
-        let access = cu::CUmemAccessDesc {
-            location: cu::CUmemLocation {
-                type_: cu::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE,
-                id: self.gpu.dev,
-            },
-            flags: cu::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
-        };
+        Ok(())
+    }
+
+    /// Gives each of `devices` read/write access to the mapping at `slot`, in one call.
+    fn set_access(&self, slot: usize, devices: &[c_int]) -> Result<(), String> {
+        let access: Vec<cu::CUmemAccessDesc> = devices
+            .iter()
+            .map(|&id| cu::CUmemAccessDesc {
+                location: cu::CUmemLocation {
+                    type_: cu::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE,
+                    id,
+                },
+                flags: cu::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
+            })
+            .collect();
         self.gpu.call(
-            unsafe { (cu.mem_set_access)(addr, self.chunk, &access, 1) },
+            unsafe { (self.gpu.cu.mem_set_access)(self.addr(slot), self.chunk, access.as_ptr(), access.len()) },
             "cuMemSetAccess",
         )
+    }
+
+    /// Physical memory on device `dev` (one chunk). If the driver refuses without a context
+    /// of that device, tries again with `dev`'s primary context pushed, and returns it
+    /// retained (release it after the memory is gone). The string says how it was made.
+    fn create_on(&self, dev: c_int) -> Result<(u64, Option<Retained<'a>>, String), String> {
+        let location = cu::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE;
+        let first = match self.create(location, dev) {
+            Ok(handle) => return Ok((handle, None, format!("cuMemCreate(location DEVICE {dev})"))),
+            Err(code) => code,
+        };
+        let cu = &self.gpu.cu;
+        let retained = Retained::primary(self.gpu, dev).map_err(|e| {
+            format!(
+                "cuMemCreate(location DEVICE {dev}) failed with {}; {e}",
+                cu.error_name(first)
+            )
+        })?;
+        self.gpu
+            .call(unsafe { (cu.ctx_push)(retained.ctx) }, "cuCtxPushCurrent_v2")?;
+        let second = self.create(location, dev);
+        let mut popped: Ptr = std::ptr::null_mut();
+        unsafe { (cu.ctx_pop)(&mut popped) };
+        match second {
+            Ok(handle) => Ok((
+                handle,
+                Some(retained),
+                format!(
+                    "cuMemCreate(location DEVICE {dev}) with GPU {dev}'s primary context pushed (without: {})",
+                    cu.error_name(first)
+                ),
+            )),
+            Err(code) => Err(format!(
+                "cuMemCreate(location DEVICE {dev}) failed with {}, and with GPU {dev}'s primary context pushed with {}",
+                cu.error_name(first),
+                cu.error_name(code)
+            )),
+        }
     }
 
     fn map_device(&mut self, slot: usize) -> Result<(), String> {
@@ -620,6 +716,30 @@ impl<'a> Vmm<'a> {
             self.gpu.call(unsafe { (cu.mem_release)(handle) }, "cuMemRelease")?;
         }
         Ok(())
+    }
+}
+
+/// A device's primary context, retained by this program; released on drop.
+struct Retained<'a> {
+    gpu: &'a Gpu,
+    dev: c_int,
+    ctx: Ptr,
+}
+
+impl<'a> Retained<'a> {
+    fn primary(gpu: &'a Gpu, dev: c_int) -> Result<Retained<'a>, String> {
+        let mut ctx: Ptr = std::ptr::null_mut();
+        gpu.call(
+            unsafe { (gpu.cu.primary_ctx_retain)(&mut ctx, dev) },
+            "cuDevicePrimaryCtxRetain",
+        )?;
+        Ok(Retained { gpu, dev, ctx })
+    }
+}
+
+impl Drop for Retained<'_> {
+    fn drop(&mut self) {
+        unsafe { (self.gpu.cu.primary_ctx_release)(self.dev) };
     }
 }
 
@@ -659,6 +779,50 @@ impl Collector {
             .filter(|e| e.kind == EventKind::Violation && e.registration_id == id)
             .map(|e| e.verdict)
             .collect()
+    }
+
+    /// Every event about `id`, as `kind:VERDICT`, in order ("none" when there is none).
+    fn about(&self, id: RegistrationId) -> String {
+        let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let list: Vec<String> = events
+            .iter()
+            .filter(|e| e.registration_id == id)
+            .map(|e| format!("{}:{}", e.kind.name(), e.verdict.name()))
+            .collect();
+        if list.is_empty() {
+            "none".into()
+        } else {
+            list.join(",")
+        }
+    }
+
+    /// The message of the first CHECK_FAILED event about `id`.
+    fn check_failed_message(&self, id: RegistrationId) -> Option<String> {
+        let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        events
+            .iter()
+            .find(|e| e.registration_id == id && e.kind == EventKind::CheckFailed)
+            .map(|e| e.message.clone())
+    }
+
+    /// Waits until any event about `id` has arrived.
+    fn wait_about(&self, id: RegistrationId, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if events.iter().any(|e| e.registration_id == id) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            events = self
+                .arrived
+                .wait_timeout(events, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     /// Waits until a violation event about `id` has arrived.
@@ -863,6 +1027,9 @@ fn watch_change(row: &mut Row, ptr: u64, size: u64, expected: Verdict, change: i
     let pass =
         problems.is_empty() && va == Some(expected) && vb == Some(expected) && cba == [expected] && cbb == [expected];
     row.status = if pass { Status::Pass } else { Status::Fail };
+    if pass {
+        row.shows = vec![Verdict::Resident, expected];
+    }
     row.saw = format!(
         "registered; check_now {}, periodic thread {}; callbacks {}",
         row.check_now, row.periodic, row.callback
@@ -882,6 +1049,9 @@ fn expect_refusal(row: &mut Row, ptr: u64, size: u64, expected: Verdict) {
     let registered = m.health().registrations;
     let pass = matches!(result, Err(Error::Refused(v)) if v == expected) && registered == 0;
     row.status = if pass { Status::Pass } else { Status::Fail };
+    if pass {
+        row.shows = vec![expected];
+    }
     row.saw = row.registration.clone();
     if registered != 0 {
         row.notes
@@ -1037,6 +1207,24 @@ const SCENARIOS: &[(&str, &str, &str, Scenario)] = &[
         s_vmm_hole,
     ),
     (
+        "wrong-device-vmm-remapped",
+        "VMM DEVICE mapping on GPU 0 (registered), replaced at the same address by memory created on GPU 1 (cuMemCreate location DEVICE 1; cuMemSetAccess for GPUs 0 and 1)",
+        "RESIDENT, then WRONG_DEVICE",
+        s_wrong_device_remapped,
+    ),
+    (
+        "wrong-device-range-spans-two-gpus",
+        "one reservation: mapping 1 on GPU 0, mapping 2 on GPU 1; register both",
+        "refused: WRONG_DEVICE",
+        s_wrong_device_span,
+    ),
+    (
+        "check-failed-real-driver",
+        "child processes: cuMemAlloc_v2 2 MiB registered, then the driver broken underneath (attempts in order: sticky illegal address, sticky trap, primary context reset, own context destroyed, process exit)",
+        "CHECK_FAILED from check_now and the periodic thread (cuPointerGetAttributes itself fails)",
+        s_check_failed,
+    ),
+    (
         "process-vram-from-nvml",
         "cuMemAlloc_v2 32 MiB registered; health().process_vram",
         "source nvml_process",
@@ -1145,13 +1333,13 @@ fn s_no_context_child(g: &Gpu, row: &mut Row) -> Result<(), String> {
     Ok(())
 }
 
-/// The child of `no-context-child`: the library alone, in a process that never made a
-/// context. Prints one `CHILD-RESULT key=value ...` line.
 /// A value without spaces, for the child's `key=value` line.
 fn token(s: &str) -> String {
     s.replace(": ", ":").replace(' ', "_")
 }
 
+/// The child of `no-context-child`: the library alone, in a process that never made a
+/// context. Prints one `CHILD-RESULT key=value ...` line.
 fn child_no_context() -> i32 {
     let cuda = match Cuda::load() {
         Ok(c) => c,
@@ -1177,8 +1365,24 @@ fn child_no_context() -> i32 {
     std::thread::sleep(Duration::from_millis(300)); // several periodic sweeps
     let health = m.health();
     drop(m);
-    let (mut flags, mut active) = (0u32, -1i32);
-    let state = unsafe { (cuda.primary_ctx_get_state)(0, &mut flags, &mut active) };
+    // Every device's primary context: on a machine with several GPUs the library must not
+    // have made one on any. `active` counts the active ones; `state` is the first error.
+    let mut count: c_int = 0;
+    let mut state = unsafe { (cuda.device_get_count)(&mut count) };
+    let mut active = 0;
+    for ordinal in 0..count {
+        let (mut dev, mut flags, mut on) = (0, 0u32, 0i32);
+        let code = unsafe { (cuda.device_get)(&mut dev, ordinal) };
+        let code = if code == 0 {
+            unsafe { (cuda.primary_ctx_get_state)(dev, &mut flags, &mut on) }
+        } else {
+            code
+        };
+        if state == 0 {
+            state = code;
+        }
+        active += i32::from(code == 0 && on != 0);
+    }
     let mut current: Ptr = std::ptr::null_mut();
     let current_code = unsafe { (cuda.ctx_get_current)(&mut current) };
     let listed = match init_nvml().and_then(|nvml| nvml_bytes_for(&nvml, std::process::id())) {
@@ -1187,7 +1391,7 @@ fn child_no_context() -> i32 {
         Err(e) => format!("unknown nvml_error={}", token(&e)),
     };
     println!(
-        "CHILD-RESULT register={} check_now={} checks_completed={} process_vram_source={} primary_state_call={} primary_active={} current_context={} nvml_listed={}",
+        "CHILD-RESULT register={} check_now={} checks_completed={} process_vram_source={} primary_state_call={} primary_active={} devices={count} current_context={} nvml_listed={}",
         token(&describe(&result)),
         check,
         health.checks_completed,
@@ -1586,6 +1790,113 @@ fn s_vmm_hole(g: &Gpu, row: &mut Row) -> Result<(), String> {
     Ok(())
 }
 
+/// The second GPU, or `None` after marking the row skipped when this machine has one.
+fn second_device(g: &Gpu, row: &mut Row) -> Result<Option<c_int>, String> {
+    if g.device_count < 2 {
+        let why = format!("needs 2 GPUs; this machine has {}", g.device_count);
+        row.status = Status::Skip;
+        row.saw = format!("nothing ({why})");
+        for cell in [&mut row.registration, &mut row.check_now, &mut row.periodic, &mut row.callback] {
+            *cell = format!("skipped ({why})");
+        }
+        return Ok(None);
+    }
+    let mut dev: c_int = 0;
+    g.call(unsafe { (g.cu.device_get)(&mut dev, 1) }, "cuDeviceGet(1)")?;
+    // The mapping chunk was sized for GPU 0; GPU 1's memory must fit it exactly.
+    let granularity = g
+        .cu
+        .granularity(&Cuda::prop(cu::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE, dev))?;
+    if g.chunk % granularity != 0 {
+        return Err(format!(
+            "GPU 1's VMM granularity ({} KiB) does not divide the chunk ({} KiB)",
+            granularity / KIB,
+            g.chunk / KIB
+        ));
+    }
+    let mut can: c_int = 0;
+    let code = unsafe { (g.cu.device_can_access_peer)(&mut can, g.dev, dev) };
+    row.notes.push(format!(
+        "GPU 0 {} / GPU 1 {}; cuDeviceCanAccessPeer(0, 1): {}",
+        g.device_names.first().map_or("?", String::as_str),
+        g.device_names.get(1).map_or("?", String::as_str),
+        if code != 0 {
+            g.cu.error_name(code)
+        } else if can != 0 {
+            "yes".into()
+        } else {
+            "no".into()
+        }
+    ));
+    Ok(Some(dev))
+}
+
+/// Gives GPU 0 (the engine's) and `other` access to the mapping at `slot`; where the driver
+/// refuses GPU 0 access to another GPU's memory (no peer access), `other` alone.
+fn grant_access(g: &Gpu, vmm: &Vmm<'_>, slot: usize, other: c_int) -> Result<String, String> {
+    match vmm.set_access(slot, &[g.dev, other]) {
+        Ok(()) => Ok("cuMemSetAccess for GPUs 0 and 1".into()),
+        Err(both) => match vmm.set_access(slot, &[other]) {
+            Ok(()) => Ok(format!("cuMemSetAccess for GPU 1 only (for GPUs 0 and 1: {both})")),
+            Err(one) => Err(format!("cuMemSetAccess for GPUs 0 and 1: {both}; for GPU 1 alone: {one}")),
+        },
+    }
+}
+
+fn s_wrong_device_remapped(g: &Gpu, row: &mut Row) -> Result<(), String> {
+    let Some(other) = second_device(g, row)? else {
+        return Ok(());
+    };
+    // Declared before the reservation, so dropped after it.
+    let mut retained: Option<Retained<'_>> = None;
+    let mut vmm = Vmm::reserve(g, 1)?;
+    vmm.map_device(0)?;
+    let ptr = vmm.addr(0);
+    watch_change(row, ptr, g.chunk as u64, Verdict::WrongDevice, || {
+        // GPU 1's memory first: if it cannot be made, nothing has changed yet.
+        let (handle, context, how) = match vmm.create_on(other) {
+            Ok(v) => v,
+            Err(e) => return Change::Failed(e),
+        };
+        retained = context;
+        if let Err(e) = vmm.unmap(0) {
+            unsafe { (g.cu.mem_release)(handle) };
+            return Change::Failed(e);
+        }
+        if let Err(e) = vmm.map_only(0, handle) {
+            return Change::Failed(format!("mapping GPU 1's memory: {e}"));
+        }
+        match grant_access(g, &vmm, 0, other) {
+            Ok(access) => Change::Expect(Verdict::WrongDevice, format!("GPU 1's memory: {how}; {access}")),
+            Err(e) => Change::Failed(e),
+        }
+    });
+    if row.status != Status::Skip {
+        g.probe("VMM mapping on GPU 0 replaced by memory created on GPU 1", ptr);
+    }
+    drop(vmm);
+    drop(retained);
+    Ok(())
+}
+
+fn s_wrong_device_span(g: &Gpu, row: &mut Row) -> Result<(), String> {
+    let Some(other) = second_device(g, row)? else {
+        return Ok(());
+    };
+    let mut vmm = Vmm::reserve(g, 2)?;
+    vmm.map_device(0)?;
+    let (handle, retained, how) = vmm.create_on(other)?;
+    vmm.map_only(1, handle)?;
+    let access = grant_access(g, &vmm, 1, other)?;
+    row.notes.push(format!("second mapping: {how}; {access}"));
+    g.probe("VMM 2 mappings: first, on GPU 0", vmm.addr(0));
+    g.probe("VMM 2 mappings: second, memory created on GPU 1", vmm.addr(1));
+    expect_refusal(row, vmm.addr(0), 2 * g.chunk as u64, Verdict::WrongDevice);
+    drop(vmm);
+    drop(retained);
+    Ok(())
+}
+
 fn s_process_vram(g: &Gpu, row: &mut Row) -> Result<(), String> {
     let mem = g.alloc(32 * MIB)?;
     let (m, _events) = monitor(NEVER)?;
@@ -1665,6 +1976,718 @@ fn measure(g: &Gpu) -> Result<Timing, String> {
         resident,
         passes: PASSES,
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// CHECK_FAILED from the real driver: break the driver under a registered buffer, in a child
+
+/// The ways tried to make the real driver fail `cuPointerGetAttributes` on a registered
+/// buffer, in order: (name, what is done after the buffer is registered). Each runs in a child
+/// process of its own (this program again, with `VRAM_MONITOR_GPU_CHILD=check-failed:<name>`),
+/// so the engine process is unaffected.
+const ATTEMPTS: &[(&str, &str)] = &[
+    (
+        "sticky-illegal-address",
+        "a kernel stores to address 0 (PTX, cuModuleLoadData + cuLaunchKernel), then cuCtxSynchronize: a sticky error in the context that owns the buffer",
+    ),
+    (
+        "sticky-trap",
+        "a kernel executes `trap`, then cuCtxSynchronize: a sticky launch failure in the context that owns the buffer",
+    ),
+    (
+        "primary-context-reset",
+        "cuDevicePrimaryCtxReset_v2 on the engine's primary context, which owns the buffer",
+    ),
+    (
+        "context-destroyed",
+        "the buffer allocated in a context of its own (cuCtxCreate), then cuCtxDestroy_v2 of that context",
+    ),
+    (
+        "driver-shutting-down",
+        "the process exits; the checks run in an atexit handler registered before the driver was loaded, so after the driver's own exit-time handlers",
+    ),
+];
+
+/// How long one attempt's child may run (all of them together stay within the 90 s limit).
+const ATTEMPT_LIMIT: Duration = Duration::from_secs(15);
+
+/// Two kernels for the sticky-error attempts; the `.version`/`.target` header is put in front.
+const BAD_KERNELS_PTX: &str = "
+.visible .entry vram_monitor_store_to_null()
+{
+\t.reg .b32 %r<2>;
+\t.reg .b64 %rd<2>;
+\tmov.u64 %rd1, 0;
+\tmov.u32 %r1, 1;
+\tst.volatile.global.u32 [%rd1], %r1;
+\tret;
+}
+
+.visible .entry vram_monitor_trap()
+{
+\ttrap;
+\tret;
+}
+";
+
+const CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: c_int = 75;
+const CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: c_int = 76;
+
+/// A PTX ISA version that knows `sm_<cc>` (the JIT rejects a target newer than the ISA).
+fn ptx_isa_for(cc: c_int) -> &'static str {
+    match cc {
+        100.. => "8.8",
+        90.. => "7.8",
+        89 => "7.8",
+        86..=88 => "7.1",
+        80..=85 => "7.0",
+        _ => "6.0",
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// The driver failed the query and both `check_now` and the periodic thread reported
+    /// CHECK_FAILED.
+    Produced,
+    /// The driver failed the query, but the monitor did not report CHECK_FAILED: a library bug.
+    Missed,
+    /// The driver answered the query: this way does not make it fail.
+    Answered,
+    /// What was to break the driver did not happen (the kernel ran cleanly, a symbol is
+    /// missing, ...).
+    NotTriggered,
+    /// The attempt itself could not run (the child failed, crashed or hung).
+    Broken,
+}
+
+impl Outcome {
+    fn words(self) -> &'static str {
+        match self {
+            Outcome::Produced => "CHECK_FAILED produced",
+            Outcome::Missed => "the driver failed the query but the monitor did NOT report CHECK_FAILED",
+            Outcome::Answered => "the driver answered the query (no failure)",
+            Outcome::NotTriggered => "not triggered",
+            Outcome::Broken => "could not run",
+        }
+    }
+}
+
+/// What one attempt did and saw.
+struct Attempt {
+    name: &'static str,
+    what: &'static str,
+    outcome: Outcome,
+    /// The driver's answers to the calls that were to break it.
+    trigger: String,
+    /// `cuPointerGetAttributes` (the library's 8 attributes) on the buffer afterwards.
+    query: String,
+    /// `CudaDriver::pointer_info` on the buffer afterwards.
+    library: String,
+    check_now: String,
+    periodic: String,
+    /// Why it could not run, or anything else worth saying.
+    detail: String,
+}
+
+impl Attempt {
+    fn new(name: &'static str, what: &'static str) -> Attempt {
+        Attempt {
+            name,
+            what,
+            outcome: Outcome::Broken,
+            trigger: "—".into(),
+            query: "—".into(),
+            library: "—".into(),
+            check_now: "—".into(),
+            periodic: "—".into(),
+            detail: String::new(),
+        }
+    }
+
+    fn note(&self) -> String {
+        let mut note = format!(
+            "attempt {}: {}; trigger: {}; cuPointerGetAttributes: {}; check_now: {}; periodic: {}",
+            self.name,
+            self.outcome.words(),
+            self.trigger,
+            self.query,
+            self.check_now,
+            self.periodic
+        );
+        if !self.detail.is_empty() {
+            let _ = write!(note, "; {}", self.detail);
+        }
+        note
+    }
+}
+
+/// A child process's run: its exit status (None: killed after the limit) and output.
+struct ChildRun {
+    status: Option<std::process::ExitStatus>,
+    stdout: String,
+    stderr: String,
+}
+
+impl ChildRun {
+    /// The `CHILD-FIELD key value` lines, if the child got as far as `CHILD-RESULT done`.
+    fn fields(&self) -> Option<Vec<(String, String)>> {
+        if !self.stdout.lines().any(|l| l == "CHILD-RESULT done") {
+            return None;
+        }
+        Some(
+            self.stdout
+                .lines()
+                .filter_map(|l| l.strip_prefix("CHILD-FIELD "))
+                .map(|l| match l.split_once(' ') {
+                    Some((k, v)) => (k.to_string(), v.to_string()),
+                    None => (l.to_string(), String::new()),
+                })
+                .collect(),
+        )
+    }
+
+    /// Exit status, the last step the child reported, and the end of its stderr.
+    fn describe(&self) -> String {
+        let status = match &self.status {
+            Some(s) => format!("child {s}"),
+            None => format!("child killed after {} s", ATTEMPT_LIMIT.as_secs()),
+        };
+        let step = self
+            .stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("CHILD-STEP "))
+            .next_back()
+            .unwrap_or("none");
+        let err: Vec<&str> = self.stderr.lines().rev().take(3).collect();
+        let mut text = format!("{status}; last step: {step}");
+        if !err.is_empty() {
+            let err: Vec<&str> = err.into_iter().rev().collect();
+            let _ = write!(text, "; stderr: {}", err.join(" / "));
+        }
+        text
+    }
+}
+
+/// Runs this program as the child `which`, for at most `limit`.
+fn run_child(which: &str, limit: Duration) -> Result<ChildRun, String> {
+    use std::io::Read;
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let mut child = Command::new(exe)
+        .env(CHILD_ENV, which)
+        .env_remove(RESULTS_ENV)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawning the child: {e}"))?;
+    let read = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let mut bytes = Vec::new();
+                let _ = pipe.read_to_end(&mut bytes);
+                text = String::from_utf8_lossy(&bytes).into_owned();
+            }
+            text
+        })
+    };
+    let stdout = read(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = read(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("waiting for the child: {e}"));
+            }
+        }
+    };
+    Ok(ChildRun {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
+/// Reads one attempt's child output into an [`Attempt`].
+fn judge_attempt(name: &'static str, what: &'static str, run: &ChildRun) -> Attempt {
+    let mut attempt = Attempt::new(name, what);
+    let Some(fields) = run.fields() else {
+        attempt.detail = format!("no result: {}", run.describe());
+        return attempt;
+    };
+    let get = |key: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    };
+    if let Some(error) = get("error") {
+        attempt.detail = format!("{error} ({})", run.describe());
+        return attempt;
+    }
+    attempt.trigger = get("trigger").unwrap_or("—").to_string();
+    if let Some(before) = get("before").filter(|b| *b != "ok") {
+        attempt.detail = format!("before the change: {before}");
+        return attempt;
+    }
+    let code = |key: &str| get(key).and_then(|v| v.parse::<c_int>().ok());
+    let (Some(here), Some(thread)) = (code("query_here"), code("query_thread")) else {
+        attempt.detail = format!("the child reported no query result ({})", run.describe());
+        return attempt;
+    };
+    attempt.query = format!(
+        "{} on the thread that broke it; {} on a thread without a context",
+        get("query_here_name").unwrap_or("?"),
+        get("query_thread_name").unwrap_or("?")
+    );
+    attempt.library = get("library").unwrap_or("—").to_string();
+    attempt.check_now = format!(
+        "{}; events {}; {}; registration's verdict {}",
+        get("check_now").unwrap_or("?"),
+        get("a_events").unwrap_or("?"),
+        get("a_health").unwrap_or("?"),
+        get("a_verdict").unwrap_or("?")
+    );
+    attempt.periodic = format!(
+        "events {} ({}); {}; registration's verdict {}",
+        get("b_events").unwrap_or("?"),
+        get("b_waited").unwrap_or("?"),
+        get("b_health").unwrap_or("?"),
+        get("b_verdict").unwrap_or("?")
+    );
+    if let Some(message) = get("a_message").filter(|m| *m != "—") {
+        attempt.detail = format!("callback message: {message}");
+    }
+    let failed_health = "healthy false, last_check_failed true";
+    let check_now_reported = code("check_failures").unwrap_or(0) >= 1
+        && get("a_events").is_some_and(|e| e.split(',').any(|x| x == "check_failed:CHECK_FAILED"))
+        && get("a_health") == Some(failed_health);
+    let periodic_reported = get("b_events").is_some_and(|e| e.split(',').any(|x| x == "check_failed:CHECK_FAILED"))
+        && get("b_health") == Some(failed_health);
+    // The monitor thread has no context current: the query that matters is the one from a
+    // thread without one.
+    let driver_failed = thread != 0;
+    attempt.outcome = if check_now_reported && periodic_reported {
+        Outcome::Produced
+    } else if driver_failed {
+        Outcome::Missed
+    } else if get("triggered") == Some("yes") {
+        if here != 0 {
+            let _ = write!(
+                attempt.detail,
+                "{}the query fails only with the broken context current; the monitor's thread has none",
+                if attempt.detail.is_empty() { "" } else { "; " }
+            );
+        }
+        Outcome::Answered
+    } else {
+        Outcome::NotTriggered
+    };
+    attempt
+}
+
+fn s_check_failed(g: &Gpu, row: &mut Row) -> Result<(), String> {
+    let mut attempts = Vec::new();
+    for &(name, what) in ATTEMPTS {
+        let attempt = match run_child(&format!("check-failed:{name}"), ATTEMPT_LIMIT) {
+            Ok(run) => judge_attempt(name, what, &run),
+            Err(e) => {
+                let mut a = Attempt::new(name, what);
+                a.detail = e;
+                a
+            }
+        };
+        row.notes.push(attempt.note());
+        attempts.push(attempt);
+    }
+    let with = |o: Outcome| attempts.iter().filter(|a| a.outcome == o).map(|a| a.name).collect::<Vec<_>>();
+    let (produced, missed, broken) = (with(Outcome::Produced), with(Outcome::Missed), with(Outcome::Broken));
+    row.registration = if attempts.iter().any(|a| a.outcome != Outcome::Broken) {
+        "ok (in each child)".into()
+    } else {
+        "—".into()
+    };
+    if !missed.is_empty() {
+        row.status = Status::Fail;
+        row.saw = format!(
+            "the driver failed the query after {} but the monitor did not report CHECK_FAILED (library bug; see the attempts)",
+            missed.join(", ")
+        );
+        row.check_now = "no CHECK_FAILED".into();
+        row.periodic = "no CHECK_FAILED".into();
+    } else if !produced.is_empty() {
+        row.status = Status::Pass;
+        row.shows = vec![Verdict::CheckFailed];
+        row.saw = format!(
+            "CHECK_FAILED from check_now and the periodic thread after {}",
+            produced.join(", ")
+        );
+        row.check_now = format!("CHECK_FAILED ({})", produced.join(", "));
+        row.periodic = row.check_now.clone();
+        row.callback = "check_now: check_failed; periodic: check_failed".into();
+    } else if !broken.is_empty() {
+        row.status = Status::Fail;
+        row.saw = format!(
+            "no attempt produced CHECK_FAILED, and {} could not run (see the attempts)",
+            broken.join(", ")
+        );
+    } else {
+        row.status = Status::Skip;
+        let answers: Vec<String> = attempts
+            .iter()
+            .map(|a| format!("{}: {}", a.name, a.outcome.words()))
+            .collect();
+        row.saw = format!(
+            "not producible on this driver: it answered cuPointerGetAttributes after every attempt ({})",
+            answers.join("; ")
+        );
+        row.check_now = "not producible on this driver".into();
+        row.periodic = row.check_now.clone();
+    }
+    *g.check_failed.borrow_mut() = attempts;
+    Ok(())
+}
+
+// The child side.
+
+extern "C" {
+    fn atexit(function: extern "C" fn()) -> c_int;
+    fn _exit(status: c_int) -> !;
+}
+
+/// What the child set up, kept until the checks; a static so that the atexit handler of
+/// `driver-shutting-down` can reach it.
+struct Staged {
+    cuda: Cuda,
+    ptr: u64,
+    a: Monitor,
+    ea: Arc<Collector>,
+    ida: RegistrationId,
+    b: Monitor,
+    eb: Arc<Collector>,
+    idb: RegistrationId,
+}
+
+static STAGED: Mutex<Option<Staged>> = Mutex::new(None);
+
+fn child_field(key: &str, value: impl std::fmt::Display) {
+    println!("CHILD-FIELD {key} {}", value.to_string().replace('\n', " "));
+}
+
+fn child_step(text: &str) {
+    println!("CHILD-STEP {text}");
+    let _ = std::io::stdout().flush();
+}
+
+/// `cuPointerGetAttributes` with the library's 8 attributes: the result code alone.
+fn query_code(f: unsafe extern "C" fn(c_uint, *mut c_int, *mut Ptr, u64) -> c_int, address: u64) -> c_int {
+    let mut slots = [0u64; 8];
+    let mut attributes = [
+        ATTR_MEMORY_TYPE,
+        ATTR_IS_MANAGED,
+        ATTR_DEVICE_ORDINAL,
+        ATTR_BUFFER_ID,
+        ATTR_RANGE_START_ADDR,
+        ATTR_RANGE_SIZE,
+        ATTR_MAPPING_SIZE,
+        ATTR_MAPPING_BASE_ADDR,
+    ];
+    // Each attribute is at most 8 bytes: one zeroed u64 slot each is large enough.
+    let mut data: [Ptr; 8] = std::array::from_fn(|i| (&mut slots[i] as *mut u64).cast());
+    unsafe { f(8, attributes.as_mut_ptr(), data.as_mut_ptr(), address) }
+}
+
+/// The child of one CHECK_FAILED attempt. Prints `CHILD-STEP`s, `CHILD-FIELD`s and, when it
+/// got through, `CHILD-RESULT done`.
+fn child_check_failed(attempt: &str) -> i32 {
+    match child_check_failed_steps(attempt) {
+        Ok(()) => 0,
+        Err(e) => {
+            child_field("error", e);
+            println!("CHILD-RESULT done");
+            let _ = std::io::stdout().flush();
+            1
+        }
+    }
+}
+
+fn child_check_failed_steps(attempt: &str) -> Result<(), String> {
+    let at_exit = attempt == "driver-shutting-down";
+    if at_exit {
+        // Before the driver library is loaded: handlers run in the reverse order of their
+        // registration, so this one runs after every one the driver registers.
+        if unsafe { atexit(check_at_exit) } != 0 {
+            return Err("atexit refused the handler".into());
+        }
+    }
+    let cuda = Cuda::load()?;
+    cuda.check(unsafe { (cuda.init)(0) }, "cuInit")?;
+    let mut dev: c_int = 0;
+    cuda.check(unsafe { (cuda.device_get)(&mut dev, 0) }, "cuDeviceGet")?;
+    // `context-destroyed` allocates in a context of its own; where none can be made, it runs
+    // on the primary context and reports itself not triggered.
+    let own = if attempt == "context-destroyed" {
+        Some(create_context(&cuda, dev))
+    } else {
+        None
+    };
+    if !matches!(own, Some(Ok(_))) {
+        let mut ctx: Ptr = std::ptr::null_mut();
+        cuda.check(
+            unsafe { (cuda.primary_ctx_retain)(&mut ctx, dev) },
+            "cuDevicePrimaryCtxRetain",
+        )?;
+        cuda.check(unsafe { (cuda.ctx_set_current)(ctx) }, "cuCtxSetCurrent")?;
+    }
+    let mut ptr = 0u64;
+    cuda.check(unsafe { (cuda.mem_alloc)(&mut ptr, 2 * MIB) }, "cuMemAlloc_v2")?;
+    child_step("allocated 2 MiB");
+
+    let (a, ea) = monitor(NEVER)?;
+    let (b, eb) = monitor(PERIODIC)?;
+    let ida = a
+        .register(ptr, (2 * MIB) as u64, "weights")
+        .map_err(|e| format!("register: {e}"))?;
+    let idb = b
+        .register(ptr, (2 * MIB) as u64, "weights")
+        .map_err(|e| format!("register (periodic monitor): {e}"))?;
+    let mut before = Vec::new();
+    match a.check_now() {
+        Ok(s) if s.resident == 1 && s.violations == 0 && s.check_failures == 0 => {}
+        Ok(s) => before.push(format!("check_now found {s:?}")),
+        Err(e) => before.push(format!("check_now failed: {e}")),
+    }
+    if !wait_until(PERIODIC_WAIT, || b.health().checks_completed >= 1) {
+        before.push("the periodic thread completed no check in 3 s".into());
+    }
+    if verdict_of(&b, idb) != Some(Verdict::Resident) {
+        before.push(format!("the periodic thread saw {}", name_of(verdict_of(&b, idb))));
+    }
+    child_field("before", if before.is_empty() { "ok".to_string() } else { before.join("; ") });
+    // Pause the periodic monitor; let a sweep in progress finish.
+    let _ = b.set_interval(NEVER);
+    std::thread::sleep(Duration::from_millis(200));
+    child_step("registered; breaking the driver");
+
+    let (trigger, triggered) = match (attempt, own) {
+        ("sticky-illegal-address", _) => sticky_error(&cuda, dev, "vram_monitor_store_to_null"),
+        ("sticky-trap", _) => sticky_error(&cuda, dev, "vram_monitor_trap"),
+        ("primary-context-reset", _) => match cuda.breakers.primary_ctx_reset {
+            Some(reset) => {
+                let code = unsafe { reset(dev) };
+                (format!("cuDevicePrimaryCtxReset_v2: {}", cuda.error_name(code)), code == 0)
+            }
+            None => ("the driver has no cuDevicePrimaryCtxReset_v2".to_string(), false),
+        },
+        ("context-destroyed", Some(Err(why))) => (format!("no context of its own: {why}"), false),
+        ("context-destroyed", Some(Ok((ctx, how)))) => match cuda.breakers.ctx_destroy {
+            Some(destroy) => {
+                let code = unsafe { destroy(ctx) };
+                (
+                    format!("{how}: CUDA_SUCCESS; cuCtxDestroy_v2: {}", cuda.error_name(code)),
+                    code == 0,
+                )
+            }
+            None => ("the driver has no cuCtxDestroy_v2".to_string(), false),
+        },
+        ("driver-shutting-down", _) => (
+            "exit(0): the checks ran in an atexit handler, after the driver's own".to_string(),
+            true,
+        ),
+        (other, _) => return Err(format!("unknown attempt {other}")),
+    };
+    child_field("trigger", trigger);
+    child_field("triggered", if triggered { "yes" } else { "no" });
+    let staged = Staged {
+        cuda,
+        ptr,
+        a,
+        ea,
+        ida,
+        b,
+        eb,
+        idb,
+    };
+    if at_exit {
+        *STAGED.lock().unwrap_or_else(|e| e.into_inner()) = Some(staged);
+        child_step("exiting");
+        std::process::exit(0);
+    }
+    observe(&staged);
+    // Done: skip the teardown of a context that may hold a sticky error (it can be slow, and
+    // nothing in it is reported).
+    let _ = std::io::stdout().flush();
+    unsafe { _exit(0) }
+}
+
+/// The atexit handler of `driver-shutting-down`: the checks, then `_exit` (what is left of
+/// exit would only tear down what the checks reported on).
+extern "C" fn check_at_exit() {
+    let staged = STAGED.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(staged) = staged {
+        child_step("in the atexit handler");
+        if catch_unwind(AssertUnwindSafe(|| observe(&staged))).is_err() {
+            child_field("error", "the checks panicked in the atexit handler");
+            println!("CHILD-RESULT done");
+        }
+        let _ = std::io::stdout().flush();
+        unsafe { _exit(0) };
+    }
+}
+
+/// A context of the child's own on `dev`, current on this thread: the context and how it
+/// was made.
+fn create_context(cuda: &Cuda, dev: c_int) -> Result<(Ptr, String), String> {
+    let mut ctx: Ptr = std::ptr::null_mut();
+    let mut said = Vec::new();
+    if let Some(create) = cuda.breakers.ctx_create_v2 {
+        match unsafe { create(&mut ctx, 0, dev) } {
+            0 => return Ok((ctx, "cuCtxCreate_v2".into())),
+            code => said.push(format!("cuCtxCreate_v2: {}", cuda.error_name(code))),
+        }
+    }
+    if let Some(create) = cuda.breakers.ctx_create_v4 {
+        match unsafe { create(&mut ctx, std::ptr::null_mut(), 0, dev) } {
+            0 => return Ok((ctx, "cuCtxCreate_v4".into())),
+            code => said.push(format!("cuCtxCreate_v4: {}", cuda.error_name(code))),
+        }
+    }
+    if said.is_empty() {
+        said.push("the driver has neither cuCtxCreate_v2 nor cuCtxCreate_v4".into());
+    }
+    Err(said.join("; "))
+}
+
+/// Launches the kernel `entry` of [`BAD_KERNELS_PTX`] and synchronises: what the driver said
+/// to each call, and whether the context now holds an error.
+fn sticky_error(cuda: &Cuda, dev: c_int, entry: &str) -> (String, bool) {
+    let b = cuda.breakers;
+    let (Some(load), Some(get), Some(launch)) = (b.module_load_data, b.module_get_function, b.launch_kernel) else {
+        return (
+            "the driver lacks cuModuleLoadData, cuModuleGetFunction or cuLaunchKernel".into(),
+            false,
+        );
+    };
+    let (mut major, mut minor) = (0, 0);
+    unsafe {
+        (cuda.device_get_attribute)(&mut major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev);
+        (cuda.device_get_attribute)(&mut minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev);
+    }
+    let cc = major * 10 + minor;
+    let mut targets = vec![(ptx_isa_for(cc), format!("sm_{cc}"))];
+    for fallback in [("7.0", "sm_70".to_string()), ("6.0", "sm_50".to_string())] {
+        if !targets.contains(&fallback) {
+            targets.push(fallback);
+        }
+    }
+    let mut said = Vec::new();
+    let mut module: Ptr = std::ptr::null_mut();
+    for (isa, target) in &targets {
+        let ptx = format!(".version {isa}\n.target {target}\n.address_size 64\n{BAD_KERNELS_PTX}\0");
+        let code = unsafe { load(&mut module, ptx.as_ptr().cast()) };
+        said.push(format!(
+            "cuModuleLoadData(.version {isa} .target {target}): {}",
+            cuda.error_name(code)
+        ));
+        if code == 0 {
+            break;
+        }
+        module = std::ptr::null_mut();
+    }
+    if module.is_null() {
+        return (said.join("; "), false);
+    }
+    let Ok(name) = std::ffi::CString::new(entry) else {
+        return (format!("bad kernel name {entry}"), false);
+    };
+    let mut function: Ptr = std::ptr::null_mut();
+    let code = unsafe { get(&mut function, module, name.as_ptr()) };
+    said.push(format!("cuModuleGetFunction({entry}): {}", cuda.error_name(code)));
+    if code != 0 {
+        return (said.join("; "), false);
+    }
+    let null = std::ptr::null_mut();
+    let code = unsafe { launch(function, 1, 1, 1, 1, 1, 1, 0, null, null.cast(), null.cast()) };
+    said.push(format!("cuLaunchKernel: {}", cuda.error_name(code)));
+    let sync = unsafe { (cuda.ctx_synchronize)() };
+    said.push(format!("cuCtxSynchronize: {}", cuda.error_name(sync)));
+    let again = unsafe { (cuda.ctx_synchronize)() };
+    said.push(format!("cuCtxSynchronize again: {}", cuda.error_name(again)));
+    (said.join("; "), sync != 0)
+}
+
+/// After the driver was broken: ask the driver directly (on this thread, and on a thread
+/// with no context, like the monitor's), then `check_now` on one monitor and the resumed
+/// periodic thread of the other. Prints the fields and `CHILD-RESULT done`.
+fn observe(s: &Staged) {
+    let here = query_code(s.cuda.pointer_get_attributes, s.ptr);
+    let (f, ptr) = (s.cuda.pointer_get_attributes, s.ptr);
+    let thread = std::thread::spawn(move || query_code(f, ptr))
+        .join()
+        .unwrap_or(c_int::MIN);
+    child_field("query_here", here);
+    child_field("query_here_name", s.cuda.error_name(here));
+    child_field("query_thread", thread);
+    child_field("query_thread_name", s.cuda.error_name(thread));
+    child_field(
+        "library",
+        match CudaDriver::get().map_err(|e| e.to_string()).and_then(|d| d.pointer_info(s.ptr).map_err(|e| e.to_string())) {
+            Ok(i) => format!(
+                "ok: {:?}, managed {}, ordinal {}, buffer id {}",
+                i.memory_type, i.is_managed, i.device_ordinal, i.buffer_id
+            ),
+            Err(e) => format!("error: {e}"),
+        },
+    );
+    let _ = std::io::stdout().flush();
+
+    match s.a.check_now() {
+        Ok(sum) => {
+            child_field("check_failures", sum.check_failures);
+            child_field(
+                "check_now",
+                format!(
+                    "checked {}, resident {}, violations {}, check failures {}",
+                    sum.checked, sum.resident, sum.violations, sum.check_failures
+                ),
+            );
+        }
+        Err(e) => child_field("check_now", format!("error: {e}")),
+    }
+    child_field("a_events", s.ea.about(s.ida));
+    child_field("a_message", s.ea.check_failed_message(s.ida).unwrap_or_else(|| "—".into()));
+    let h = s.a.health();
+    child_field("a_health", format!("healthy {}, last_check_failed {}", h.healthy, h.last_check_failed));
+    child_field("a_verdict", name_of(verdict_of(&s.a, s.ida)));
+
+    let resumed = Instant::now();
+    let _ = s.b.set_interval(PERIODIC);
+    let heard = s.eb.wait_about(s.idb, PERIODIC_WAIT);
+    child_field(
+        "b_waited",
+        if heard {
+            format!("first event {} ms after resuming", resumed.elapsed().as_millis())
+        } else {
+            format!("no event within {} s", PERIODIC_WAIT.as_secs())
+        },
+    );
+    std::thread::sleep(Duration::from_millis(120)); // two more sweeps
+    child_field("b_events", s.eb.about(s.idb));
+    let h = s.b.health();
+    child_field("b_health", format!("healthy {}, last_check_failed {}", h.healthy, h.last_check_failed));
+    child_field("b_verdict", name_of(verdict_of(&s.b, s.idb)));
+    println!("CHILD-RESULT done");
+    let _ = std::io::stdout().flush();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1758,12 +2781,15 @@ fn detect() -> Result<Cuda, String> {
 fn engine_start(cu: Cuda) -> Result<(Gpu, Ptr), String> {
     let mut dev: c_int = 0;
     cu.check(unsafe { (cu.device_get)(&mut dev, 0) }, "cuDeviceGet")?;
-    let mut name = [0 as c_char; 256];
-    cu.check(
-        unsafe { (cu.device_get_name)(name.as_mut_ptr(), name.len() as c_int, dev) },
-        "cuDeviceGetName",
-    )?;
-    let name = unsafe { CStr::from_ptr(name.as_ptr()) }.to_string_lossy().into_owned();
+    let mut device_count: c_int = 0;
+    cu.check(unsafe { (cu.device_get_count)(&mut device_count) }, "cuDeviceGetCount")?;
+    let mut device_names = Vec::new();
+    for ordinal in 0..device_count.max(1) {
+        let mut handle: c_int = 0;
+        cu.check(unsafe { (cu.device_get)(&mut handle, ordinal) }, "cuDeviceGet")?;
+        device_names.push(cu.device_name(handle)?);
+    }
+    let name = device_names[0].clone();
     let mut driver_version: c_int = 0;
     cu.check(
         unsafe { (cu.driver_get_version)(&mut driver_version) },
@@ -1791,6 +2817,8 @@ fn engine_start(cu: Cuda) -> Result<(Gpu, Ptr), String> {
         cu,
         dev,
         name,
+        device_count,
+        device_names,
         driver_version,
         chunk,
         host_vmm,
@@ -1798,6 +2826,7 @@ fn engine_start(cu: Cuda) -> Result<(Gpu, Ptr), String> {
         probes: RefCell::new(Vec::new()),
         no_context: RefCell::new(NoContext::default()),
         process_vram: RefCell::new(None),
+        check_failed: RefCell::new(Vec::new()),
     };
     Ok((gpu, ctx))
 }
@@ -1868,17 +2897,18 @@ fn run_gpu(cuda: Cuda) -> i32 {
         .and_then(|n| n.sys_driver_version().map_err(|e| e.to_string()))
         .unwrap_or_else(|e| format!("unknown ({e})"));
     println!(
-        "gpu scenarios on {} (cuDriverGetVersion {}, NVML driver {}, VMM chunk {} KiB)",
+        "gpu scenarios on {} (GPU 0 of {}; cuDriverGetVersion {}, NVML driver {}, VMM chunk {} KiB)",
         gpu.name,
+        gpu.device_count,
         gpu.driver_version,
         nvml_driver,
         gpu.chunk / KIB
     );
 
     progress().header = format!(
-        "# vram-monitor GPU scenarios\n\n- Date (UTC): {}\n- GPU 0: {}\n- Driver: cuDriverGetVersion {}; NVML {}\n",
+        "# vram-monitor GPU scenarios\n\n- Date (UTC): {}\n- GPUs (cuDeviceGetName): {}\n- Driver: cuDriverGetVersion {}; NVML {}\n",
         utc_now(),
-        gpu.name,
+        gpu_list(&gpu),
         gpu.driver_version,
         nvml_driver
     );
@@ -1921,21 +2951,77 @@ fn run_gpu(cuda: Cuda) -> i32 {
     }
 
     progress().current = None;
+    let verdicts = verdicts_produced(&rows);
+    println!("VERDICTS {verdicts}");
     let (passed, failed, skipped) = counts(&rows);
     let summary = format!("{passed} passed, {failed} failed, {skipped} skipped");
     println!("{summary}");
-    write_results(&report(&gpu, &nvml_driver, &rows, &timing, &summary));
+    write_results(&report(&gpu, &nvml_driver, &rows, &timing, &verdicts, &summary));
     // The engine shuts down: every monitor is gone, so is the memory.
     unsafe { (gpu.cu.ctx_set_current)(std::ptr::null_mut()) };
     unsafe { (gpu.cu.primary_ctx_release)(gpu.dev) };
     i32::from(failed > 0)
 }
 
-fn report(gpu: &Gpu, nvml_driver: &str, rows: &[Row], timing: &Result<Timing, String>, summary: &str) -> String {
+/// "GPU 0: <name>, GPU 1: <name> (N GPUs; the engine uses GPU 0)".
+fn gpu_list(gpu: &Gpu) -> String {
+    let names: Vec<String> = gpu
+        .device_names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("GPU {i}: {n}"))
+        .collect();
+    format!("{} ({} in all; the engine uses GPU 0)", names.join(", "), gpu.device_count)
+}
+
+/// Which of the eight verdicts the library reported from real memory in a passing
+/// scenario, and for each missing one, the scenarios that aimed at it and what became of
+/// them.
+fn verdicts_produced(rows: &[Row]) -> String {
+    let seen: Vec<Verdict> = Verdict::all()
+        .into_iter()
+        .filter(|v| rows.iter().any(|r| r.status == Status::Pass && r.shows.contains(v)))
+        .collect();
+    let mut text = format!(
+        "produced by real allocations: {} of {} ({})",
+        seen.len(),
+        Verdict::all().len(),
+        names(&seen)
+    );
+    let missing: Vec<String> = Verdict::all()
+        .into_iter()
+        .filter(|v| !seen.contains(v))
+        .map(|v| {
+            let aimed: Vec<String> = rows
+                .iter()
+                .filter(|r| r.expected.contains(v.name()))
+                .map(|r| format!("{} {}", r.name, r.status.word()))
+                .collect();
+            if aimed.is_empty() {
+                format!("{v} (no scenario)")
+            } else {
+                format!("{v} ({})", aimed.join(", "))
+            }
+        })
+        .collect();
+    if !missing.is_empty() {
+        let _ = write!(text, "; not produced: {}", missing.join("; "));
+    }
+    text
+}
+
+fn report(
+    gpu: &Gpu,
+    nvml_driver: &str,
+    rows: &[Row],
+    timing: &Result<Timing, String>,
+    verdicts: &str,
+    summary: &str,
+) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# vram-monitor GPU scenarios\n");
     let _ = writeln!(md, "- Date (UTC): {}", utc_now());
-    let _ = writeln!(md, "- GPU 0: {} (cuDeviceGetName)", gpu.name);
+    let _ = writeln!(md, "- GPUs (cuDeviceGetName): {}", gpu_list(gpu));
     let _ = writeln!(
         md,
         "- Driver: cuDriverGetVersion {}; NVML sys_driver_version {}",
@@ -1951,6 +3037,7 @@ fn report(gpu: &Gpu, nvml_driver: &str, rows: &[Row], timing: &Result<Timing, St
             Err(e) => format!("unsupported ({e})"),
         }
     );
+    let _ = writeln!(md, "- Verdicts {verdicts}");
     let _ = writeln!(md, "- **Result: {summary}**\n");
 
     let _ = writeln!(md, "## Scenarios\n");
@@ -1978,7 +3065,38 @@ fn report(gpu: &Gpu, nvml_driver: &str, rows: &[Row], timing: &Result<Timing, St
     for r in rows {
         let _ = writeln!(md, "{}", r.line());
     }
-    let _ = writeln!(md, "{summary}\n```\n");
+    let _ = writeln!(md, "VERDICTS {verdicts}\n{summary}\n```\n");
+
+    let _ = writeln!(md, "## CHECK_FAILED from the real driver\n");
+    let attempts = gpu.check_failed.borrow();
+    if attempts.is_empty() {
+        let _ = writeln!(md, "Not attempted (see the scenario `check-failed-real-driver`).\n");
+    } else {
+        let _ = writeln!(md, "Each attempt ran in a child process of its own: GPU 0's context current, `cuMemAlloc_v2` 2 MiB registered in two monitors (one driven by `check_now`, one periodic at 50 ms, paused during the change) and found RESIDENT; then the driver was broken as described; then `cuPointerGetAttributes` with the library's 8 attributes was called on the buffer from the thread that broke it and from a new thread with no context (as the monitor's thread is), then `check_now`, then the periodic thread resumed. CHECK_FAILED counts as produced only when both monitors reported it (a `check_failed` event and an unhealthy snapshot whose last check failed).\n");
+        let _ = writeln!(md, "| attempt | what was done | the driver's answers to it | cuPointerGetAttributes on the buffer afterwards | library `pointer_info` | check_now | periodic thread | outcome |");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+        for a in attempts.iter() {
+            let outcome = if a.detail.is_empty() {
+                a.outcome.words().to_string()
+            } else {
+                format!("{} ({})", a.outcome.words(), a.detail)
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | **{}** |",
+                cell(a.name),
+                cell(a.what),
+                cell(&a.trigger),
+                cell(&a.query),
+                cell(&a.library),
+                cell(&a.check_now),
+                cell(&a.periodic),
+                cell(&outcome)
+            );
+        }
+        let _ = writeln!(md);
+    }
+    drop(attempts);
 
     let _ = writeln!(md, "## Process VRAM (health snapshot)\n");
     match &*gpu.process_vram.borrow() {
@@ -2127,6 +3245,7 @@ fn main() {
     if let Ok(which) = std::env::var(CHILD_ENV) {
         std::process::exit(match which.as_str() {
             "no-context" => child_no_context(),
+            other if other.starts_with("check-failed:") => child_check_failed(&other["check-failed:".len()..]),
             other => {
                 eprintln!("unknown {CHILD_ENV}={other}");
                 2

@@ -310,6 +310,8 @@ fn no_context_is_created_and_process_vram_comes_from_the_engines_context() {
         assert_eq!(health.process_vram.source, VramSource::DeviceUsed);
         assert_eq!(health.process_vram.bytes, 512 * MIB as u64 + 64 * MIB as u64);
         fake.set_primary_context_active(0, false);
+        // Process VRAM is read at most once per PROCESS_VRAM_PERIOD.
+        std::thread::sleep(vram_monitor::monitor::PROCESS_VRAM_PERIOD + Duration::from_millis(50));
         m.check_now().unwrap();
         assert_eq!(m.health().process_vram.source, VramSource::Unknown, "without the engine's context, no figure rather than a new context");
         assert_eq!(fake.context_creations(), 0);

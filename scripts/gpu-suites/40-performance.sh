@@ -61,7 +61,7 @@ def ratio(a, b):
     except (TypeError, ZeroDivisionError):
         return "—"
 print("## Performance (GPU benchmark)\n")
-print(f"- Date (UTC): {datetime.datetime.utcnow():%Y-%m-%d %H:%M}; GPU, driver: {gpu}")
+print(f"- Date (UTC): {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}; GPU, driver: {gpu}")
 print("- vram-monitor: `examples/perf_gpu.rs`; the alternative: `benches/gpu/naive_monitor.cu` "
       "(`std::unordered_map` behind one `std::mutex`, `cudaPointerGetAttributes` per entry while holding it)")
 print("- Times in microseconds. Floor = the same 8 attributes with `cuPointerGetAttributes` in a tight loop, same process, same allocations.\n")
@@ -70,6 +70,7 @@ print("|---|---|---|---|")
 for N in (10000, 100000):
     print(f"| full check, {N:,} registrations in {N:,} allocations (flat out) | <= 1.10x floor | {f(v, f'sweep_us_{N}')} us = {f(v, f'sweep_ratio_{N}', 2)}x floor ({f(v, f'floor_us_{N}')} us) | {f(n, f'sweep_us_{N}')} us = {ratio(n.get(f'sweep_us_{N}'), (n.get(f'floor_us_per_query_{N}') or 0) * N)} floor |")
     print(f"| same, default pacing | — | {f(v, f'sweep_paced_us_{N}')} us | — |")
+    print(f"| floor from a thread with no current context / in shuffled order | — | {f(v, f'floor_no_context_us_{N}')} us / {f(v, f'floor_shuffled_us_{N}')} us | — |")
 print(f"| full check, 1,000,000 registrations in 10,000 allocations | <= 2x floor(10k) | {f(v, 'sharing_sweep_us_1000000')} us = {f(v, 'sharing_ratio', 2)}x floor ({f(v, 'sharing_floor_us_10000')} us); freeing one arena gave {f(v, 'sharing_violations_after_freeing_one_arena', 0)} violations (100 expected) | {f(n, 'sharing_sweep_us_1000000')} us = {ratio(n.get('sharing_sweep_us_1000000'), n.get('sharing_floor_us_10000'))} floor |")
 print(f"| engine launch+sync alone, p50 / p99.9 | — | {f(v, 'engine_p50_alone')} / {f(v, 'engine_p999_alone')} | {f(n, 'engine_p50_alone')} / {f(n, 'engine_p999_alone')} |")
 for name in ("default", "slice64_pause50", "slice1024_pause100", "flat_out"):
@@ -78,6 +79,7 @@ for name in ("default", "slice64_pause50", "slice1024_pause100", "flat_out"):
 for name in ("default", "flat_out"):
     print(f"| register p50 / p99.9 / max, 8 threads, checks running (pacing {name}) | p50 <= 1, p99.9 <= 20 | {f(v, f'register_p50_{name}', 2)} / {f(v, f'register_p999_{name}', 2)} / {f(v, f'register_max_{name}')} ({f(v, f'register_calls_{name}', 0)} calls) | " + ("— |" if name != "default" else f"{f(n, 'register_p50', 2)} / {f(n, 'register_p999', 2)} / {f(n, 'register_max')} ({f(n, 'register_calls', 0)} calls, {f(n, 'register_stuck', 0)} stuck) |"))
     print(f"| unregister p50 / p99.9 / max (pacing {name}) | — | {f(v, f'unregister_p50_{name}', 2)} / {f(v, f'unregister_p999_{name}', 2)} / {f(v, f'unregister_max_{name}')} | " + ("— |" if name != "default" else f"{f(n, 'unregister_p50', 2)} / {f(n, 'unregister_p999', 2)} / {f(n, 'unregister_max')} |"))
+print(f"| bare registration-time query, 8 threads, checks running: p50 / p99.9 (the driver's floor for the line above) | — | {f(v, 'query_only_8_threads_p50', 2)} / {f(v, 'query_only_8_threads_p999', 2)} | — |")
 print(f"| host memory per registration, empty label: 100k in distinct allocations | <= 128 B | {f(v, 'memory_bytes_per_registration_distinct_100000', 0)} B | {f(n, 'memory_bytes_per_registration', 0)} B |")
 print(f"| same, 1M in 10k allocations | <= 128 B | {f(v, 'memory_bytes_per_registration_shared_1000000', 0)} B | — |")
 print(f"| register, mean (single thread, 100k) | — | {f(v, 'register_mean_us_100000', 2)} us | — |")

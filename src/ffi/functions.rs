@@ -17,7 +17,7 @@ use crate::verdict::Verdict;
 
 /// A residency monitor: registrations and one background thread. Opaque.
 pub struct VramMonitor {
-    monitor: Monitor,
+    pub(crate) monitor: Monitor,
 }
 
 /// The default check interval in milliseconds (60 s).
@@ -87,15 +87,16 @@ pub unsafe extern "C" fn vram_monitor_new(interval_ms: u32, out_monitor: *mut *m
     })
 }
 
-/// Stops the monitor thread, waits for it (at most one driver query and one callback in
-/// progress), releases the callback's user data, and frees the monitor. No callback runs
-/// after this returns. `NULL` is a no-op returning `OK`.
+/// Stops the monitor thread, waits for it (see the bound below), releases the callback's
+/// user data, and frees the monitor. No callback runs after this returns. `NULL` is a no-op
+/// returning `OK`.
 ///
 /// From inside a callback it returns `CALLED_FROM_CALLBACK` and frees nothing.
 ///
-/// Bound: the thread checks a stop flag between registrations and between events, so this
-/// waits for at most the driver queries of the registration being checked (one per recorded
-/// piece) plus the callback call in progress; events not yet delivered are dropped.
+/// Bound: the thread checks a stop flag between pacing slices and before each event, so
+/// this waits for at most the driver queries of the slice in progress (`slice_queries` of
+/// `vram_monitor_set_pacing`; where a driver query can block for long, a small slice gives a
+/// tight bound) plus the callback call in progress. Events not yet delivered are dropped.
 ///
 /// In a child process forked after `vram_monitor_new`, returns `FORKED` at once: the monitor
 /// thread does not exist there, so nothing is joined, the user data's finaliser does not run
@@ -240,12 +241,15 @@ pub unsafe extern "C" fn vram_monitor_set_interval_ms(monitor: *mut VramMonitor,
 /// `VRAM_MONITOR_DEFAULT_PAUSE_US` µs) keep that small (docs/performance.md has the
 /// measurements). Takes effect from the next check. `INVALID_ARGUMENT` for `slice_queries`
 /// 0 or a pause over 1 s. Callable from any thread, also from a callback.
+///
+/// In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
 #[no_mangle]
 pub unsafe extern "C" fn vram_monitor_set_pacing(monitor: *mut VramMonitor, slice_queries: u32, pause_us: u32) -> VramMonitorResult {
     guard(|| {
         if monitor.is_null() {
             return VramMonitorResult::NullArgument;
         }
+        refuse_in_forked_child!(monitor);
         let monitor = unsafe { &(*monitor).monitor };
         let pacing = crate::monitor::Pacing { slice_queries, pause: Duration::from_micros(u64::from(pause_us)) };
         try_ffi!(monitor.set_pacing(pacing));

@@ -5,12 +5,14 @@
 mod callback;
 mod functions;
 mod log_bridge;
+mod observability;
 mod panic;
 mod result;
 mod types;
 
 pub use callback::{VramMonitorCallback, VramMonitorUserDataFree};
 pub use functions::*;
+pub use observability::*;
 pub use log_bridge::{vram_monitor_set_log_callback, VramMonitorLogCallback, VramMonitorLogLevel};
 pub use result::VramMonitorResult;
 pub use types::{VramMonitorCheckSummary, VramMonitorEvent, VramMonitorHealth};

@@ -8,7 +8,7 @@ use crate::verdict::Verdict;
 
 /// The result of every fallible function. Values are grouped by range and never reused:
 /// 0 success; 1xx bad arguments; 2xx registration refused, by verdict (200 + verdict);
-/// 3xx CUDA driver; 4xx threading and state; 5xx internal.
+/// 3xx CUDA driver; 4xx threading and state; 5xx internal; 6xx the built-in HTTP endpoint.
 #[repr(i32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VramMonitorResult {
@@ -60,6 +60,11 @@ pub enum VramMonitorResult {
     Forked = 403,
     /// An internal error (a caught panic). The monitor is still usable.
     Panic = 500,
+    /// The HTTP endpoint could not listen on the address (in use, not permitted, not an
+    /// address of this machine; the reason is logged).
+    HttpBindFailed = 600,
+    /// The HTTP endpoint is already serving: call `vram_monitor_stop_http` first.
+    HttpAlreadyServing = 601,
 }
 
 impl From<&Error> for VramMonitorResult {
@@ -85,6 +90,8 @@ impl From<&Error> for VramMonitorResult {
             Error::ThreadSpawn(_) => VramMonitorResult::ThreadSpawnFailed,
             Error::Stopped => VramMonitorResult::Stopped,
             Error::Forked => VramMonitorResult::Forked,
+            Error::HttpBind(_) => VramMonitorResult::HttpBindFailed,
+            Error::AlreadyServing => VramMonitorResult::HttpAlreadyServing,
         }
     }
 }
@@ -115,6 +122,8 @@ impl VramMonitorResult {
             402 => b"the monitor thread has stopped\0",
             403 => b"called in a forked child process: the monitor belongs to the parent\0",
             500 => b"internal error (caught panic)\0",
+            600 => b"the HTTP endpoint could not listen on the address\0",
+            601 => b"the HTTP endpoint is already serving\0",
             _ => b"unknown result code\0",
         }
     }

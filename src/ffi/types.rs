@@ -11,7 +11,8 @@ use crate::verdict::Verdict;
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct VramMonitorHealth {
-    /// True when no registration is in violation and the last check did not fail.
+    /// True when no registration is in violation, the last check did not fail, and no GPU
+    /// that holds registrations reports a memory fault.
     pub healthy: bool,
     /// True when a driver query failed in the last full check.
     pub last_check_failed: bool,
@@ -31,12 +32,16 @@ pub struct VramMonitorHealth {
     pub last_check_unix_ms: u64,
     /// Duration of the last full check in microseconds.
     pub last_check_duration_us: u64,
-    /// This process's VRAM use in bytes, read after the last full check.
+    /// This process's VRAM use in bytes, read after a check, at most once per second.
     pub process_vram_bytes: u64,
     /// Where `process_vram_bytes` came from.
     pub process_vram_source: VramSource,
     /// The check interval in milliseconds.
     pub interval_ms: u64,
+    /// GPUs holding registrations that report a memory fault (uncorrectable ECC errors,
+    /// pages pending retirement, remapped rows pending or failed, a memory XID); any makes
+    /// `healthy` false. Details: `vram_monitor_device_health`.
+    pub device_faults: u64,
 }
 
 impl From<&Health> for VramMonitorHealth {
@@ -55,6 +60,7 @@ impl From<&Health> for VramMonitorHealth {
             process_vram_bytes: h.process_vram.bytes,
             process_vram_source: h.process_vram.source,
             interval_ms: h.interval_ms,
+            device_faults: h.device_faults,
         }
     }
 }
@@ -97,17 +103,20 @@ impl From<&CheckSummary> for VramMonitorCheckSummary {
 pub struct VramMonitorEvent {
     /// What happened.
     pub kind: EventKind,
-    /// The registration concerned (0 for `VRAM_MONITOR_EVENT_KIND_HEALTH_CHANGED`).
+    /// The registration concerned (0 for `VRAM_MONITOR_EVENT_KIND_HEALTH_CHANGED` and
+    /// `VRAM_MONITOR_EVENT_KIND_DEVICE_FAULT`).
     pub registration_id: u64,
-    /// Its label, NUL-terminated UTF-8 (empty for health changes).
+    /// Its label, NUL-terminated UTF-8 (empty for health changes and device faults).
     pub label: *const c_char,
     /// Its first byte.
     pub ptr: *const c_void,
     /// Its size in bytes.
     pub size: usize,
-    /// The device it was registered on (-1 for health changes).
+    /// The device it was registered on (-1 for health changes; the GPU at fault for device
+    /// faults).
     pub device: i32,
-    /// The verdict now (`VRAM_MONITOR_VERDICT_CHECK_FAILED` for a failed query).
+    /// The verdict now (`VRAM_MONITOR_VERDICT_CHECK_FAILED` for a failed query;
+    /// `VRAM_MONITOR_VERDICT_RESIDENT` for device faults, which change no verdict).
     pub verdict: Verdict,
     /// The verdict before.
     pub previous_verdict: Verdict,

@@ -224,8 +224,10 @@ static void reports(VramMonitor *m, unsigned long long dev) {
     CHECK_RESULT(vram_monitor_check_now(m, NULL), VRAM_MONITOR_RESULT_OK);
     report_buffer_protocol(m, VRAM_MONITOR_REPORT_FORMAT_TEXT, "text");
     report_buffer_protocol(m, VRAM_MONITOR_REPORT_FORMAT_JSON, "json");
+    report_buffer_protocol(m, VRAM_MONITOR_REPORT_FORMAT_PROMETHEUS, "prometheus");
     memset(buf, 0x5e, sizeof buf);
-    CHECK_RESULT(vram_monitor_report(m, 2, buf, sizeof buf, &len), VRAM_MONITOR_RESULT_UNKNOWN_FORMAT);
+    CHECK_RESULT(vram_monitor_report(m, VRAM_MONITOR_REPORT_FORMAT_PROMETHEUS + 1, buf, sizeof buf, &len),
+                 VRAM_MONITOR_RESULT_UNKNOWN_FORMAT);
     CHECK_RESULT(vram_monitor_report(m, -1, buf, sizeof buf, &len), VRAM_MONITOR_RESULT_UNKNOWN_FORMAT);
     CHECK_RESULT(vram_monitor_report(m, INT32_MAX, NULL, 0, &len), VRAM_MONITOR_RESULT_UNKNOWN_FORMAT);
     CHECK(len == SENTINEL_LEN && all_bytes((const unsigned char *)buf, sizeof buf, 0x5e),
@@ -329,6 +331,8 @@ static void no_context_is_created(VramMonitor *m, unsigned long long dev) {
 
     /* The engine has no active primary context: the monitor must not create one. */
     fake.set_primary_context_active(0, 0);
+    /* Process VRAM is read at most once a second: let that second pass first. */
+    nanosleep(&(struct timespec){.tv_sec = 1, .tv_nsec = 100 * 1000 * 1000}, NULL);
     CHECK_RESULT(vram_monitor_check_now(m, &s), VRAM_MONITOR_RESULT_OK);
     h = get_health(m);
     CHECK(fake.context_creations() == 0, "primary context inactive: the check created %llu contexts",

@@ -56,6 +56,7 @@ static void reentry_callback(const VramMonitorEvent *event, void *user_data) {
         x->r_interval = vram_monitor_set_interval_ms(x->m, 45000);
     }
     atomic_fetch_sub(&x->active, 1);
+    CALLBACK_DONE();
 }
 
 static void calls_from_inside_a_callback(void) {
@@ -77,6 +78,7 @@ static void calls_from_inside_a_callback(void) {
     CHECK_RESULT(vram_monitor_set_callback(m, reentry_callback, &x, NULL), VRAM_MONITOR_RESULT_OK);
     REQUIRE(fake.free(victim) == 0, "fake_cuda_free(victim)");
     CHECK_RESULT(vram_monitor_check_now(m, NULL), VRAM_MONITOR_RESULT_OK);
+    LIBRARY_RETURNED();
 
     CHECK(x.done, "the callback ran for the violation before check_now returned");
     CHECK(!x.on_main_thread, "the callback ran on a thread other than the caller's");

@@ -1,0 +1,406 @@
+/* vram_monitor.hpp - header-only C++17 wrapper of the vram-monitor C API (vram_monitor.h).
+ *
+ * Link against libvram_monitor as for C (CMake: target vram_monitor::vram_monitor; pkg-config:
+ * vram_monitor). Nothing here is compiled into the library: the wrapper only calls the C API.
+ *
+ *   vram_monitor::Monitor monitor;                        // starts the monitor thread
+ *   monitor.set_callback([](const vram_monitor::Event &e) { log_error(e.message); });
+ *   vram_monitor::Registration reg = monitor.register_buffer(ptr, bytes, "layers.0.weight");
+ *   VramMonitorHealth h = monitor.health();               // serve h.healthy from /health
+ *   ...                                                   // ~Registration unregisters,
+ *                                                         // ~Monitor stops and joins the thread
+ *
+ * - Errors are exceptions of type vram_monitor::Error, which carries the C result code
+ *   (code(); refused() for the REFUSED_<VERDICT> codes of registration).
+ * - Monitor is RAII and move-only. Its destructor calls vram_monitor_free: it stops and joins
+ *   the monitor thread, so no callback runs after it returns. Never destroy a Monitor inside
+ *   its own callback (the library refuses to free it there; the handle is then leaked).
+ * - Registration unregisters when destroyed. It refers to its monitor weakly: one that
+ *   outlives its Monitor does nothing when destroyed.
+ * - Callbacks are std::function. They run on the monitor thread ("vram-monitor"), one at a
+ *   time. An exception thrown by a callback never reaches the library: it is caught in the C
+ *   trampoline and handed to the exception handler given with the callback (default: one line
+ *   on stderr); the monitor goes on.
+ *
+ * Threading: as for the C API (see vram_monitor.h): every member function may be called from
+ * any thread; check_now() throws Error(CALLED_FROM_CALLBACK) inside a callback.
+ */
+#ifndef VRAM_MONITOR_HPP
+#define VRAM_MONITOR_HPP
+
+#include "vram_monitor.h"
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+namespace vram_monitor {
+
+/** The error of every failing call: the C result code and what was being done. */
+class Error : public std::runtime_error {
+public:
+    Error(VramMonitorResult code, const std::string &what)
+        : std::runtime_error(what + ": " + vram_monitor_result_str(static_cast<int32_t>(code)) + " (" +
+                             std::to_string(static_cast<int32_t>(code)) + ")"),
+          code_(code) {}
+
+    /** The C result code (VRAM_MONITOR_RESULT_...). */
+    VramMonitorResult code() const noexcept { return code_; }
+
+    /** Whether registration was refused because the memory is not resident (2xx codes). */
+    bool refused() const noexcept {
+        const int32_t raw = static_cast<int32_t>(code_);
+        return raw >= 200 && raw < 300;
+    }
+
+private:
+    VramMonitorResult code_;
+};
+
+/** Throws Error unless `code` is VRAM_MONITOR_RESULT_OK. */
+inline void check(VramMonitorResult code, const char *what) {
+    if (code != VRAM_MONITOR_RESULT_OK) throw Error(code, what);
+}
+
+/** The static name of a verdict ("RESIDENT", "HOST", ...). */
+inline const char *verdict_name(VramMonitorVerdict verdict) noexcept {
+    return vram_monitor_verdict_str(static_cast<int32_t>(verdict));
+}
+
+/** The description of a result code. */
+inline const char *result_string(VramMonitorResult code) noexcept {
+    return vram_monitor_result_str(static_cast<int32_t>(code));
+}
+
+/** The version of the library actually loaded ("MAJOR.MINOR.PATCH"). */
+inline std::string library_version() { return vram_monitor_version(); }
+
+/** The version of the header compiled against. */
+inline std::string header_version() {
+    return std::to_string(VRAM_MONITOR_VERSION_MAJOR) + "." + std::to_string(VRAM_MONITOR_VERSION_MINOR) + "." +
+           std::to_string(VRAM_MONITOR_VERSION_PATCH);
+}
+
+/** An event, copied out of the C struct: it may be kept after the callback returns. */
+struct Event {
+    VramMonitorEventKind kind{};
+    std::uint64_t registration_id = 0;
+    std::string label;
+    const void *ptr = nullptr;
+    std::size_t size = 0;
+    std::int32_t device = -1;
+    VramMonitorVerdict verdict{};
+    VramMonitorVerdict previous_verdict{};
+    bool healthy = true;
+    std::string message;
+    std::uint64_t timestamp_unix_ms = 0;
+
+    Event() = default;
+    explicit Event(const VramMonitorEvent &e)
+        : kind(e.kind),
+          registration_id(e.registration_id),
+          label(e.label != nullptr ? e.label : ""),
+          ptr(e.ptr),
+          size(e.size),
+          device(e.device),
+          verdict(e.verdict),
+          previous_verdict(e.previous_verdict),
+          healthy(e.healthy),
+          message(e.message != nullptr ? e.message : ""),
+          timestamp_unix_ms(e.timestamp_unix_ms) {}
+};
+
+/** Receives events, on the monitor thread. */
+using EventHandler = std::function<void(const Event &)>;
+/** Receives what an EventHandler threw (on the monitor thread). Must not throw itself. */
+using ExceptionHandler = std::function<void(std::exception_ptr)>;
+/** Receives the library's log records: level, target ("vram_monitor"), message. */
+using LogHandler = std::function<void(VramMonitorLogLevel, const std::string &, const std::string &)>;
+
+/** Report formats of Monitor::report(). */
+enum class ReportFormat : std::int32_t { Text = VRAM_MONITOR_REPORT_FORMAT_TEXT, Json = VRAM_MONITOR_REPORT_FORMAT_JSON };
+
+namespace detail {
+
+struct CallbackState {
+    EventHandler handler;
+    ExceptionHandler on_exception;
+};
+
+/** What an exception says, for the default exception handler. */
+inline std::string describe(std::exception_ptr error) {
+    try {
+        if (error) std::rethrow_exception(error);
+    } catch (const std::exception &e) {
+        return e.what();
+    } catch (...) {
+        return "an exception not derived from std::exception";
+    }
+    return "no exception";
+}
+
+inline void report_exception(const CallbackState &state, std::exception_ptr error) noexcept {
+    try {
+        if (state.on_exception) {
+            state.on_exception(error);
+        } else {
+            std::fprintf(stderr, "vram_monitor: an event callback threw (ignored): %s\n", describe(error).c_str());
+        }
+    } catch (...) {
+        /* The exception handler threw too: nothing may reach the library. */
+    }
+}
+
+struct LogState {
+    std::mutex mutex;
+    std::shared_ptr<const LogHandler> handler;
+};
+
+/** Never destroyed: the library may log from its threads while the process exits. */
+inline LogState &log_state() {
+    static LogState *state = new LogState();
+    return *state;
+}
+
+extern "C" {
+/* The C callbacks: every exception is caught here, none crosses into the library. */
+inline void vram_monitor_hpp_event_trampoline(const VramMonitorEvent *event, void *user_data) noexcept {
+    CallbackState *state = static_cast<CallbackState *>(user_data);
+    if (state == nullptr || event == nullptr) return;
+    try {
+        const Event copy(*event);
+        state->handler(copy);
+    } catch (...) {
+        report_exception(*state, std::current_exception());
+    }
+}
+
+inline void vram_monitor_hpp_free_state(void *user_data) noexcept { delete static_cast<CallbackState *>(user_data); }
+
+inline void vram_monitor_hpp_log_trampoline(VramMonitorLogLevel level, const char *target, const char *message,
+                                            void *user_data) noexcept {
+    (void)user_data;
+    try {
+        std::shared_ptr<const LogHandler> handler;
+        {
+            LogState &state = log_state();
+            std::lock_guard<std::mutex> lock(state.mutex);
+            handler = state.handler;
+        }
+        if (handler && *handler) (*handler)(level, target != nullptr ? target : "", message != nullptr ? message : "");
+    } catch (...) {
+        /* A log handler that throws loses that record, nothing more. */
+    }
+}
+}  // extern "C"
+
+struct MonitorDeleter {
+    void operator()(VramMonitor *monitor) const noexcept {
+        if (vram_monitor_free(monitor) != VRAM_MONITOR_RESULT_OK) {
+            /* Only inside the monitor's own callback: the library cannot free it there. */
+            std::fprintf(stderr, "vram_monitor: a Monitor was destroyed inside its own callback; its handle is leaked\n");
+        }
+    }
+};
+
+}  // namespace detail
+
+/**
+ * Routes the library's log records (process-wide, all monitors) to `handler`, or with an
+ * empty handler back to stderr (filtered by VRAM_MONITOR_LOG; default warnings and above).
+ * The handler runs on whichever thread logged; what it throws is dropped.
+ */
+inline void set_log_handler(LogHandler handler) {
+    detail::LogState &state = detail::log_state();
+    const bool install = static_cast<bool>(handler);
+    {
+        std::lock_guard<std::mutex> lock(state.mutex);
+        state.handler = install ? std::make_shared<const LogHandler>(std::move(handler)) : nullptr;
+    }
+    vram_monitor_set_log_callback(install ? detail::vram_monitor_hpp_log_trampoline : nullptr, nullptr);
+}
+
+class Monitor;
+
+/**
+ * One registration, unregistered when destroyed. Move-only; empty when default-constructed,
+ * moved from, released or unregistered.
+ */
+class Registration {
+public:
+    Registration() noexcept = default;
+    ~Registration() { reset(); }
+
+    Registration(const Registration &) = delete;
+    Registration &operator=(const Registration &) = delete;
+    Registration(Registration &&other) noexcept : monitor_(std::move(other.monitor_)), id_(std::exchange(other.id_, 0)) {}
+    Registration &operator=(Registration &&other) noexcept {
+        if (this != &other) {
+            reset();
+            monitor_ = std::move(other.monitor_);
+            id_ = std::exchange(other.id_, 0);
+        }
+        return *this;
+    }
+
+    /** The id (0 when empty), as in events and reports. */
+    std::uint64_t id() const noexcept { return id_; }
+    /** Whether this still owns a registration. */
+    explicit operator bool() const noexcept { return id_ != 0; }
+
+    /** Unregisters now; throws Error (e.g. UNKNOWN_REGISTRATION if it was already removed). */
+    void unregister() {
+        const std::uint64_t id = std::exchange(id_, 0);
+        std::shared_ptr<VramMonitor> monitor = monitor_.lock();
+        monitor_.reset();
+        if (id == 0) throw Error(VRAM_MONITOR_RESULT_UNKNOWN_REGISTRATION, "Registration::unregister on an empty registration");
+        if (!monitor) throw Error(VRAM_MONITOR_RESULT_NULL_ARGUMENT, "Registration::unregister: the Monitor is gone");
+        check(vram_monitor_unregister(monitor.get(), id), "vram_monitor_unregister");
+    }
+
+    /** Unregisters now if it still owns a registration, ignoring errors. */
+    void reset() noexcept {
+        const std::uint64_t id = std::exchange(id_, 0);
+        std::shared_ptr<VramMonitor> monitor = monitor_.lock();
+        monitor_.reset();
+        if (id != 0 && monitor) (void)vram_monitor_unregister(monitor.get(), id);
+    }
+
+    /** Gives up ownership: the registration stays watched; returns its id. */
+    std::uint64_t release() noexcept {
+        monitor_.reset();
+        return std::exchange(id_, 0);
+    }
+
+private:
+    friend class Monitor;
+    Registration(std::weak_ptr<VramMonitor> monitor, std::uint64_t id) noexcept : monitor_(std::move(monitor)), id_(id) {}
+
+    std::weak_ptr<VramMonitor> monitor_;
+    std::uint64_t id_ = 0;
+};
+
+/** A monitor and its background thread. RAII, move-only. */
+class Monitor {
+public:
+    /** Starts a monitor that checks every `interval_ms` ms (default 60 s). Throws Error. */
+    explicit Monitor(std::uint32_t interval_ms = VRAM_MONITOR_DEFAULT_INTERVAL_MS) {
+        VramMonitor *raw = nullptr;
+        check(vram_monitor_new(interval_ms, &raw), "vram_monitor_new");
+        handle_.reset(raw, detail::MonitorDeleter());
+    }
+    explicit Monitor(std::chrono::milliseconds interval) : Monitor(to_interval_ms(interval)) {}
+
+    /** Stops and joins the monitor thread (vram_monitor_free). */
+    ~Monitor() = default;
+
+    Monitor(const Monitor &) = delete;
+    Monitor &operator=(const Monitor &) = delete;
+    Monitor(Monitor &&) noexcept = default;
+    Monitor &operator=(Monitor &&) noexcept = default;
+
+    /** The C handle, for calls the wrapper does not cover (nullptr when moved from). */
+    VramMonitor *get() const noexcept { return handle_.get(); }
+
+    /** Registers [ptr, ptr + size); throws Error (refused() for memory that is not resident). */
+    Registration register_buffer(const void *ptr, std::size_t size, const std::string &label) {
+        return Registration(handle_, register_id(ptr, size, label));
+    }
+
+    /** Registers without a guard; unregister with unregister(id). */
+    std::uint64_t register_id(const void *ptr, std::size_t size, const std::string &label) {
+        std::uint64_t id = 0;
+        check(vram_monitor_register(handle_.get(), ptr, size, label.c_str(), &id), "vram_monitor_register");
+        return id;
+    }
+
+    /** Stops watching registration `id`. */
+    void unregister(std::uint64_t id) { check(vram_monitor_unregister(handle_.get(), id), "vram_monitor_unregister"); }
+
+    /**
+     * Sets the function that receives events (replacing the previous one; an empty function
+     * removes it). It runs on the monitor thread; what it throws goes to `on_exception`
+     * (default: a line on stderr) and never into the library.
+     */
+    void set_callback(EventHandler handler, ExceptionHandler on_exception = nullptr) {
+        if (!handler) {
+            clear_callback();
+            return;
+        }
+        auto state = std::make_unique<detail::CallbackState>();
+        state->handler = std::move(handler);
+        state->on_exception = std::move(on_exception);
+        check(vram_monitor_set_callback(handle_.get(), detail::vram_monitor_hpp_event_trampoline, state.get(),
+                                        detail::vram_monitor_hpp_free_state),
+              "vram_monitor_set_callback");
+        state.release(); /* the library owns it now and deletes it through vram_monitor_hpp_free_state */
+    }
+
+    /** Removes the callback. */
+    void clear_callback() {
+        check(vram_monitor_set_callback(handle_.get(), nullptr, nullptr, nullptr), "vram_monitor_set_callback");
+    }
+
+    /** Changes the interval between full checks (at least 1 ms). */
+    void set_interval(std::chrono::milliseconds interval) {
+        check(vram_monitor_set_interval_ms(handle_.get(), to_interval_ms(interval)), "vram_monitor_set_interval_ms");
+    }
+
+    /** Runs a full check now and waits for it (callbacks run before it returns). */
+    VramMonitorCheckSummary check_now() {
+        VramMonitorCheckSummary summary{};
+        check(vram_monitor_check_now(handle_.get(), &summary), "vram_monitor_check_now");
+        return summary;
+    }
+
+    /** The health snapshot (no driver query). */
+    VramMonitorHealth health() const {
+        VramMonitorHealth health{};
+        check(vram_monitor_health(handle_.get(), &health), "vram_monitor_health");
+        return health;
+    }
+
+    /** The report, as text or JSON. */
+    std::string report(ReportFormat format = ReportFormat::Text) const {
+        const std::int32_t raw = static_cast<std::int32_t>(format);
+        std::size_t needed = 0;
+        VramMonitorResult result = vram_monitor_report(handle_.get(), raw, nullptr, 0, &needed);
+        std::string text;
+        /* The report can grow between the size query and the copy: retry until it fits. */
+        for (int attempt = 0; attempt < 16 && result == VRAM_MONITOR_RESULT_BUFFER_TOO_SMALL; ++attempt) {
+            text.resize(needed);
+            std::size_t length = 0;
+            result = vram_monitor_report(handle_.get(), raw, &text[0], text.size(), &length);
+            if (result == VRAM_MONITOR_RESULT_OK) {
+                text.resize(length);
+            } else {
+                needed = length;
+            }
+        }
+        check(result, "vram_monitor_report");
+        return text;
+    }
+
+private:
+    static std::uint32_t to_interval_ms(std::chrono::milliseconds interval) {
+        const auto count = interval.count();
+        if (count < 1 || static_cast<unsigned long long>(count) > UINT32_MAX) {
+            throw Error(VRAM_MONITOR_RESULT_INVALID_ARGUMENT, "the interval must be 1 ms to 2^32-1 ms");
+        }
+        return static_cast<std::uint32_t>(count);
+    }
+
+    std::shared_ptr<VramMonitor> handle_;
+};
+
+}  // namespace vram_monitor
+
+#endif /* VRAM_MONITOR_HPP */

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# GPU suite: the Python package (python/vram_monitor, ctypes) against real PyTorch tensors and
+# CuPy arrays: python/tests/gpu_torch.py, with VRAM_MONITOR_GPU_REQUIRED=1 (no torch or no GPU
+# is a failure). The expandable-segments test runs itself in a child process with
+# PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True.
+#   bash 20-python.sh CARRY MARKDOWN_FILE
+set -u
+carry=${1:?usage: 20-python.sh CARRY MARKDOWN_FILE}
+md=${2:?usage: 20-python.sh CARRY MARKDOWN_FILE}
+tests="$carry/python/tests/gpu_torch.py"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+printf '## Python package with PyTorch and CuPy (python/tests/gpu_torch.py)\n\n' >"$md"
+if [ ! -f "$tests" ]; then
+  echo "FAIL: $tests is missing (python/ was not carried)"
+  printf '**FAIL**: python/ is not in the carry.\n' >>"$md"
+  exit 1
+fi
+py=$(command -v python3 || command -v python)
+echo "== $py $tests"
+env PYTHONPATH="$carry/python${PYTHONPATH:+:$PYTHONPATH}" \
+  VRAM_MONITOR_LIBRARY="$carry/lib/libvram_monitor.so" \
+  VRAM_MONITOR_GPU_REQUIRED=1 VRAM_MONITOR_LOG=warn \
+  timeout 300 "$py" "$tests" 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+echo "exit status: $rc"
+versions=$("$py" -c 'import sys
+parts = ["Python " + sys.version.split()[0]]
+for name in ("torch", "cupy"):
+    try:
+        m = __import__(name)
+        parts.append(name + " " + m.__version__)
+    except Exception as e:
+        parts.append(name + ": not importable")
+print(", ".join(parts))' 2>&1)
+{
+  printf -- '- date: %s\n' "$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+  command -v nvidia-smi >/dev/null 2>&1 && printf -- '- GPU: %s\n' "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | head -n 1)"
+  printf -- '- %s\n' "$versions"
+  printf -- '- unittest: %s (exit status %s)\n\n' "$(grep -E '^(OK|FAILED)' "$log" | tail -n 1)" "$rc"
+  printf '| scenario | expected | saw | result |\n|---|---|---|---|\n'
+  grep '^RESULT | ' "$log" | sed 's/^RESULT | /| /; s/$/ |/'
+  printf '\n<details><summary>full output</summary>\n\n```text\n'
+  cat "$log"
+  printf '```\n</details>\n'
+} >>"$md"
+exit "$rc"
