@@ -85,6 +85,11 @@
 #define Pacing_DEFAULT_SLICE_QUERIES 256
 
 /**
+ * The fingerprint that forces the next check to judge an allocation's members again.
+ */
+#define DIRTY 0
+
+/**
  * The result of every fallible function. Values are grouped by range and never reused:
  * 0 success; 1xx bad arguments; 2xx registration refused, by verdict (200 + verdict);
  * 3xx CUDA driver; 4xx threading and state; 5xx internal; 6xx the built-in HTTP endpoint.
@@ -466,7 +471,8 @@ typedef struct VramMonitorEvent {
  * never concurrently with itself. `event` and its strings are valid only during the call.
  * It may call any function of the monitor: `vram_monitor_check_now` and `vram_monitor_free`
  * return `VRAM_MONITOR_RESULT_CALLED_FROM_CALLBACK` there instead of deadlocking. A slow
- * callback delays the next check.
+ * callback delays the next check. It must not throw a C++ exception or `longjmp` out: nothing
+ * may unwind through the library (the C++ wrapper `vram_monitor.hpp` catches for you).
  */
 typedef void (*VramMonitorCallback)(const struct VramMonitorEvent *event, void *user_data);
 

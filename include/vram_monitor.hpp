@@ -12,11 +12,24 @@
  *
  * - Errors are exceptions of type vram_monitor::Error, which carries the C result code
  *   (code(); refused() for the REFUSED_<VERDICT> codes of registration).
- * - Monitor is RAII and move-only. Its destructor calls vram_monitor_free: it stops and joins
- *   the monitor thread, so no callback runs after it returns. Never destroy a Monitor inside
- *   its own callback (the library refuses to free it there; the handle is then leaked).
- * - Registration unregisters when destroyed. It refers to its monitor weakly: one that
- *   outlives its Monitor does nothing when destroyed.
+ * - Monitor is RAII and move-only, and the only owner of its C handle. Its destructor calls
+ *   vram_monitor_free on the destroying thread, always: it stops and joins the monitor thread
+ *   and releases the callback, so no callback runs after ~Monitor returns, whatever other
+ *   threads are doing with the Monitor's Registrations at the time.
+ * - Registration unregisters when destroyed. It never keeps the monitor alive: it shares a
+ *   small "alive" token with its Monitor, and ~Monitor marks it dead (under the token's lock,
+ *   waiting for an unregister in progress) before freeing. A Registration that outlives its
+ *   Monitor does nothing when destroyed, reset() or released (the monitor and all its
+ *   registrations are gone already); its unregister() throws Error(NULL_ARGUMENT).
+ * - Never destroy a Monitor inside its own callback. The C API cannot free a monitor from its
+ *   own callback (vram_monitor_free returns CALLED_FROM_CALLBACK there, to avoid joining the
+ *   thread it runs on), and a destructor must not throw, so ~Monitor then leaks the handle
+ *   instead: it removes the callback (released once the call in progress returns; no callback
+ *   runs after that), sets the interval to the maximum (UINT32_MAX ms) so the thread stays
+ *   idle, keeps the handle in a process-wide list (reachable, so leak checkers stay quiet),
+ *   and reports the leak as an ERROR record to the log handler of set_log_handler (or one
+ *   line on stderr without one). The thread and the handle then live until the process
+ *   exits. Destroy it from another thread instead.
  * - Callbacks are std::function. They run on the monitor thread ("vram-monitor"), one at a
  *   time. An exception thrown by a callback never reaches the library: it is caught in the C
  *   trampoline and handed to the exception handler given with the callback (default: one line
@@ -38,9 +51,11 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <stdexcept>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace vram_monitor {
 
@@ -202,13 +217,53 @@ inline void vram_monitor_hpp_log_trampoline(VramMonitorLogLevel level, const cha
 }
 }  // extern "C"
 
-struct MonitorDeleter {
-    void operator()(VramMonitor *monitor) const noexcept {
-        if (vram_monitor_free(monitor) != VRAM_MONITOR_RESULT_OK) {
-            /* Only inside the monitor's own callback: the library cannot free it there. */
-            std::fprintf(stderr, "vram_monitor: a Monitor was destroyed inside its own callback; its handle is leaked\n");
+/** An ERROR record to the log handler of set_log_handler, or a line on stderr without one. */
+inline void log_error(const char *message) noexcept {
+    try {
+        std::shared_ptr<const LogHandler> handler;
+        {
+            LogState &state = log_state();
+            std::lock_guard<std::mutex> lock(state.mutex);
+            handler = state.handler;
         }
+        if (handler && *handler) {
+            (*handler)(VRAM_MONITOR_LOG_LEVEL_ERROR, "vram_monitor", message);
+            return;
+        }
+    } catch (...) {
+        /* The handler threw (or a string could not be made): fall back to stderr. */
     }
+    std::fprintf(stderr, "vram_monitor: %s\n", message);
+}
+
+/**
+ * Keeps a monitor that ~Monitor had to leak in a process-wide list that is never freed, so
+ * that it stays reachable (leak checkers do not report it; a debugger finds it).
+ */
+inline void keep_leaked(VramMonitor *monitor) noexcept {
+    struct Leaked {
+        std::mutex mutex;
+        std::vector<VramMonitor *> monitors;
+    };
+    static Leaked *leaked = new Leaked(); /* never destroyed, as log_state() */
+    try {
+        std::lock_guard<std::mutex> lock(leaked->mutex);
+        leaked->monitors.push_back(monitor);
+    } catch (...) {
+        /* No memory for the list: it is leaked all the same, only not reachable. */
+    }
+}
+
+/**
+ * What a Monitor shares with its Registrations: the handle while the monitor is alive,
+ * nullptr from the moment ~Monitor starts freeing it. Registrations unregister holding the
+ * lock shared; ~Monitor takes it exclusively to clear the handle, so it waits for an
+ * unregister in progress and none starts afterwards.
+ */
+struct MonitorToken {
+    explicit MonitorToken(VramMonitor *monitor) noexcept : handle(monitor) {}
+    std::shared_mutex mutex;
+    VramMonitor *handle;
 };
 
 }  // namespace detail
@@ -241,11 +296,11 @@ public:
 
     Registration(const Registration &) = delete;
     Registration &operator=(const Registration &) = delete;
-    Registration(Registration &&other) noexcept : monitor_(std::move(other.monitor_)), id_(std::exchange(other.id_, 0)) {}
+    Registration(Registration &&other) noexcept : token_(std::move(other.token_)), id_(std::exchange(other.id_, 0)) {}
     Registration &operator=(Registration &&other) noexcept {
         if (this != &other) {
             reset();
-            monitor_ = std::move(other.monitor_);
+            token_ = std::move(other.token_);
             id_ = std::exchange(other.id_, 0);
         }
         return *this;
@@ -256,35 +311,52 @@ public:
     /** Whether this still owns a registration. */
     explicit operator bool() const noexcept { return id_ != 0; }
 
-    /** Unregisters now; throws Error (e.g. UNKNOWN_REGISTRATION if it was already removed). */
+    /**
+     * Unregisters now; empties it either way. Throws Error: UNKNOWN_REGISTRATION if it was
+     * empty or already removed, NULL_ARGUMENT if its Monitor is gone.
+     */
     void unregister() {
         const std::uint64_t id = std::exchange(id_, 0);
-        std::shared_ptr<VramMonitor> monitor = monitor_.lock();
-        monitor_.reset();
+        const std::shared_ptr<detail::MonitorToken> token = std::move(token_);
         if (id == 0) throw Error(VRAM_MONITOR_RESULT_UNKNOWN_REGISTRATION, "Registration::unregister on an empty registration");
-        if (!monitor) throw Error(VRAM_MONITOR_RESULT_NULL_ARGUMENT, "Registration::unregister: the Monitor is gone");
-        check(vram_monitor_unregister(monitor.get(), id), "vram_monitor_unregister");
+        bool alive = false;
+        VramMonitorResult result = VRAM_MONITOR_RESULT_OK;
+        if (token) {
+            std::shared_lock<std::shared_mutex> lock(token->mutex);
+            if (token->handle != nullptr) {
+                alive = true;
+                result = vram_monitor_unregister(token->handle, id);
+            }
+        }
+        if (!alive) throw Error(VRAM_MONITOR_RESULT_NULL_ARGUMENT, "Registration::unregister: the Monitor is gone");
+        check(result, "vram_monitor_unregister");
     }
 
-    /** Unregisters now if it still owns a registration, ignoring errors. */
+    /** Unregisters now if it still owns a registration and its Monitor lives; ignores errors. */
     void reset() noexcept {
         const std::uint64_t id = std::exchange(id_, 0);
-        std::shared_ptr<VramMonitor> monitor = monitor_.lock();
-        monitor_.reset();
-        if (id != 0 && monitor) (void)vram_monitor_unregister(monitor.get(), id);
+        const std::shared_ptr<detail::MonitorToken> token = std::move(token_);
+        if (id == 0 || !token) return;
+        try {
+            std::shared_lock<std::shared_mutex> lock(token->mutex);
+            if (token->handle != nullptr) (void)vram_monitor_unregister(token->handle, id);
+        } catch (...) {
+            /* Locking failed (std::system_error): the registration stays watched. */
+        }
     }
 
     /** Gives up ownership: the registration stays watched; returns its id. */
     std::uint64_t release() noexcept {
-        monitor_.reset();
+        token_.reset();
         return std::exchange(id_, 0);
     }
 
 private:
     friend class Monitor;
-    Registration(std::weak_ptr<VramMonitor> monitor, std::uint64_t id) noexcept : monitor_(std::move(monitor)), id_(id) {}
+    Registration(std::shared_ptr<detail::MonitorToken> token, std::uint64_t id) noexcept
+        : token_(std::move(token)), id_(id) {}
 
-    std::weak_ptr<VramMonitor> monitor_;
+    std::shared_ptr<detail::MonitorToken> token_;
     std::uint64_t id_ = 0;
 };
 
@@ -295,35 +367,55 @@ public:
     explicit Monitor(std::uint32_t interval_ms = VRAM_MONITOR_DEFAULT_INTERVAL_MS) {
         VramMonitor *raw = nullptr;
         check(vram_monitor_new(interval_ms, &raw), "vram_monitor_new");
-        handle_.reset(raw, detail::MonitorDeleter());
+        try {
+            token_ = std::make_shared<detail::MonitorToken>(raw);
+        } catch (...) {
+            (void)vram_monitor_free(raw);
+            throw;
+        }
+        handle_ = raw;
     }
     explicit Monitor(std::chrono::milliseconds interval) : Monitor(to_interval_ms(interval)) {}
 
-    /** Stops and joins the monitor thread (vram_monitor_free). */
-    ~Monitor() = default;
+    /**
+     * Stops and joins the monitor thread and releases the callback (vram_monitor_free), on
+     * this thread; no callback runs after it returns. Its Registrations become inert first.
+     * Inside the monitor's own callback it leaks the monitor instead (see the top of this file).
+     */
+    ~Monitor() { destroy(); }
 
     Monitor(const Monitor &) = delete;
     Monitor &operator=(const Monitor &) = delete;
-    Monitor(Monitor &&) noexcept = default;
-    Monitor &operator=(Monitor &&) noexcept = default;
+    Monitor(Monitor &&other) noexcept
+        : handle_(std::exchange(other.handle_, nullptr)), token_(std::move(other.token_)) {}
+    /** Frees the monitor held (as ~Monitor does), then takes the other's. */
+    Monitor &operator=(Monitor &&other) noexcept {
+        if (this != &other) {
+            destroy();
+            handle_ = std::exchange(other.handle_, nullptr);
+            token_ = std::move(other.token_);
+        }
+        return *this;
+    }
 
     /** The C handle, for calls the wrapper does not cover (nullptr when moved from). */
-    VramMonitor *get() const noexcept { return handle_.get(); }
+    VramMonitor *get() const noexcept { return handle_; }
 
     /** Registers [ptr, ptr + size); throws Error (refused() for memory that is not resident). */
     Registration register_buffer(const void *ptr, std::size_t size, const std::string &label) {
-        return Registration(handle_, register_id(ptr, size, label));
+        const std::uint64_t id = register_id(ptr, size, label);
+        return Registration(token_, id);
     }
 
     /** Registers without a guard; unregister with unregister(id). */
     std::uint64_t register_id(const void *ptr, std::size_t size, const std::string &label) {
         std::uint64_t id = 0;
-        check(vram_monitor_register(handle_.get(), ptr, size, label.c_str(), &id), "vram_monitor_register");
+        check(vram_monitor_register(handle_, ptr, size, label.c_str(), &id), "vram_monitor_register");
         return id;
     }
 
     /** Stops watching registration `id`. */
-    void unregister(std::uint64_t id) { check(vram_monitor_unregister(handle_.get(), id), "vram_monitor_unregister"); }
+    void unregister(std::uint64_t id) { check(vram_monitor_unregister(handle_, id), "vram_monitor_unregister"); }
 
     /**
      * Sets the function that receives events (replacing the previous one; an empty function
@@ -338,7 +430,7 @@ public:
         auto state = std::make_unique<detail::CallbackState>();
         state->handler = std::move(handler);
         state->on_exception = std::move(on_exception);
-        check(vram_monitor_set_callback(handle_.get(), detail::vram_monitor_hpp_event_trampoline, state.get(),
+        check(vram_monitor_set_callback(handle_, detail::vram_monitor_hpp_event_trampoline, state.get(),
                                         detail::vram_monitor_hpp_free_state),
               "vram_monitor_set_callback");
         state.release(); /* the library owns it now and deletes it through vram_monitor_hpp_free_state */
@@ -346,25 +438,25 @@ public:
 
     /** Removes the callback. */
     void clear_callback() {
-        check(vram_monitor_set_callback(handle_.get(), nullptr, nullptr, nullptr), "vram_monitor_set_callback");
+        check(vram_monitor_set_callback(handle_, nullptr, nullptr, nullptr), "vram_monitor_set_callback");
     }
 
     /** Changes the interval between full checks (at least 1 ms). */
     void set_interval(std::chrono::milliseconds interval) {
-        check(vram_monitor_set_interval_ms(handle_.get(), to_interval_ms(interval)), "vram_monitor_set_interval_ms");
+        check(vram_monitor_set_interval_ms(handle_, to_interval_ms(interval)), "vram_monitor_set_interval_ms");
     }
 
     /** Runs a full check now and waits for it (callbacks run before it returns). */
     VramMonitorCheckSummary check_now() {
         VramMonitorCheckSummary summary{};
-        check(vram_monitor_check_now(handle_.get(), &summary), "vram_monitor_check_now");
+        check(vram_monitor_check_now(handle_, &summary), "vram_monitor_check_now");
         return summary;
     }
 
     /** The health snapshot (no driver query). */
     VramMonitorHealth health() const {
         VramMonitorHealth health{};
-        check(vram_monitor_health(handle_.get(), &health), "vram_monitor_health");
+        check(vram_monitor_health(handle_, &health), "vram_monitor_health");
         return health;
     }
 
@@ -372,13 +464,13 @@ public:
     std::string report(ReportFormat format = ReportFormat::Text) const {
         const std::int32_t raw = static_cast<std::int32_t>(format);
         std::size_t needed = 0;
-        VramMonitorResult result = vram_monitor_report(handle_.get(), raw, nullptr, 0, &needed);
+        VramMonitorResult result = vram_monitor_report(handle_, raw, nullptr, 0, &needed);
         std::string text;
         /* The report can grow between the size query and the copy: retry until it fits. */
         for (int attempt = 0; attempt < 16 && result == VRAM_MONITOR_RESULT_BUFFER_TOO_SMALL; ++attempt) {
             text.resize(needed);
             std::size_t length = 0;
-            result = vram_monitor_report(handle_.get(), raw, &text[0], text.size(), &length);
+            result = vram_monitor_report(handle_, raw, &text[0], text.size(), &length);
             if (result == VRAM_MONITOR_RESULT_OK) {
                 text.resize(length);
             } else {
@@ -390,6 +482,38 @@ public:
     }
 
 private:
+    void destroy() noexcept {
+        VramMonitor *const handle = std::exchange(handle_, nullptr);
+        const std::shared_ptr<detail::MonitorToken> token = std::move(token_);
+        if (token) {
+            try {
+                std::unique_lock<std::shared_mutex> lock(token->mutex);
+                token->handle = nullptr;
+            } catch (...) {
+                /* Locking failed (std::system_error): cannot make the Registrations inert
+                   safely, so freeing could race with their unregister; leak instead. */
+                detail::keep_leaked(handle);
+                detail::log_error("~Monitor could not lock its registrations' token; the monitor is leaked");
+                return;
+            }
+        }
+        if (handle == nullptr) return;
+        const VramMonitorResult result = vram_monitor_free(handle);
+        if (result == VRAM_MONITOR_RESULT_OK || result == VRAM_MONITOR_RESULT_FORKED) return;
+        if (result == VRAM_MONITOR_RESULT_CALLED_FROM_CALLBACK) {
+            /* Both are allowed in a callback; what they return changes nothing here. */
+            (void)vram_monitor_set_callback(handle, nullptr, nullptr, nullptr);
+            (void)vram_monitor_set_interval_ms(handle, UINT32_MAX);
+            detail::keep_leaked(handle);
+            detail::log_error(
+                "a Monitor was destroyed inside its own callback, where vram_monitor_free cannot join the monitor "
+                "thread: the monitor is leaked (callback removed, checks paused) until the process exits");
+            return;
+        }
+        detail::keep_leaked(handle);
+        detail::log_error("vram_monitor_free failed in ~Monitor; the monitor is leaked");
+    }
+
     static std::uint32_t to_interval_ms(std::chrono::milliseconds interval) {
         const auto count = interval.count();
         if (count < 1 || static_cast<unsigned long long>(count) > UINT32_MAX) {
@@ -398,7 +522,10 @@ private:
         return static_cast<std::uint32_t>(count);
     }
 
-    std::shared_ptr<VramMonitor> handle_;
+    /** Owned: freed by ~Monitor and nowhere else. */
+    VramMonitor *handle_ = nullptr;
+    /** Shared with the Registrations; its handle is cleared before handle_ is freed. */
+    std::shared_ptr<detail::MonitorToken> token_;
 };
 
 }  // namespace vram_monitor

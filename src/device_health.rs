@@ -9,6 +9,10 @@
 //!
 //! A signal the GPU does not support is [`Signal::Unsupported`], never zero; one that could
 //! not be read at all (no NVML, or NVML answered with an error) is [`Signal::Unavailable`].
+//! A fault read earlier outlives failed readings: the signal is reported unavailable, but
+//! the fault (with the value it was read with) stays in [`DeviceHealth::fault_reasons`] until
+//! a successful reading replaces it, and only a fault the last successful reading did not
+//! have fires a new event, so transient NVML errors cannot make the health flip.
 //! CUDA device ordinals are matched to NVML devices by PCI bus id, so `CUDA_VISIBLE_DEVICES`
 //! and CUDA's device order cannot point the figures at the wrong GPU.
 
@@ -148,7 +152,8 @@ pub struct DeviceHealth {
     pub device: i32,
     /// Whether the device could be read through NVML at all.
     pub available: bool,
-    /// Why not, when it could not (empty otherwise).
+    /// Why not, when it could not, followed by the faults kept from the last successful
+    /// reading, if any (empty otherwise).
     pub detail: String,
     /// The GPU's UUID, if known.
     pub uuid: Option<String>,
@@ -167,7 +172,8 @@ pub struct DeviceHealth {
     /// Whether the device reports a memory fault now (see [`DeviceHealth::fault_reasons`]).
     pub memory_fault: bool,
     /// Sentences naming each fault: uncorrectable ECC errors, pages pending retirement,
-    /// remapped rows pending or failed, a memory XID.
+    /// remapped rows pending or failed, a memory XID. A signal that could not be read this
+    /// time keeps the fault its last successful reading showed.
     pub fault_reasons: Vec<String>,
     /// When it was read, milliseconds since the Unix epoch.
     pub read_unix_ms: u64,
@@ -216,6 +222,57 @@ struct Reader {
 struct Published {
     devices: BTreeMap<i32, DeviceHealth>,
     xids: HashMap<i32, XidTally>,
+    known: HashMap<i32, Known>,
+}
+
+/// What the successful readings of one device established. NVML answers with an error now
+/// and then (a busy driver, a GPU being reset, a transient permission problem): a failed
+/// reading, or one signal NVML could not read, must not clear a fault that was read before,
+/// or the health would flip at every failure and the next good reading would report the same
+/// fault as new.
+#[derive(Debug, Default)]
+struct Known {
+    uuid: Option<String>,
+    name: Option<String>,
+    /// The last value read of each fault signal (`None`: never read, or unsupported).
+    ecc_uncorrected_volatile: Option<u64>,
+    retired_pages_pending: Option<bool>,
+    remapped_rows: Option<RemappedRows>,
+    /// The fault reasons of the last successful reading (`None`: none succeeded yet). New
+    /// faults are those missing here.
+    reasons: Option<Vec<String>>,
+}
+
+impl Known {
+    /// The fault reasons that follow from the last values read (memory XIDs not included).
+    fn signal_reasons(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if let Some(count) = self.ecc_uncorrected_volatile.filter(|&c| c > 0) {
+            reasons.push(format!("{count} uncorrectable ECC errors since the driver was loaded"));
+        }
+        if self.retired_pages_pending == Some(true) {
+            reasons.push("pages pending retirement (reset the GPU)".to_string());
+        }
+        if let Some(rows) = self.remapped_rows {
+            if rows.pending {
+                reasons.push("remapped rows pending (reset the GPU)".to_string());
+            }
+            if rows.failed {
+                reasons.push("row remapping failed (the GPU needs service)".to_string());
+            }
+        }
+        reasons
+    }
+}
+
+/// Folds one signal of a successful reading into the last known value: a value replaces it,
+/// "unsupported" clears it (the GPU answered), "unavailable" keeps it (NVML did not answer).
+fn remember<T: Copy>(signal: &Signal<T>, known: &mut Option<T>) {
+    match signal {
+        Signal::Value(v) => *known = Some(*v),
+        Signal::Unsupported => *known = None,
+        Signal::Unavailable => {}
+    }
 }
 
 fn lock<T: ?Sized>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -279,16 +336,12 @@ impl DeviceHealthMonitor {
         let mut published = lock(&self.published);
         published.devices.retain(|device, _| devices.contains(device));
         published.xids.retain(|device, _| devices.contains(device));
+        published.known.retain(|device, _| devices.contains(device));
         let mut faulted = 0;
         for (device, reading) in readings {
-            let tally = published.xids.entry(device).or_default();
-            let (health, new_xids) = assemble(device, reading, tally, now);
-            let previous = published.devices.get(&device);
-            let new_reasons: Vec<&String> = health
-                .fault_reasons
-                .iter()
-                .filter(|r| previous.map_or(true, |p| !p.fault_reasons.contains(r)))
-                .collect();
+            let Published { xids, known, .. } = &mut *published;
+            let (health, new_xids, new_reasons) =
+                assemble(device, reading, xids.entry(device).or_default(), known.entry(device).or_default(), now);
             if !new_reasons.is_empty() {
                 let message = format!(
                     "{} reports a memory fault: {}",
@@ -326,18 +379,34 @@ impl DeviceHealthMonitor {
     }
 }
 
-/// Turns one reading into the published health, folding new XIDs into the tally. Returns the
-/// health and the XIDs that are new in this reading.
-fn assemble(device: i32, reading: Result<DeviceReading, String>, tally: &mut XidTally, now: u64) -> (DeviceHealth, Vec<u64>) {
+/// Turns one reading into the published health, folding new XIDs into the tally and the
+/// values read into what is known of the device. A failed reading reports every signal
+/// unavailable but keeps the faults known from earlier readings; so does a signal NVML could
+/// not read. Returns the health, the XIDs that are new in this reading, and the fault
+/// reasons that are new: those the last successful reading did not have (a failed reading
+/// has none).
+fn assemble(
+    device: i32,
+    reading: Result<DeviceReading, String>,
+    tally: &mut XidTally,
+    known: &mut Known,
+    now: u64,
+) -> (DeviceHealth, Vec<u64>, Vec<String>) {
     let reading = match reading {
         Ok(reading) => reading,
         Err(detail) => {
+            let kept = known.signal_reasons();
+            let detail = if kept.is_empty() {
+                detail
+            } else {
+                format!("{detail} (faults kept from the last successful reading: {})", kept.join("; "))
+            };
             let health = DeviceHealth {
                 device,
                 available: false,
                 detail,
-                uuid: None,
-                name: None,
+                uuid: known.uuid.clone(),
+                name: known.name.clone(),
                 ecc_uncorrected_volatile: Signal::Unavailable,
                 retired_pages_pending: Signal::Unavailable,
                 remapped_rows: Signal::Unavailable,
@@ -349,12 +418,12 @@ fn assemble(device: i32, reading: Result<DeviceReading, String>, tally: &mut Xid
                 },
                 last_critical_xid: tally.last,
                 memory_fault: false,
-                fault_reasons: Vec::new(),
+                fault_reasons: kept,
                 read_unix_ms: now,
             };
             let mut health = health;
             add_xid_reasons(&mut health, tally);
-            return (health, Vec::new());
+            return (health, Vec::new(), Vec::new());
         }
     };
     let new_xids = match &reading.new_critical_xids {
@@ -383,6 +452,15 @@ fn assemble(device: i32, reading: Result<DeviceReading, String>, tally: &mut Xid
         Some(SignalStatus::Unsupported) => Signal::Unsupported,
         _ => Signal::Unavailable,
     };
+    remember(&reading.ecc_uncorrected_volatile, &mut known.ecc_uncorrected_volatile);
+    remember(&reading.retired_pages_pending, &mut known.retired_pages_pending);
+    remember(&reading.remapped_rows, &mut known.remapped_rows);
+    if reading.uuid.is_some() {
+        known.uuid.clone_from(&reading.uuid);
+    }
+    if reading.name.is_some() {
+        known.name.clone_from(&reading.name);
+    }
     let mut health = DeviceHealth {
         device,
         available: true,
@@ -398,24 +476,16 @@ fn assemble(device: i32, reading: Result<DeviceReading, String>, tally: &mut Xid
         fault_reasons: Vec::new(),
         read_unix_ms: now,
     };
-    if let Signal::Value(count) = health.ecc_uncorrected_volatile {
-        if count > 0 {
-            health.fault_reasons.push(format!("{count} uncorrectable ECC errors since the driver was loaded"));
-        }
-    }
-    if health.retired_pages_pending == Signal::Value(true) {
-        health.fault_reasons.push("pages pending retirement (reset the GPU)".to_string());
-    }
-    if let Signal::Value(rows) = health.remapped_rows {
-        if rows.pending {
-            health.fault_reasons.push("remapped rows pending (reset the GPU)".to_string());
-        }
-        if rows.failed {
-            health.fault_reasons.push("row remapping failed (the GPU needs service)".to_string());
-        }
-    }
+    health.fault_reasons = known.signal_reasons();
     add_xid_reasons(&mut health, tally);
-    (health, new_xids)
+    let new_reasons = health
+        .fault_reasons
+        .iter()
+        .filter(|r| known.reasons.as_ref().is_none_or(|before| !before.contains(r)))
+        .cloned()
+        .collect();
+    known.reasons = Some(health.fault_reasons.clone());
+    (health, new_xids, new_reasons)
 }
 
 fn add_xid_reasons(health: &mut DeviceHealth, tally: &XidTally) {
@@ -591,7 +661,7 @@ mod tests {
 
     #[test]
     fn a_clean_reading_is_no_fault() {
-        let (health, new) = assemble(0, Ok(reading()), &mut XidTally::default(), 1);
+        let (health, new, _) = assemble(0, Ok(reading()), &mut XidTally::default(), &mut Known::default(), 1);
         assert!(!health.memory_fault);
         assert!(health.fault_reasons.is_empty());
         assert!(new.is_empty());
@@ -618,36 +688,39 @@ mod tests {
         r.new_critical_xids = Signal::Value(vec![94]);
         cases.push((r, "XID 94"));
         for (r, expected) in cases {
-            let (health, _) = assemble(0, Ok(r), &mut XidTally::default(), 1);
+            let (health, _, new_reasons) = assemble(0, Ok(r), &mut XidTally::default(), &mut Known::default(), 1);
             assert!(health.memory_fault, "{expected}");
             assert!(health.fault_reasons.iter().any(|reason| reason.contains(expected)), "{:?} lacks {expected}", health.fault_reasons);
+            assert_eq!(new_reasons, health.fault_reasons, "the first reading's faults are all new");
         }
     }
 
     #[test]
     fn other_xids_are_counted_but_are_no_fault_and_memory_xids_stay() {
         let mut tally = XidTally::default();
+        let mut known = Known::default();
         let mut r = reading();
         r.new_critical_xids = Signal::Value(vec![13, 31]);
-        let (health, new) = assemble(0, Ok(r), &mut tally, 1);
+        let (health, new, _) = assemble(0, Ok(r), &mut tally, &mut known, 1);
         assert_eq!(new, vec![13, 31]);
         assert!(!health.memory_fault);
         assert_eq!(health.critical_xid_events, Signal::Value(2));
         assert_eq!(health.last_critical_xid, Some(31));
         let mut r = reading();
         r.new_critical_xids = Signal::Value(vec![48]);
-        let (health, _) = assemble(0, Ok(r), &mut tally, 2);
+        let (health, _, _) = assemble(0, Ok(r), &mut tally, &mut known, 2);
         assert!(health.memory_fault);
         // Later readings without new events keep the memory XID as a fault.
-        let (health, new) = assemble(0, Ok(reading()), &mut tally, 3);
+        let (health, new, new_reasons) = assemble(0, Ok(reading()), &mut tally, &mut known, 3);
         assert!(new.is_empty());
+        assert!(new_reasons.is_empty(), "the XID was reported when it arrived");
         assert!(health.memory_fault);
         assert_eq!(health.critical_xid_events, Signal::Value(3));
     }
 
     #[test]
     fn an_unreadable_device_is_unavailable_everywhere_and_no_fault() {
-        let (health, _) = assemble(1, Err("no NVML".into()), &mut XidTally::default(), 1);
+        let (health, _, new_reasons) = assemble(1, Err("no NVML".into()), &mut XidTally::default(), &mut Known::default(), 1);
         assert!(!health.available);
         assert_eq!(health.detail, "no NVML");
         assert_eq!(health.ecc_uncorrected_volatile, Signal::Unavailable);
@@ -655,5 +728,48 @@ mod tests {
         assert_eq!(health.remapped_rows, Signal::Unavailable);
         assert_eq!(health.critical_xid_events, Signal::Unavailable);
         assert!(!health.memory_fault);
+        assert!(new_reasons.is_empty());
+    }
+
+    #[test]
+    fn a_failed_reading_keeps_the_known_faults_and_only_a_good_reading_replaces_them() {
+        let (mut tally, mut known) = (XidTally::default(), Known::default());
+        let mut faulty = reading();
+        faulty.ecc_uncorrected_volatile = Signal::Value(3);
+        faulty.remapped_rows = Signal::Value(RemappedRows { failed: true, ..Default::default() });
+        let (first, _, new_reasons) = assemble(0, Ok(faulty.clone()), &mut tally, &mut known, 1);
+        assert_eq!(first.fault_reasons.len(), 2, "{:?}", first.fault_reasons);
+        assert_eq!(new_reasons, first.fault_reasons);
+
+        let (failed, _, new_reasons) = assemble(0, Err("GPU is lost".into()), &mut tally, &mut known, 2);
+        assert!(!failed.available);
+        assert!(failed.detail.starts_with("GPU is lost"), "{}", failed.detail);
+        assert!(failed.detail.contains("3 uncorrectable ECC errors"), "{}", failed.detail);
+        assert_eq!(failed.ecc_uncorrected_volatile, Signal::Unavailable);
+        assert_eq!(failed.remapped_rows, Signal::Unavailable);
+        assert!(failed.memory_fault);
+        assert_eq!(failed.fault_reasons, first.fault_reasons);
+        assert_eq!(failed.uuid, first.uuid);
+        assert!(new_reasons.is_empty());
+
+        // Only the signal NVML could not read keeps its old value; the others are replaced.
+        let mut partial = reading();
+        partial.ecc_uncorrected_volatile = Signal::Unavailable;
+        let (health, _, new_reasons) = assemble(0, Ok(partial), &mut tally, &mut known, 3);
+        assert_eq!(health.fault_reasons, vec![first.fault_reasons[0].clone()], "the row remapping was read again: no longer failed");
+        assert!(new_reasons.is_empty());
+
+        // "Unsupported" is an answer: it replaces the old value.
+        let mut unsupported = reading();
+        unsupported.ecc_uncorrected_volatile = Signal::Unsupported;
+        let (health, _, _) = assemble(0, Ok(unsupported), &mut tally, &mut known, 4);
+        assert!(!health.memory_fault, "{:?}", health.fault_reasons);
+        let (health, _, _) = assemble(0, Err("GPU is lost".into()), &mut tally, &mut known, 5);
+        assert!(!health.memory_fault, "nothing known, nothing kept");
+        assert_eq!(health.detail, "GPU is lost");
+
+        // New faults are compared with the last successful reading, not with a failed one.
+        let (_, _, new_reasons) = assemble(0, Ok(faulty), &mut tally, &mut known, 6);
+        assert_eq!(new_reasons.len(), 2, "{new_reasons:?}");
     }
 }

@@ -183,17 +183,6 @@ pub trait Driver: Send + Sync {
     /// The driver's API version (for example 13000), if known.
     fn version(&self) -> Option<i32>;
 
-    /// Makes the engine's primary context of `device` current on the calling thread, if the
-    /// engine has it active: retained, never created. Pointer queries from a thread with a
-    /// current context cost about half as much as from one without. Returns whether it did;
-    /// if so, [`Driver::return_engine_context`] must follow on the same thread.
-    fn borrow_engine_context(&self, _device: i32) -> bool {
-        false
-    }
-
-    /// Undoes a successful [`Driver::borrow_engine_context`].
-    fn return_engine_context(&self, _device: i32) {}
-
     /// The PCI bus id of CUDA device `device` ("0000:18:00.0"), if the driver can say; it is
     /// how the device-health readings find the same GPU in NVML, whose numbering differs
     /// from CUDA's. The default says nothing.
@@ -253,9 +242,12 @@ const CUDA_ERROR_INVALID_VALUE: c_int = 1;
 impl CudaDriver {
     /// The process's driver: loaded and initialised on first use, the same answer afterwards.
     /// Never panics and never creates a CUDA context.
+    ///
+    /// Only success is kept: a driver that failed (say `cuInit` answered
+    /// CUDA_ERROR_SYSTEM_NOT_READY before the fabric manager was up) is tried again next time.
     pub fn get() -> Result<&'static CudaDriver, DriverError> {
-        static DRIVER: OnceCell<Result<CudaDriver, DriverError>> = OnceCell::new();
-        DRIVER.get_or_init(load).as_ref().map_err(Clone::clone)
+        static DRIVER: OnceCell<CudaDriver> = OnceCell::new();
+        DRIVER.get_or_try_init(load)
     }
 }
 
@@ -407,38 +399,6 @@ impl Driver for CudaDriver {
         self.version
     }
 
-    fn borrow_engine_context(&self, device: i32) -> bool {
-        let Some(f) = self.memory_info else { return false };
-        // SAFETY: plain driver calls with out-pointers to locals; the context is retained only
-        // when already active, so none is created.
-        unsafe {
-            let mut flags: c_uint = 0;
-            let mut active: c_int = 0;
-            if (f.primary_ctx_get_state)(device, &mut flags, &mut active) != 0 || active == 0 {
-                return false;
-            }
-            let mut context: *mut c_void = std::ptr::null_mut();
-            if (f.primary_ctx_retain)(&mut context, device) != 0 {
-                return false;
-            }
-            if (f.ctx_push)(context) != 0 {
-                (f.primary_ctx_release)(device);
-                return false;
-            }
-            true
-        }
-    }
-
-    fn return_engine_context(&self, device: i32) {
-        let Some(f) = self.memory_info else { return };
-        // SAFETY: pairs with a successful borrow_engine_context on this thread.
-        unsafe {
-            let mut popped: *mut c_void = std::ptr::null_mut();
-            (f.ctx_pop)(&mut popped);
-            (f.primary_ctx_release)(device);
-        }
-    }
-
     fn pci_bus_id(&self, device: i32) -> Option<String> {
         let (device_get, get_pci_bus_id) = self.pci_bus_id?;
         let mut handle: c_int = 0;
@@ -466,12 +426,6 @@ impl<T: Driver + ?Sized> Driver for &T {
     }
     fn version(&self) -> Option<i32> {
         (**self).version()
-    }
-    fn borrow_engine_context(&self, device: i32) -> bool {
-        (**self).borrow_engine_context(device)
-    }
-    fn return_engine_context(&self, device: i32) {
-        (**self).return_engine_context(device)
     }
     fn pci_bus_id(&self, device: i32) -> Option<String> {
         (**self).pci_bus_id(device)

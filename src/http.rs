@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use crate::device_health::DeviceHealth;
 use crate::error::Error;
 use crate::health::Health;
-use crate::registry::RegistrationInfo;
 
 /// The address used when none is given: loopback, port 9464 (the port commonly used for
 /// Prometheus exporters embedded in applications).
@@ -32,8 +31,8 @@ pub trait Snapshot: Send + Sync + 'static {
     fn health(&self) -> Health;
     /// The memory health of the GPUs that hold registrations.
     fn devices(&self) -> Vec<DeviceHealth>;
-    /// The registrations (for the per-device and per-verdict metrics).
-    fn registrations(&self) -> Vec<RegistrationInfo>;
+    /// Registrations and bytes per device and verdict (for the metrics).
+    fn figures(&self) -> Vec<crate::prometheus::RegistrationFigures>;
 }
 
 /// The endpoint's bounds.
@@ -330,12 +329,7 @@ fn handle(stream: &TcpStream, method: &str, target: &str, snapshot: &dyn Snapsho
         "/metrics" => {
             let health = snapshot.health();
             let devices = snapshot.devices();
-            let registrations = snapshot.registrations();
-            let body = crate::prometheus::render(
-                &health,
-                registrations.iter().map(|r| crate::prometheus::RegistrationFigures { device: r.device, size: r.size, verdict: r.verdict }),
-                &devices,
-            );
+            let body = crate::prometheus::render(&health, snapshot.figures(), &devices);
             respond(stream, 200, crate::prometheus::CONTENT_TYPE, body.as_bytes(), head_only, &[]);
         }
         _ => {

@@ -1,6 +1,7 @@
 //! The monitor: the registrations, one named background thread that checks them every
 //! interval, the commands that wake it, and the callback it runs.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, ThreadId};
@@ -367,8 +368,8 @@ impl crate::http::Snapshot for Shared {
     fn devices(&self) -> Vec<DeviceHealth> {
         self.device_health.snapshot()
     }
-    fn registrations(&self) -> Vec<RegistrationInfo> {
-        self.registry.snapshot()
+    fn figures(&self) -> Vec<crate::prometheus::RegistrationFigures> {
+        self.registry.tally().into_iter().map(Into::into).collect()
     }
 }
 
@@ -382,6 +383,11 @@ impl Monitor {
     /// The health, the GPUs' memory health and every registration with its last verdict, as
     /// text, JSON or Prometheus metrics.
     pub fn report(&self, format: ReportFormat) -> String {
+        if format == ReportFormat::Prometheus {
+            // Counts only: no copy of every registration.
+            let figures = self.shared.registry.tally().into_iter().map(Into::into);
+            return crate::prometheus::render(&self.health(), figures, &self.device_health());
+        }
         report::render(format, &self.health(), &self.registrations(), &self.device_health())
     }
 
@@ -411,9 +417,10 @@ impl Monitor {
             std::mem::forget(self.http.get_mut().unwrap_or_else(|e| e.into_inner()).take());
             return;
         }
-        // The HTTP endpoint first: it reads what the monitor thread writes.
-        drop(self.http.get_mut().unwrap_or_else(|e| e.into_inner()).take());
+        // Stop the check in progress first (it looks at this flag between slices), then the
+        // HTTP endpoint, which reads what the monitor thread writes.
         self.shared.stopping.store(true, Ordering::Release);
+        drop(self.http.get_mut().unwrap_or_else(|e| e.into_inner()).take());
         let _ = self.commands.send(Command::Stop);
         if let Some(thread) = self.thread.take() {
             if std::thread::current().id() != self.thread_id {
@@ -467,7 +474,10 @@ fn guarded_sweep(shared: &Shared) -> CheckSummary {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sweep(shared))) {
         Ok(summary) => summary,
         Err(_) => {
-            log::error!(target: "vram_monitor", "internal error during a check; counted as a failed check");
+            // Logging may be what panicked: guard it too.
+            let _ = std::panic::catch_unwind(|| {
+                log::error!(target: "vram_monitor", "internal error during a check; counted as a failed check")
+            });
             let mut stats = lock(&shared.stats);
             stats.last_check_failed = true;
             stats.checks_failed += 1;
@@ -501,36 +511,13 @@ impl SweepPlan {
     }
 }
 
-/// Holds the engine's context current on the monitor thread for one check (see
-/// [`Driver::borrow_engine_context`]).
-struct BorrowedContext<'a> {
-    driver: &'a dyn Driver,
-    device: Option<i32>,
-}
-
-impl<'a> BorrowedContext<'a> {
-    fn borrow(driver: &'a dyn Driver, devices: &[i32]) -> BorrowedContext<'a> {
-        let device = devices.iter().copied().find(|&d| d >= 0 && driver.borrow_engine_context(d));
-        BorrowedContext { driver, device }
-    }
-}
-
-impl Drop for BorrowedContext<'_> {
-    fn drop(&mut self) {
-        if let Some(device) = self.device {
-            self.driver.return_engine_context(device);
-        }
-    }
-}
-
 fn sweep(shared: &Shared) -> CheckSummary {
     let started = Instant::now();
     let pacing = *lock(&shared.pacing);
     let mut queries_in_slice = 0u32;
-    let mut events = Vec::new();
+    let mut changed: HashMap<RegistrationId, Merged> = HashMap::new();
     let mut plan = lock(&shared.plan);
     plan.refresh(&shared.registry);
-    let context = BorrowedContext::borrow(&*shared.driver, &shared.registry.devices());
     for i in 0..plan.addresses.len() {
         let (address, last_fingerprint) = plan.addresses[i];
         {
@@ -547,27 +534,26 @@ fn sweep(shared: &Shared) -> CheckSummary {
             if Registry::is_unchanged(last_fingerprint, &answer) {
                 continue;
             }
-            plan.addresses[i].1 = Registry::fingerprint_of(&answer);
-            for change in shared.registry.apply(address, &answer) {
-                events.push(match change {
-                    Change::CheckFailed { registration, error } => {
-                        let detail = error.to_string();
-                        Event::about(EventKind::CheckFailed, &registration, registration.verdict, Verdict::CheckFailed, Some(&detail), false)
+            match shared.registry.apply(address, &answer, last_fingerprint) {
+                Some(changes) => {
+                    plan.addresses[i].1 = Registry::fingerprint_of(&answer);
+                    for change in changes {
+                        merge_change(&mut changed, change);
                     }
-                    Change::Verdict { registration, from } => {
-                        let kind = if registration.verdict.is_violation() { EventKind::Violation } else { EventKind::Recovered };
-                        if kind == EventKind::Violation {
-                            shared.total_violations.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Event::about(kind, &registration, from, registration.verdict, None, false)
-                    }
-                });
+                }
+                // Marked for a new judgement after this plan was made: a registration joined
+                // with a newer answer than ours. The next check judges it.
+                None => plan.addresses[i].1 = crate::registry::DIRTY,
             }
         }
     }
-    drop(context);
     drop(plan);
     let duration_us = started.elapsed().as_micros() as u64;
+    if shared.stopping.load(Ordering::Acquire) {
+        // Freeing: skip the NVML reads below (slow on a sick GPU) and deliver nothing.
+        return CheckSummary::default();
+    }
+    let mut events = merged_events(shared, changed);
     // Process VRAM costs an NVML call per GPU (about 30 us): at most once per
     // PROCESS_VRAM_PERIOD, not on every check of a 1 ms interval. Not part of the check's time.
     let read_vram = lock(&shared.stats).process_vram_read_at.is_none_or(|at| at.elapsed() >= PROCESS_VRAM_PERIOD);
@@ -605,25 +591,98 @@ fn sweep(shared: &Shared) -> CheckSummary {
             "check passed: {} registrations resident in {} allocations ({} us)", counts.registrations, counts.allocations, duration_us
         );
     }
-    // Allocations are visited in table order; report in registration order.
-    events.sort_by_key(|e| e.registration_id);
     if shared.reported_healthy.swap(healthy, Ordering::AcqRel) != healthy {
         events.push(Event::health_changed(healthy, counts.violating, check_failed));
     }
+    let mut logged = 0usize;
+    let total = events.len();
     for mut event in events {
         event.healthy = healthy;
-        dispatch(shared, &event);
+        // A freed arena can hold a million registrations: every one reaches the callback,
+        // but the log gets the first LOGGED_EVENTS_PER_CHECK and one line for the rest.
+        let log = logged < LOGGED_EVENTS_PER_CHECK;
+        logged += 1;
+        dispatch(shared, &event, log);
+    }
+    if total > LOGGED_EVENTS_PER_CHECK {
+        let _ = std::panic::catch_unwind(|| {
+            log::error!(
+                target: "vram_monitor",
+                actor = "vram-residency", action = "verify";
+                "{} more events in this check were delivered to the callback but not logged", total - LOGGED_EVENTS_PER_CHECK
+            )
+        });
     }
     summary
 }
 
-fn dispatch(shared: &Shared, event: &Event) {
+/// Log records per check, at most (events beyond are delivered, not logged one by one).
+const LOGGED_EVENTS_PER_CHECK: usize = 100;
+
+/// What one check found for one registration, over all its pieces.
+struct Merged {
+    /// Its verdict before this check.
+    from: Verdict,
+    /// Its state after the last change in this check.
+    now: RegistrationInfo,
+    /// A query for it started failing in this check.
+    failed: Option<crate::driver::DriverError>,
+}
+
+/// A registration spanning several mappings can change in several of them in one check: it
+/// gets one event, from its verdict before the check to its verdict after.
+fn merge_change(changed: &mut HashMap<RegistrationId, Merged>, change: Change) {
+    match change {
+        Change::Verdict { registration, from } => match changed.get_mut(&registration.id) {
+            Some(merged) => merged.now = registration,
+            None => {
+                changed.insert(registration.id, Merged { from, now: registration, failed: None });
+            }
+        },
+        Change::CheckFailed { registration, error } => match changed.get_mut(&registration.id) {
+            Some(merged) => {
+                merged.failed = Some(error);
+                merged.now = registration;
+            }
+            None => {
+                let from = registration.verdict;
+                changed.insert(registration.id, Merged { from, now: registration, failed: Some(error) });
+            }
+        },
+    }
+}
+
+fn merged_events(shared: &Shared, changed: HashMap<RegistrationId, Merged>) -> Vec<Event> {
+    let mut merged: Vec<Merged> = changed.into_values().collect();
+    // Allocations are visited in address order; report in registration order.
+    merged.sort_unstable_by_key(|m| m.now.id);
+    let mut events = Vec::with_capacity(merged.len());
+    for m in merged {
+        if let Some(error) = &m.failed {
+            let detail = error.to_string();
+            events.push(Event::about(EventKind::CheckFailed, &m.now, m.now.verdict, Verdict::CheckFailed, Some(&detail), false));
+        }
+        if m.now.verdict != m.from {
+            let kind = if m.now.verdict.is_violation() { EventKind::Violation } else { EventKind::Recovered };
+            if kind == EventKind::Violation {
+                shared.total_violations.fetch_add(1, Ordering::Relaxed);
+            }
+            events.push(Event::about(kind, &m.now, m.from, m.now.verdict, None, false));
+        }
+    }
+    events
+}
+
+fn dispatch(shared: &Shared, event: &Event, log: bool) {
     if shared.stopping.load(Ordering::Acquire) {
         // The monitor is being freed: deliver nothing more, so that `free` waits for at most
         // the callback already running, not for every event of the sweep.
         return;
     }
-    event.log();
+    // A host's logger that panics must not cost the event its callback.
+    if log && std::panic::catch_unwind(|| event.log()).is_err() {
+        // Nothing more to say: logging itself failed.
+    }
     let callback = lock(&shared.callback).clone();
     if let Some(callback) = callback {
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(event))).is_err() {

@@ -18,15 +18,24 @@ use crate::verdict::Verdict;
 /// The content type of this format, for an HTTP response.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// What the renderer needs of one registration.
+/// What the renderer needs of the registrations: how many, and how many bytes, per device
+/// and last verdict (one entry may stand for one registration or for many).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RegistrationFigures {
-    /// The device it was registered on.
+    /// The device they were registered on.
     pub device: i32,
-    /// Its size in bytes.
-    pub size: u64,
-    /// Its last verdict.
+    /// Their last verdict.
     pub verdict: Verdict,
+    /// How many registrations.
+    pub registrations: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+impl From<crate::registry::Tally> for RegistrationFigures {
+    fn from(t: crate::registry::Tally) -> Self {
+        RegistrationFigures { device: t.device, verdict: t.verdict, registrations: t.registrations, bytes: t.bytes }
+    }
 }
 
 /// The violation verdicts, each a value of the `verdict` label (a failed query is not a
@@ -90,10 +99,10 @@ pub fn render(
     let mut by_verdict = [0u64; VIOLATION_VERDICTS.len()];
     for r in registrations {
         let entry = per_device.entry(r.device).or_default();
-        entry.0 += 1;
-        entry.1 += r.size;
+        entry.0 += r.registrations;
+        entry.1 += r.bytes;
         if let Some(i) = VIOLATION_VERDICTS.iter().position(|v| *v == r.verdict) {
-            by_verdict[i] += 1;
+            by_verdict[i] += r.registrations;
         }
     }
 

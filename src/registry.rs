@@ -23,6 +23,7 @@ use crate::verdict::{classify_piece, Piece, Verdict};
 pub type RegistrationId = u64;
 
 const SHARDS: usize = 64;
+const DEVICE_SLOTS: usize = 64;
 
 /// A registration as reported: a copy, taken at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,9 +194,9 @@ impl RegistrationShard {
 #[derive(Debug)]
 enum Members {
     One(RegistrationId),
-    // Boxed: keeps the common one-member allocation at 16 bytes.
-    #[allow(clippy::box_collection)]
-    Many(Box<Vec<RegistrationId>>),
+    // A set, so that unregistering one of a million tensors in one arena is O(1); boxed, so
+    // that the common one-member allocation stays 16 bytes.
+    Many(Box<std::collections::HashSet<RegistrationId>>),
 }
 
 /// One shard of the allocation table. `generation` changes whenever an address is added or
@@ -215,7 +216,8 @@ struct Allocation {
     members: Members,
 }
 
-const DIRTY: u64 = 0;
+/// The fingerprint that forces the next check to judge an allocation's members again.
+pub const DIRTY: u64 = 0;
 const FAILED: u64 = 1;
 
 /// A fingerprint of everything the verdicts depend on in an answer (never DIRTY or FAILED).
@@ -250,6 +252,19 @@ pub fn fingerprint(info: &PointerInfo) -> u64 {
     }
 }
 
+/// Registrations and their bytes for one device and verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    /// Device ordinal.
+    pub device: i32,
+    /// Verdict.
+    pub verdict: Verdict,
+    /// Registrations.
+    pub registrations: u64,
+    /// Sum of their sizes.
+    pub bytes: u64,
+}
+
 /// Counts kept in step with the registrations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RegistryCounts {
@@ -272,8 +287,10 @@ pub struct Registry {
     // Changed only by checks and unregistering: rarely contended.
     violating: AtomicU64,
     failing: AtomicU64,
-    // Devices that ever held a registration (a handful; append-only).
-    devices: Mutex<Vec<i32>>,
+    // Registrations per device ordinal (0..DEVICE_SLOTS; lock-free, so registering on many
+    // threads does not meet here), and for any ordinal beyond, a locked list.
+    per_device: Box<[AtomicU64]>,
+    other_devices: Mutex<Vec<(i32, u64)>>,
 }
 
 impl Default for Registry {
@@ -304,7 +321,8 @@ impl Registry {
             allocations: (0..SHARDS).map(|_| Mutex::new(AllocationShard::default())).collect(),
             violating: AtomicU64::new(0),
             failing: AtomicU64::new(0),
-            devices: Mutex::new(Vec::new()),
+            per_device: (0..DEVICE_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            other_devices: Mutex::new(Vec::new()),
         }
     }
 
@@ -330,12 +348,7 @@ impl Registry {
             shard.count += 1;
             shard.tracked_bytes += size;
         }
-        {
-            let mut devices = lock(&self.devices);
-            if !devices.contains(&device) {
-                devices.push(device);
-            }
-        }
+        self.count_device(device, true);
         for (piece, answer) in pieces.iter().zip(answers) {
             let seen = fingerprint(answer);
             let mut guard = lock(&self.allocations[shard_of_address(piece.query_at)]);
@@ -350,11 +363,9 @@ impl Registry {
                     }
                     match &mut allocation.members {
                         Members::One(other) if *other == id => {}
-                        Members::One(other) => allocation.members = Members::Many(Box::new(vec![*other, id])),
+                        Members::One(other) => allocation.members = Members::Many(Box::new([*other, id].into_iter().collect())),
                         Members::Many(ids) => {
-                            if ids.last() != Some(&id) {
-                                ids.push(id)
-                            }
+                            ids.insert(id);
                         }
                     }
                 }
@@ -376,6 +387,7 @@ impl Registry {
             shard.tracked_bytes -= registration.size();
             registration
         };
+        self.count_device(registration.device, false);
         if verdict_of(registration.verdict).is_violation() {
             self.violating.fetch_sub(1, Ordering::Relaxed);
         }
@@ -390,9 +402,11 @@ impl Registry {
             let empty = match &mut allocation.members {
                 Members::One(other) => *other == id,
                 Members::Many(ids) => {
-                    ids.retain(|&m| m != id);
+                    ids.remove(&id);
                     if ids.len() == 1 {
-                        allocation.members = Members::One(ids[0]);
+                        if let Some(&last) = ids.iter().next() {
+                            allocation.members = Members::One(last);
+                        }
                     }
                     false
                 }
@@ -423,9 +437,58 @@ impl Registry {
         all
     }
 
-    /// The devices that have held registrations (a superset of those that hold them now).
+    fn count_device(&self, device: i32, added: bool) {
+        match usize::try_from(device).ok().and_then(|d| self.per_device.get(d)) {
+            Some(slot) => {
+                if added {
+                    slot.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    slot.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            None => {
+                let mut others = lock(&self.other_devices);
+                match others.iter_mut().find(|(d, _)| *d == device) {
+                    Some((_, n)) if added => *n += 1,
+                    Some((_, n)) => *n = n.saturating_sub(1),
+                    None if added => others.push((device, 1)),
+                    None => {}
+                }
+                others.retain(|&(_, n)| n > 0);
+            }
+        }
+    }
+
+    /// The devices that hold registrations now.
     pub fn devices(&self) -> Vec<i32> {
-        lock(&self.devices).clone()
+        let mut devices: Vec<i32> = (0..self.per_device.len())
+            .filter(|&d| self.per_device[d].load(Ordering::Relaxed) > 0)
+            .map(|d| d as i32)
+            .collect();
+        devices.extend(lock(&self.other_devices).iter().map(|&(d, _)| d));
+        devices
+    }
+
+    /// Registrations and bytes per (device, verdict), for metrics: counted under each shard's
+    /// lock in turn, without copying labels or pieces.
+    pub fn tally(&self) -> Vec<Tally> {
+        let mut tallies: Vec<Tally> = Vec::new();
+        for shard in self.registrations.iter() {
+            let shard = lock(shard);
+            for registration in shard.entries.iter().filter_map(|(_, r)| r.as_ref()) {
+                let verdict = verdict_of(registration.verdict);
+                let size = registration.size();
+                match tallies.iter_mut().find(|t| t.device == registration.device && t.verdict == verdict) {
+                    Some(t) => {
+                        t.registrations += 1;
+                        t.bytes += size;
+                    }
+                    None => tallies.push(Tally { device: registration.device, verdict, registrations: 1, bytes: size }),
+                }
+            }
+        }
+        tallies.sort_unstable_by_key(|t| (t.device, t.verdict as i32));
+        tallies
     }
 
     /// The counts.
@@ -483,14 +546,26 @@ impl Registry {
 
     /// Judges again every registration inside the allocation at `address` by `answer`, and
     /// records the answer as the one they were judged by. Returns what changed.
-    pub fn apply(&self, address: u64, answer: &Result<PointerInfo, DriverError>) -> Vec<Change> {
+    ///
+    /// `judged_by` is the fingerprint the caller's plan had for this address when it asked. If
+    /// the allocation was marked [`DIRTY`] since (a registration joined that saw a newer answer
+    /// than `answer` may be), nothing is judged and `None` is returned: the next check asks
+    /// again.
+    pub fn apply(&self, address: u64, answer: &Result<PointerInfo, DriverError>, judged_by: u64) -> Option<Vec<Change>> {
         let members: Vec<RegistrationId> = {
             let mut shard = lock(&self.allocations[shard_of_address(address)]);
-            let Some(allocation) = shard.map.get_mut(&address) else { return Vec::new() };
+            let Some(allocation) = shard.map.get_mut(&address) else { return Some(Vec::new()) };
+            if allocation.fingerprint == DIRTY && judged_by != DIRTY {
+                return None;
+            }
             allocation.fingerprint = Registry::fingerprint_of(answer);
             match &allocation.members {
                 Members::One(id) => vec![*id],
-                Members::Many(ids) => ids.to_vec(),
+                Members::Many(ids) => {
+                    let mut ids: Vec<RegistrationId> = ids.iter().copied().collect();
+                    ids.sort_unstable();
+                    ids
+                }
             }
         };
         let mut changes = Vec::new();
@@ -541,7 +616,7 @@ impl Registry {
                 changes.push(Change::Verdict { registration: registration.info(id), from: old_verdict });
             }
         }
-        changes
+        Some(changes)
     }
 }
 
@@ -589,7 +664,7 @@ mod tests {
         assert_eq!(registry.counts().registrations, 2);
         assert_eq!(registry.counts().tracked_bytes, 0x1000);
 
-        let changes = registry.apply(0x1000, &Ok(answer(2)));
+        let changes = registry.apply(0x1000, &Ok(answer(2)), fingerprint(&answer(1))).unwrap();
         let changed: Vec<(u64, Verdict)> = changes
             .iter()
             .map(|c| match c {
@@ -614,15 +689,15 @@ mod tests {
         let a = registry.insert("a", 0, &[piece(0x1000, 0x2000)], &[answer(1)]);
         let mut managed = answer(1);
         managed.is_managed = true;
-        assert_eq!(registry.apply(0x1000, &Ok(managed)).len(), 1);
+        assert_eq!(registry.apply(0x1000, &Ok(managed), fingerprint(&answer(1))).unwrap().len(), 1);
         let error = Err(DriverError::Call { function: "cuPointerGetAttributes", code: 999 });
-        let changes = registry.apply(0x1000, &error);
+        let changes = registry.apply(0x1000, &error, fingerprint(&managed)).unwrap();
         assert!(matches!(&changes[..], [Change::CheckFailed { .. }]));
         assert_eq!(registry.get(a).unwrap().verdict, Verdict::Managed);
         assert!(registry.get(a).unwrap().check_failing);
         assert_eq!((registry.counts().violating, registry.counts().failing), (1, 1));
         assert!(Registry::is_unchanged(FAILED, &error), "a persisting failure is no change");
-        registry.apply(0x1000, &Ok(answer(1)));
+        registry.apply(0x1000, &Ok(answer(1)), FAILED).unwrap();
         assert_eq!((registry.counts().violating, registry.counts().failing), (0, 0));
     }
 
@@ -636,6 +711,48 @@ mod tests {
             registry.allocation_addresses(shard, &mut addresses);
         }
         assert_eq!(addresses, vec![(0x1000, DIRTY)]);
+    }
+
+    #[test]
+    fn devices_are_those_that_hold_registrations_now() {
+        let registry = Registry::new();
+        let on_1 = registry.insert("a", 1, &[piece(0x1000, 0x2000)], &[answer(1)]);
+        let on_0 = registry.insert("b", 0, &[Piece { query_at: 0x9000, ..piece(0x9000, 0xa000) }], &[answer(1)]);
+        assert_eq!(registry.devices(), vec![0, 1]);
+        registry.remove(on_1).unwrap();
+        assert_eq!(registry.devices(), vec![0], "a GPU without registrations is no longer watched");
+        registry.remove(on_0).unwrap();
+        assert!(registry.devices().is_empty());
+    }
+
+    #[test]
+    fn an_answer_older_than_a_new_members_marks_nothing_judged() {
+        let registry = Registry::new();
+        registry.insert("a", 0, &[piece(0x1000, 0x2000)], &[answer(1)]);
+        // The check's plan saw fingerprint(answer(1)) and asked; meanwhile a registration
+        // joined having seen answer(2), marking the allocation dirty.
+        registry.insert("b", 0, &[Piece { buffer_id: 2, ..piece(0x1000, 0x2000) }], &[answer(2)]);
+        assert_eq!(registry.apply(0x1000, &Ok(answer(1)), fingerprint(&answer(1))), None, "stale answer: judge nothing");
+        assert_eq!(registry.counts().violating, 0);
+        let changes = registry.apply(0x1000, &Ok(answer(2)), DIRTY).unwrap();
+        assert_eq!(changes.len(), 1, "the next check, planned with the dirty mark, judges both");
+    }
+
+    #[test]
+    fn unregistering_one_of_many_members_keeps_the_others() {
+        let registry = Registry::new();
+        let ids: Vec<u64> = (0..1000u64)
+            .map(|i| registry.insert("t", 0, &[piece(0x1000 + i, 0x1001 + i)], &[answer(1)]))
+            .collect();
+        assert_eq!(registry.counts().allocations, 1);
+        for id in &ids[..999] {
+            registry.remove(*id).unwrap();
+        }
+        assert_eq!(registry.counts().allocations, 1);
+        let changes = registry.apply(0x1000, &Ok(answer(9)), fingerprint(&answer(1))).unwrap();
+        assert_eq!(changes.len(), 1, "the last member is still judged");
+        registry.remove(ids[999]).unwrap();
+        assert_eq!(registry.counts().allocations, 0);
     }
 
     #[test]

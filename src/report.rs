@@ -40,7 +40,12 @@ pub fn render(format: ReportFormat, health: &Health, registrations: &[Registrati
         ReportFormat::Json => json(health, registrations, devices),
         ReportFormat::Prometheus => crate::prometheus::render(
             health,
-            registrations.iter().map(|r| crate::prometheus::RegistrationFigures { device: r.device, size: r.size, verdict: r.verdict }),
+            registrations.iter().map(|r| crate::prometheus::RegistrationFigures {
+                device: r.device,
+                verdict: r.verdict,
+                registrations: 1,
+                bytes: r.size,
+            }),
             devices,
         ),
     }

@@ -401,3 +401,40 @@ fn violations_reach_the_hosts_log_callback_as_critical_records_with_fields() {
         }
     });
 }
+
+#[test]
+fn a_registration_over_several_mappings_gets_one_event_per_check() {
+    fake_driver_test("a_registration_over_several_mappings_gets_one_event_per_check", FakeDriverVariant::Complete, &[], || {
+        let fake = Fake::get();
+        let m = monitor();
+        let events = recorder(&m);
+        let reservation = fake.reserve(16 * MIB);
+        assert!(fake.map(reservation, 2 * MIB, Kind::VmmDevice, 0));
+        assert!(fake.map(reservation + 2 * MIB as u64, 2 * MIB, Kind::VmmDevice, 0));
+        let id = m.register(reservation, 4 * MIB as u64, "two mappings").unwrap();
+        // Both mappings change before the next check: one replaced, one host-backed.
+        assert!(fake.unmap(reservation));
+        assert!(fake.map(reservation, 2 * MIB, Kind::VmmDevice, 0));
+        assert!(fake.unmap(reservation + 2 * MIB as u64));
+        assert!(fake.map(reservation + 2 * MIB as u64, 2 * MIB, Kind::VmmHost, 0));
+        m.check_now().unwrap();
+        let seen = violations(&take(&events));
+        assert_eq!(seen, vec![(id, Verdict::Host)], "one event, with the registration's verdict after the check");
+        assert_eq!(m.health().total_violations, 1);
+    });
+}
+
+#[test]
+fn a_driver_that_failed_to_initialise_is_tried_again() {
+    fake_driver_test("a_driver_that_failed_to_initialise_is_tried_again", FakeDriverVariant::Complete, &[], || {
+        let fake = Fake::get();
+        fake.set_init_result(802); // CUDA_ERROR_SYSTEM_NOT_READY: the fabric manager is not up yet
+        match Monitor::new(MonitorOptions::default()) {
+            Err(Error::Driver(DriverError::InitFailed(802))) => {}
+            Err(other) => panic!("expected InitFailed(802), got {other:?}"),
+            Ok(_) => panic!("expected InitFailed(802), got a monitor"),
+        }
+        fake.set_init_result(0);
+        assert!(Monitor::new(MonitorOptions::default()).is_ok(), "a later attempt loads the driver");
+    });
+}

@@ -22,7 +22,7 @@ use vram_monitor::device_health::{DeviceHealthSource, DeviceReading, RemappedRow
 use vram_monitor::ffi::*;
 use vram_monitor::http::{HttpOptions, HttpServer, Snapshot};
 use vram_monitor::{
-    DeviceHealth, Driver, Event, EventKind, Health, Monitor, MonitorOptions, ProcessVram, RegistrationInfo, ReportFormat,
+    DeviceHealth, Driver, Event, EventKind, Health, Monitor, MonitorOptions, ProcessVram, ReportFormat,
 };
 
 const MIB: usize = 1 << 20;
@@ -109,7 +109,7 @@ impl Snapshot for Fixed {
     fn devices(&self) -> Vec<DeviceHealth> {
         Vec::new()
     }
-    fn registrations(&self) -> Vec<RegistrationInfo> {
+    fn figures(&self) -> Vec<vram_monitor::prometheus::RegistrationFigures> {
         Vec::new()
     }
 }
@@ -505,6 +505,84 @@ fn a_device_memory_fault_fires_an_event_and_makes_health_503() {
         assert_eq!(h.device_faults, 1);
         assert_eq!(unsafe { vram_monitor_free(handle) }, VramMonitorResult::Ok);
         assert!(TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err(), "freed: the endpoint is gone");
+    });
+}
+
+#[test]
+fn a_failed_reading_keeps_known_faults_and_fires_nothing_new() {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
+        let fake = Fake::get();
+        let m = Monitor::new(MonitorOptions::default()).unwrap();
+        let script = Script::default();
+        let mut faulty = clean_reading();
+        faulty.ecc_uncorrected_volatile = Signal::Value(3);
+        script.set(0, Ok(faulty.clone()));
+        m.set_device_health_source(Box::new(script.clone()));
+        let events = recorder(&m);
+        m.register(fake.alloc(Kind::Device, MIB, 0), MIB as u64, "gpu0.w").unwrap();
+
+        let kinds = |events: &Arc<Mutex<Vec<Event>>>, kind: EventKind| events.lock().unwrap().iter().filter(|e| e.kind == kind).count();
+        assert!(!m.check_now().unwrap().healthy, "3 uncorrectable ECC errors are a fault");
+        assert_eq!(kinds(&events, EventKind::DeviceFault), 1);
+        assert_eq!(kinds(&events, EventKind::HealthChanged), 1);
+        let known = m.device_health()[0].fault_reasons.clone();
+        assert!(known.iter().any(|r| r.contains("3 uncorrectable ECC errors")), "{known:?}");
+
+        // NVML fails on every other reading: the fault stays, nothing is reported again.
+        for cycle in 0..4 {
+            script.set(0, Err("scripted: NVML answered GPU_IS_LOST".into()));
+            assert!(!m.check_now().unwrap().healthy, "cycle {cycle}: a failed reading does not clear a known fault");
+            let d = m.device_health().remove(0);
+            assert!(!d.available, "cycle {cycle}");
+            assert!(d.detail.contains("GPU_IS_LOST"), "cycle {cycle}: {}", d.detail);
+            assert_eq!(d.ecc_uncorrected_volatile, Signal::Unavailable, "cycle {cycle}: not read this time");
+            assert_eq!(d.remapped_rows, Signal::Unavailable, "cycle {cycle}");
+            assert!(d.memory_fault, "cycle {cycle}");
+            assert_eq!(d.fault_reasons, known, "cycle {cycle}: the last known faults, with their values");
+            assert_eq!(d.uuid.as_deref(), faulty.uuid.as_deref(), "cycle {cycle}: still named");
+            assert_eq!(m.health().device_faults, 1, "cycle {cycle}");
+
+            script.set(0, Ok(faulty.clone()));
+            assert!(!m.check_now().unwrap().healthy, "cycle {cycle}");
+            let d = m.device_health().remove(0);
+            assert!(d.available && d.memory_fault, "cycle {cycle}");
+            assert_eq!(d.ecc_uncorrected_volatile, Signal::Value(3), "cycle {cycle}");
+            assert_eq!(kinds(&events, EventKind::DeviceFault), 1, "cycle {cycle}: the same fault is not new: {:?}", events.lock().unwrap());
+            assert_eq!(kinds(&events, EventKind::HealthChanged), 1, "cycle {cycle}: the health never flipped");
+        }
+
+        // One signal NVML answers with an error (the reading itself succeeds) keeps its fault too.
+        let mut partial = clean_reading();
+        partial.ecc_uncorrected_volatile = Signal::Unavailable;
+        script.set(0, Ok(partial));
+        assert!(!m.check_now().unwrap().healthy);
+        let d = m.device_health().remove(0);
+        assert!(d.available);
+        assert_eq!(d.ecc_uncorrected_volatile, Signal::Unavailable);
+        assert_eq!(d.fault_reasons, known);
+        assert_eq!(kinds(&events, EventKind::DeviceFault), 1);
+
+        // A fault that appears while NVML cannot be read is new at the next good reading.
+        let mut worse = faulty.clone();
+        worse.remapped_rows = Signal::Value(RemappedRows { correctable: 0, uncorrectable: 1, pending: true, failed: false });
+        script.set(0, Err("scripted: unreadable".into()));
+        m.check_now().unwrap();
+        script.set(0, Ok(worse));
+        assert!(!m.check_now().unwrap().healthy);
+        let faults: Vec<Event> = events.lock().unwrap().iter().filter(|e| e.kind == EventKind::DeviceFault).cloned().collect();
+        assert_eq!(faults.len(), 2, "{faults:?}");
+        assert!(faults[1].message.contains("remapped rows pending") && !faults[1].message.contains("ECC"), "only the new fault: {}", faults[1].message);
+
+        // A successful reading replaces what was known: the GPU was reset, the faults are gone.
+        script.set(0, Err("scripted: unreadable".into()));
+        assert!(!m.check_now().unwrap().healthy);
+        script.set(0, Ok(clean_reading()));
+        assert!(m.check_now().unwrap().healthy, "a good reading without faults clears them");
+        assert!(m.device_health()[0].fault_reasons.is_empty());
+        assert_eq!(kinds(&events, EventKind::HealthChanged), 2);
+        script.set(0, Err("scripted: unreadable".into()));
+        assert!(m.check_now().unwrap().healthy, "nothing known, nothing kept: not knowing is not a fault");
+        assert!(!m.device_health()[0].memory_fault);
     });
 }
 

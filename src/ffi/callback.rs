@@ -11,7 +11,8 @@ use crate::monitor::Callback;
 /// never concurrently with itself. `event` and its strings are valid only during the call.
 /// It may call any function of the monitor: `vram_monitor_check_now` and `vram_monitor_free`
 /// return `VRAM_MONITOR_RESULT_CALLED_FROM_CALLBACK` there instead of deadlocking. A slow
-/// callback delays the next check.
+/// callback delays the next check. It must not throw a C++ exception or `longjmp` out: nothing
+/// may unwind through the library (the C++ wrapper `vram_monitor.hpp` catches for you).
 pub type VramMonitorCallback = Option<unsafe extern "C" fn(event: *const VramMonitorEvent, user_data: *mut c_void)>;
 
 /// Releases a callback's user data once the callback will never run again: when it is

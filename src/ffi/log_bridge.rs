@@ -106,7 +106,10 @@ impl log::Log for Bridge {
             // SAFETY: the host registered a valid function; the strings outlive the call.
             unsafe { (sink.callback)(record.level().into(), target.as_ptr(), message.as_ptr(), sink.user_data) };
         } else if record.level() <= self.stderr_level {
-            eprintln!("[{} {}] {}", record.level(), record.target(), render(record));
+            // Not eprintln!: it panics when stderr is a closed pipe, and a log record must
+            // never take the monitor thread (or the host) down.
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr().lock(), "[{} {}] {}", record.level(), record.target(), render(record));
         }
     }
 

@@ -137,7 +137,12 @@ pub unsafe extern "C" fn vram_monitor_device_health(
             return VramMonitorResult::NullArgument;
         }
         // SAFETY: a live monitor (caller's contract).
-        let devices = unsafe { &(*monitor).monitor }.device_health();
+        let monitor = unsafe { &(*monitor).monitor };
+        if monitor.in_forked_child() {
+            // Its locks may be held by a thread that does not exist in this process.
+            return VramMonitorResult::Forked;
+        }
+        let devices = monitor.device_health();
         if capacity < devices.len() {
             unsafe { *out_count = devices.len() };
             return VramMonitorResult::BufferTooSmall;

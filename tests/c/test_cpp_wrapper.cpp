@@ -275,6 +275,41 @@ void test_callbacks(vram_monitor::Monitor &monitor) {
 
 void test_lifetimes() {
     std::printf("\n== lifetimes: moved-from Monitor, Registration outliving its Monitor\n");
+    {
+        // A Registration follows its Monitor when the Monitor is moved.
+        vram_monitor::Monitor first(std::chrono::milliseconds(3600 * 1000));
+        vram_monitor::Registration reg = first.register_buffer(device_memory(MiB), MiB, "follows");
+        vram_monitor::Monitor second = std::move(first);
+        reg.reset();
+        CHECK(second.health().registrations == 0, "a Registration unregisters through the Monitor it was moved into");
+        vram_monitor::Registration again = second.register_buffer(device_memory(MiB), MiB, "again");
+        vram_monitor::Monitor third(std::chrono::milliseconds(3600 * 1000));
+        third = std::move(second);  // frees third's old monitor, takes second's
+        CHECK(third.health().registrations == 1, "move assignment carries the registration");
+        again.unregister();
+        CHECK(third.health().registrations == 0, "and unregister() reaches it there");
+    }
+    {
+        // Registrations outliving their Monitor: destroyed, reset, unregistered, released.
+        vram_monitor::Registration destroyed_later, reset_later, unregistered_later, released_later;
+        std::uint64_t released_id = 0;
+        {
+            vram_monitor::Monitor gone(std::chrono::milliseconds(3600 * 1000));
+            destroyed_later = gone.register_buffer(device_memory(MiB), MiB, "destroyed");
+            reset_later = gone.register_buffer(device_memory(MiB), MiB, "reset");
+            unregistered_later = gone.register_buffer(device_memory(MiB), MiB, "unregistered");
+            released_later = gone.register_buffer(device_memory(MiB), MiB, "released");
+            released_id = released_later.id();
+        }
+        reset_later.reset();
+        CHECK(!reset_later, "reset() after the Monitor is gone empties it and does nothing else");
+        EXPECT_ERROR("unregister() after the Monitor is gone", VRAM_MONITOR_RESULT_NULL_ARGUMENT, unregistered_later.unregister());
+        CHECK(!unregistered_later, "the failed unregister() still empties it");
+        CHECK(released_later.release() == released_id && !released_later, "release() after the Monitor is gone gives the id");
+        vram_monitor::Registration moved = std::move(destroyed_later);
+        CHECK(static_cast<bool>(moved) && !destroyed_later, "it can still be moved");
+        // `moved` is destroyed here, after its Monitor (AddressSanitizer sees any use of the freed monitor).
+    }
     vram_monitor::Registration survivor;
     auto token = std::make_shared<int>(1);
     std::weak_ptr<int> watch = token;
@@ -292,6 +327,174 @@ void test_lifetimes() {
     CHECK(static_cast<bool>(survivor), "the Registration still holds its id");
     survivor.reset();  // must not touch the freed monitor (ASan would say so)
     CHECK(!survivor, "destroying a Registration after its Monitor is a no-op");
+}
+
+// What one round of the concurrent tests shares with its callback (owned by the callback too, so
+// a callback running late touches no freed memory, it is only counted).
+struct RoundState {
+    std::atomic<int> calls{0};
+    std::atomic<bool> monitor_returned{false};
+    std::atomic<int> calls_after_return{0};
+    std::atomic<bool> in_callback{false};
+    std::mutex mutex;
+    std::vector<vram_monitor::Registration> owned_by_callback;
+};
+
+// Registers `count` buffers of a fresh fake allocation each; `violating` of them are freed in the
+// fake at once, so the next check (1 ms interval) has events for the callback.
+std::vector<vram_monitor::Registration> register_many(vram_monitor::Monitor &monitor, int count, int violating,
+                                                      std::vector<unsigned long long> &allocations) {
+    std::vector<vram_monitor::Registration> regs;
+    for (int i = 0; i < count; ++i) {
+        const void *p = device_memory(MiB);
+        regs.push_back(monitor.register_buffer(p, MiB, "concurrent." + std::to_string(i)));
+        if (i < violating) {
+            fake.free(address(p));
+        } else {
+            allocations.push_back(address(p));
+        }
+    }
+    return regs;
+}
+
+void spin_until(std::atomic<int> &counter, int value) {
+    while (counter.load() < value) std::this_thread::yield();
+}
+
+void test_concurrent_destruction() {
+    std::printf("\n== ~Monitor on one thread, ~Registration on another, at the same time\n");
+    // Each round: a Monitor checking every millisecond with a callback that counts its calls,
+    // 32 Registrations (half of them violating: 17 events, each call taking about 20 us), then,
+    // once the first event arrived, ~Monitor on this thread while another thread destroys the
+    // Registrations. When ~Monitor returns the monitor must be freed: the callback released
+    // (its captures destroyed) and never called again.
+    constexpr int kRounds = 300;
+    int not_freed = 0, rounds_with_late_calls = 0, calls = 0, rounds_without_calls = 0, calls_cut_short = 0;
+    for (int round = 0; round < kRounds; ++round) {
+        auto state = std::make_shared<RoundState>();
+        auto token = std::make_shared<int>(round);
+        std::weak_ptr<int> watch = token;
+        std::vector<unsigned long long> allocations;
+        auto monitor = std::make_unique<vram_monitor::Monitor>(std::chrono::milliseconds(1));
+        monitor->set_callback([state, token](const vram_monitor::Event &) {
+            ++state->calls;
+            if (state->monitor_returned.load()) ++state->calls_after_return;
+            std::this_thread::sleep_for(std::chrono::microseconds(20));
+        });
+        token.reset();
+        std::vector<vram_monitor::Registration> regs = register_many(*monitor, 32, 16, allocations);
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+        while (state->calls.load() == 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+        if (state->calls.load() == 0) ++rounds_without_calls;
+        std::atomic<int> ready{0};
+        std::thread other([&regs, &ready] {
+            ++ready;
+            spin_until(ready, 2);
+            regs.clear();
+        });
+        ++ready;
+        spin_until(ready, 2);
+        monitor.reset();
+        if (!watch.expired()) ++not_freed;
+        state->monitor_returned = true;
+        other.join();
+        if (state->calls_after_return.load() != 0) ++rounds_with_late_calls;
+        calls += state->calls.load();
+        if (state->calls.load() < 17) ++calls_cut_short;
+        for (unsigned long long a : allocations) fake.free(a);
+    }
+    CHECK(not_freed == 0, "every ~Monitor freed the monitor before returning (callback released); not in " +
+                              std::to_string(not_freed) + " of " + std::to_string(kRounds) + " rounds");
+    CHECK(rounds_without_calls == 0, "callbacks were being delivered in every round (not in " +
+                                         std::to_string(rounds_without_calls) + "); " + std::to_string(calls) +
+                                         " calls in all, " + std::to_string(calls_cut_short) +
+                                         " rounds where ~Monitor dropped undelivered events");
+    CHECK(rounds_with_late_calls == 0, "no callback ran after ~Monitor returned (rounds with late calls: " +
+                                           std::to_string(rounds_with_late_calls) + ")");
+}
+
+void test_registration_destroyed_in_callback_while_monitor_dies() {
+    std::printf("\n== ~Monitor while its callback destroys Registrations\n");
+    // The callback destroys 64 Registrations it owns, one at a time; ~Monitor runs meanwhile on
+    // this thread. ~Monitor must still free the monitor (no leak with its thread running).
+    constexpr int kRounds = 100;
+    int not_freed = 0, never_called = 0;
+    for (int round = 0; round < kRounds; ++round) {
+        auto state = std::make_shared<RoundState>();
+        auto token = std::make_shared<int>(round);
+        std::weak_ptr<int> watch = token;
+        std::vector<unsigned long long> allocations;
+        auto monitor = std::make_unique<vram_monitor::Monitor>(std::chrono::milliseconds(1));
+        std::vector<vram_monitor::Registration> regs = register_many(*monitor, 64, 0, allocations);
+        {
+            std::lock_guard<std::mutex> lock(state->mutex);
+            state->owned_by_callback = std::move(regs);
+        }
+        monitor->set_callback([state, token](const vram_monitor::Event &) {
+            std::vector<vram_monitor::Registration> doomed;
+            {
+                std::lock_guard<std::mutex> lock(state->mutex);
+                doomed.swap(state->owned_by_callback);
+            }
+            state->in_callback = true;
+            while (!doomed.empty()) doomed.pop_back();  // each ~Registration unregisters
+        });
+        token.reset();
+        // One violation: the next check calls the callback.
+        const void *trigger = device_memory(MiB);
+        vram_monitor::Registration trigger_reg = monitor->register_buffer(trigger, MiB, "trigger");
+        fake.free(address(trigger));
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+        while (!state->in_callback.load() && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+        if (!state->in_callback.load()) ++never_called;
+        monitor.reset();
+        if (!watch.expired()) ++not_freed;
+        for (unsigned long long a : allocations) fake.free(a);
+    }
+    CHECK(never_called == 0, "the callback ran in every round (not in " + std::to_string(never_called) + ")");
+    CHECK(not_freed == 0, "~Monitor freed the monitor every time, even when a Registration died in the callback; not in " +
+                              std::to_string(not_freed) + " of " + std::to_string(kRounds) + " rounds");
+}
+
+void test_monitor_destroyed_in_its_own_callback() {
+    std::printf("\n== ~Monitor inside its own callback: leaked, callback removed, reported\n");
+    std::mutex mutex;
+    std::vector<std::string> errors;
+    vram_monitor::set_log_handler([&](VramMonitorLogLevel level, const std::string &, const std::string &message) {
+        std::lock_guard<std::mutex> lock(mutex);
+        if (level == VRAM_MONITOR_LOG_LEVEL_ERROR && message.find("destroyed inside its own callback") != std::string::npos)
+            errors.push_back(message);
+    });
+    auto holder = std::make_shared<std::unique_ptr<vram_monitor::Monitor>>(
+        std::make_unique<vram_monitor::Monitor>(std::chrono::milliseconds(1)));
+    vram_monitor::Monitor &monitor = **holder;
+    auto calls = std::make_shared<std::atomic<int>>(0);
+    auto destroyed = std::make_shared<std::atomic<bool>>(false);
+    auto token = std::make_shared<int>(0);
+    std::weak_ptr<int> watch = token;
+    // The Registration is destroyed after the Monitor, on this thread: it must do nothing.
+    const void *p = device_memory(MiB);
+    vram_monitor::Registration reg = monitor.register_buffer(p, MiB, "self.destroyed");
+    monitor.set_callback([holder, calls, destroyed, token](const vram_monitor::Event &) {
+        ++*calls;
+        if (!destroyed->load()) {
+            holder->reset();  // ~Monitor on the monitor thread, inside the callback
+            destroyed->store(true);
+        }
+    });
+    token.reset();
+    fake.free(address(p));
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!watch.expired() && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+    CHECK(destroyed->load(), "the callback destroyed its Monitor");
+    CHECK(watch.expired(), "the callback was removed and released after the call returned (captures destroyed)");
+    const int calls_then = calls->load();
+    CHECK(calls_then == 1, "the callback ran once, then never again (" + std::to_string(calls_then) + " calls)");
+    reg.reset();
+    CHECK(!reg, "a Registration of the leaked Monitor does nothing");
+    vram_monitor::set_log_handler(nullptr);
+    std::lock_guard<std::mutex> lock(mutex);
+    CHECK(errors.size() == 1, "the leak was reported once as an ERROR to the log handler (" + std::to_string(errors.size()) + ")");
 }
 
 struct LogRecord {
@@ -361,6 +564,12 @@ int main() {
         test_errors(monitor);
         test_callbacks(monitor);
         test_lifetimes();
+        // The concurrent tests make many violations: keep their log records off the output.
+        vram_monitor::set_log_handler([](VramMonitorLogLevel, const std::string &, const std::string &) {});
+        test_concurrent_destruction();
+        test_registration_destroyed_in_callback_while_monitor_dies();
+        vram_monitor::set_log_handler(nullptr);
+        test_monitor_destroyed_in_its_own_callback();
         vram_monitor::Monitor quiet(std::chrono::hours(1));
         test_log_handler(quiet);
     } catch (const std::exception &e) {

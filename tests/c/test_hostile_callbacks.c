@@ -356,6 +356,10 @@ static void replaced_while_events_flow(void) {
     }
     CHECK(atomic_load(&frees) == 199, "the 199 replaced user data were freed, the installed one not (%d)",
           atomic_load(&frees));
+    {
+        double deadline = now_ms() + 5000;
+        while (atomic_load(&calls) == 0 && now_ms() < deadline) sleep_ms(1);
+    }
     atomic_store(&flipper.stop, 1);
     pthread_join(thread, NULL);
     CHECK_RESULT(vram_monitor_free(m), VRAM_MONITOR_RESULT_OK);
