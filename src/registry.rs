@@ -23,7 +23,25 @@ use crate::verdict::{classify_piece, Piece, Verdict};
 pub type RegistrationId = u64;
 
 const SHARDS: usize = 64;
-const DEVICE_SLOTS: usize = 64;
+
+/// A new registration id: unique in the process, never 0. Threads take ids in blocks, so
+/// registering on many threads does not contend on one counter.
+fn next_id() -> RegistrationId {
+    const BLOCK: u64 = 64;
+    static NEXT_BLOCK: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static IDS: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+    }
+    IDS.with(|ids| {
+        let (mut next, mut end) = ids.get();
+        if next == end {
+            next = NEXT_BLOCK.fetch_add(BLOCK, Ordering::Relaxed);
+            end = next + BLOCK;
+        }
+        ids.set((next + 1, end));
+        next
+    })
+}
 
 /// A registration as reported: a copy, taken at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +170,8 @@ struct RegistrationShard {
     // every thread that registers.
     count: u64,
     tracked_bytes: u64,
+    /// Registrations per device ordinal in this shard (a handful of entries).
+    per_device: Vec<(i32, u64)>,
 }
 
 impl RegistrationShard {
@@ -166,14 +186,23 @@ impl RegistrationShard {
             // million empty slots.
             self.entries.reserve_exact((self.entries.len() / 4).max(16));
         }
-        // Ids are taken before this shard's lock, so two threads registering at once can
-        // arrive out of order: keep the entries sorted (binary search depends on it).
-        match self.entries.last() {
-            Some(&(last, _)) if last > id => {
-                let i = self.entries.partition_point(|e| e.0 < id);
-                self.entries.insert(i, (id, Some(registration)));
+        // Ids come from per-thread blocks, so they arrive nearly but not exactly in order:
+        // the place is at or near the end.
+        let at = self.entries.iter().rposition(|e| e.0 < id).map_or(0, |i| i + 1);
+        self.entries.insert(at, (id, Some(registration)));
+    }
+
+    fn count_device(&mut self, device: i32, added: bool) {
+        match self.per_device.iter_mut().position(|(d, _)| *d == device) {
+            Some(i) if added => self.per_device[i].1 += 1,
+            Some(i) => {
+                self.per_device[i].1 -= 1;
+                if self.per_device[i].1 == 0 {
+                    self.per_device.swap_remove(i);
+                }
             }
-            _ => self.entries.push((id, Some(registration))),
+            None if added => self.per_device.push((device, 1)),
+            None => {}
         }
     }
 
@@ -287,10 +316,6 @@ pub struct Registry {
     // Changed only by checks and unregistering: rarely contended.
     violating: AtomicU64,
     failing: AtomicU64,
-    // Registrations per device ordinal (0..DEVICE_SLOTS; lock-free, so registering on many
-    // threads does not meet here), and for any ordinal beyond, a locked list.
-    per_device: Box<[AtomicU64]>,
-    other_devices: Mutex<Vec<(i32, u64)>>,
 }
 
 impl Default for Registry {
@@ -321,16 +346,13 @@ impl Registry {
             allocations: (0..SHARDS).map(|_| Mutex::new(AllocationShard::default())).collect(),
             violating: AtomicU64::new(0),
             failing: AtomicU64::new(0),
-            per_device: (0..DEVICE_SLOTS).map(|_| AtomicU64::new(0)).collect(),
-            other_devices: Mutex::new(Vec::new()),
         }
     }
 
     /// Adds a registration that was found resident. `answers` are the driver's answers at
     /// each piece's `query_at`, as seen during registration, in piece order.
     pub fn insert(&self, label: &str, device: i32, pieces: &[Piece], answers: &[PointerInfo]) -> RegistrationId {
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let id = next_id();
         let tracked: Vec<TrackedPiece> =
             pieces.iter().map(|&piece| TrackedPiece { piece, verdict: Verdict::Resident as u8, failing: false }).collect();
         let pieces_field = match tracked.as_slice() {
@@ -347,8 +369,8 @@ impl Registry {
             shard.push(id, registration);
             shard.count += 1;
             shard.tracked_bytes += size;
+            shard.count_device(device, true);
         }
-        self.count_device(device, true);
         for (piece, answer) in pieces.iter().zip(answers) {
             let seen = fingerprint(answer);
             let mut guard = lock(&self.allocations[shard_of_address(piece.query_at)]);
@@ -385,9 +407,9 @@ impl Registry {
             let registration = shard.remove(id)?;
             shard.count -= 1;
             shard.tracked_bytes -= registration.size();
+            shard.count_device(registration.device, false);
             registration
         };
-        self.count_device(registration.device, false);
         if verdict_of(registration.verdict).is_violation() {
             self.violating.fetch_sub(1, Ordering::Relaxed);
         }
@@ -437,35 +459,17 @@ impl Registry {
         all
     }
 
-    fn count_device(&self, device: i32, added: bool) {
-        match usize::try_from(device).ok().and_then(|d| self.per_device.get(d)) {
-            Some(slot) => {
-                if added {
-                    slot.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    slot.fetch_sub(1, Ordering::Relaxed);
+    /// The devices that hold registrations now, in ordinal order.
+    pub fn devices(&self) -> Vec<i32> {
+        let mut devices: Vec<i32> = Vec::new();
+        for shard in self.registrations.iter() {
+            for &(device, _) in lock(shard).per_device.iter() {
+                if !devices.contains(&device) {
+                    devices.push(device);
                 }
-            }
-            None => {
-                let mut others = lock(&self.other_devices);
-                match others.iter_mut().find(|(d, _)| *d == device) {
-                    Some((_, n)) if added => *n += 1,
-                    Some((_, n)) => *n = n.saturating_sub(1),
-                    None if added => others.push((device, 1)),
-                    None => {}
-                }
-                others.retain(|&(_, n)| n > 0);
             }
         }
-    }
-
-    /// The devices that hold registrations now.
-    pub fn devices(&self) -> Vec<i32> {
-        let mut devices: Vec<i32> = (0..self.per_device.len())
-            .filter(|&d| self.per_device[d].load(Ordering::Relaxed) > 0)
-            .map(|d| d as i32)
-            .collect();
-        devices.extend(lock(&self.other_devices).iter().map(|&(d, _)| d));
+        devices.sort_unstable();
         devices
     }
 
