@@ -492,15 +492,17 @@ typedef struct VramMonitorCheckSummary {
    */
   uint64_t checked;
   /**
-   * Of those, resident.
+   * Of those, resident (not in violation and not failing their query).
    */
   uint64_t resident;
   /**
-   * Of those, in violation.
+   * Of those, in violation (by their last verdict).
    */
   uint64_t violations;
   /**
-   * Of those, whose driver query failed.
+   * Of those, whose driver query is failing. A registration can be both in violation (from
+   * an earlier check) and failing now: it is counted in both, and once in neither
+   * `resident`.
    */
   uint64_t check_failures;
   /**
@@ -704,10 +706,10 @@ VramMonitorResult vram_monitor_new(uint32_t interval_ms, struct VramMonitor **ou
  *
  * From inside a callback it returns `CALLED_FROM_CALLBACK` and frees nothing.
  *
- * Bound: the thread checks a stop flag between pacing slices and before each event, so
- * this waits for at most the driver queries of the slice in progress (`slice_queries` of
- * `vram_monitor_set_pacing`; where a driver query can block for long, a small slice gives a
- * tight bound) plus the callback call in progress. Events not yet delivered are dropped.
+ * Bound: the thread checks a stop flag before every driver query and before each event, so
+ * this waits for at most the driver query in progress plus the callback call in progress
+ * (and the HTTP endpoint's threads, if one was started). Events not yet delivered are
+ * dropped.
  *
  * In a child process forked after `vram_monitor_new`, returns `FORKED` at once: the monitor
  * thread does not exist there, so nothing is joined, the user data's finaliser does not run

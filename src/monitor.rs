@@ -521,12 +521,14 @@ fn sweep(shared: &Shared) -> CheckSummary {
     for i in 0..plan.addresses.len() {
         let (address, last_fingerprint) = plan.addresses[i];
         {
+            // Checked before every query (one relaxed load), so that freeing waits for at
+            // most the query in progress, however slow the driver is.
+            if shared.stopping.load(Ordering::Acquire) {
+                // Shutting down: a partial check is not a result.
+                return CheckSummary::default();
+            }
             if queries_in_slice >= pacing.slice_queries {
                 queries_in_slice = 0;
-                if shared.stopping.load(Ordering::Acquire) {
-                    // Shutting down: a partial check is not a result.
-                    return CheckSummary::default();
-                }
                 pacing.pause();
             }
             queries_in_slice += 1;
@@ -578,7 +580,10 @@ fn sweep(shared: &Shared) -> CheckSummary {
     }
     let summary = CheckSummary {
         checked: counts.registrations,
-        resident: counts.registrations.saturating_sub(counts.violating).saturating_sub(counts.failing),
+        // A registration both in violation and failing its query is one, not two.
+        resident: counts
+            .registrations
+            .saturating_sub(counts.violating + counts.failing - counts.violating_and_failing),
         violations: counts.violating,
         check_failures: counts.failing,
         duration_us,

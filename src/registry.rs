@@ -305,6 +305,8 @@ pub struct RegistryCounts {
     pub violating: u64,
     /// Registrations whose driver query is failing.
     pub failing: u64,
+    /// Registrations both in violation (by their last verdict) and failing their query.
+    pub violating_and_failing: u64,
     /// Distinct allocations and mappings a check asks about.
     pub allocations: u64,
 }
@@ -316,6 +318,7 @@ pub struct Registry {
     // Changed only by checks and unregistering: rarely contended.
     violating: AtomicU64,
     failing: AtomicU64,
+    violating_and_failing: AtomicU64,
 }
 
 impl Default for Registry {
@@ -346,6 +349,7 @@ impl Registry {
             allocations: (0..SHARDS).map(|_| Mutex::new(AllocationShard::default())).collect(),
             violating: AtomicU64::new(0),
             failing: AtomicU64::new(0),
+            violating_and_failing: AtomicU64::new(0),
         }
     }
 
@@ -415,6 +419,9 @@ impl Registry {
         }
         if registration.failing {
             self.failing.fetch_sub(1, Ordering::Relaxed);
+        }
+        if registration.failing && verdict_of(registration.verdict).is_violation() {
+            self.violating_and_failing.fetch_sub(1, Ordering::Relaxed);
         }
         for tracked in registration.pieces.as_slice() {
             let address = tracked.piece.query_at;
@@ -500,6 +507,7 @@ impl Registry {
         let mut counts = RegistryCounts {
             violating: self.violating.load(Ordering::Relaxed),
             failing: self.failing.load(Ordering::Relaxed),
+            violating_and_failing: self.violating_and_failing.load(Ordering::Relaxed),
             ..Default::default()
         };
         for shard in self.registrations.iter() {
@@ -608,6 +616,15 @@ impl Registry {
                 }
                 (true, false) => {
                     self.failing.fetch_sub(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+            match (old_failing && old_verdict.is_violation(), failing && verdict.is_violation()) {
+                (false, true) => {
+                    self.violating_and_failing.fetch_add(1, Ordering::Relaxed);
+                }
+                (true, false) => {
+                    self.violating_and_failing.fetch_sub(1, Ordering::Relaxed);
                 }
                 _ => {}
             }

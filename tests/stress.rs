@@ -294,9 +294,9 @@ impl Worker {
                 self.totals.check_nows += 1;
                 match m.check_now() {
                     Ok(summary) => {
-                        // Known issue (reported): since the sharded registry, a registration in
-                        // violation whose query now fails counts both as a violation and as a
-                        // failure, so the three may add up to more than `checked` (never less).
+                        // A registration in violation whose query now fails is both (and counted
+                        // in both), so the three may add up to more than `checked`, never less;
+                        // `resident` counts it out once.
                         let parts = summary.resident + summary.violations + summary.check_failures;
                         if parts < summary.checked || summary.resident > summary.checked || summary.violations > summary.checked {
                             shared.fail(format!("check summary does not add up: {summary:?}"));

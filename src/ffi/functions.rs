@@ -93,10 +93,10 @@ pub unsafe extern "C" fn vram_monitor_new(interval_ms: u32, out_monitor: *mut *m
 ///
 /// From inside a callback it returns `CALLED_FROM_CALLBACK` and frees nothing.
 ///
-/// Bound: the thread checks a stop flag between pacing slices and before each event, so
-/// this waits for at most the driver queries of the slice in progress (`slice_queries` of
-/// `vram_monitor_set_pacing`; where a driver query can block for long, a small slice gives a
-/// tight bound) plus the callback call in progress. Events not yet delivered are dropped.
+/// Bound: the thread checks a stop flag before every driver query and before each event, so
+/// this waits for at most the driver query in progress plus the callback call in progress
+/// (and the HTTP endpoint's threads, if one was started). Events not yet delivered are
+/// dropped.
 ///
 /// In a child process forked after `vram_monitor_new`, returns `FORKED` at once: the monitor
 /// thread does not exist there, so nothing is joined, the user data's finaliser does not run

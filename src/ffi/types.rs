@@ -71,11 +71,13 @@ impl From<&Health> for VramMonitorHealth {
 pub struct VramMonitorCheckSummary {
     /// Registrations checked.
     pub checked: u64,
-    /// Of those, resident.
+    /// Of those, resident (not in violation and not failing their query).
     pub resident: u64,
-    /// Of those, in violation.
+    /// Of those, in violation (by their last verdict).
     pub violations: u64,
-    /// Of those, whose driver query failed.
+    /// Of those, whose driver query is failing. A registration can be both in violation (from
+    /// an earlier check) and failing now: it is counted in both, and once in neither
+    /// `resident`.
     pub check_failures: u64,
     /// Duration of the check in microseconds.
     pub duration_us: u64,
