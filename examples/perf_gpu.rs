@@ -299,7 +299,7 @@ fn main() {
     }
 
     // ---- engine impact: launch + sync while 100k registrations are checked continuously ----
-    // Alone and with the monitor checking alternate, three rounds each of 50,000 launches, so
+    // Alone and with the monitor checking alternate, seven rounds each of 50,000 launches, so
     // drift of the machine hits both; the medians of the rounds' percentiles are reported.
     let pacings: [(&str, Pacing); 4] = [
         ("default", Pacing::default()),
@@ -314,7 +314,7 @@ fn main() {
             m.register(p, 4096, "").unwrap();
         }
         let (mut with_p50, mut with_p999, mut checks) = (Vec::new(), Vec::new(), 0);
-        for _round in 0..3 {
+        for _round in 0..7 {
             m.set_interval(Duration::from_secs(3600)).unwrap();
             m.check_now().unwrap(); // waits for any check in progress
             let alone = engine_latencies(&cuda, 50_000);
