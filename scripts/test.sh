@@ -42,6 +42,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 root=$PWD
+echo "== build: the library (shared, static, Rust), its binaries and examples"
+# `cargo test` alone does not produce the shared library the C tests link against.
+cargo build --all-targets
+
 echo "== Rust tests (fake CUDA driver; GPU scenarios skip without a GPU)"
 cargo test --all-targets
 cargo test --doc
