@@ -1,5 +1,5 @@
 //! Proves the fake libcuda (tests/fake_cuda) answers like the real driver does in
-//! /work/shared/cuda-pointer-facts.md, by calling its driver symbols directly, and proves the
+//! the facts file `cuda-pointer-facts.md` (what the driver answers, measured on the GPU machine), by calling its driver symbols directly, and proves the
 //! harness in tests/support fails when it should. Independent of the library's API.
 
 mod support;

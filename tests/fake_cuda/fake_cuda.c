@@ -7,7 +7,7 @@
  * Add -DFAKE_CUDA_WITHOUT_POINTER_QUERY for a driver that lacks cuPointerGetAttributes.
  *
  * It exports the few driver entry points the monitor uses, answering as the real driver does
- * (see /work/shared/cuda-pointer-facts.md, measured on an H100), and the fake_cuda_* control
+ * (see the facts file `cuda-pointer-facts.md` (what the driver answers, measured on the GPU machine), measured on an H100), and the fake_cuda_* control
  * API declared in fake_cuda_control.h. All state sits behind one mutex; the current-context
  * stack is per thread, like the real driver's.
  *
