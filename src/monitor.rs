@@ -238,7 +238,7 @@ impl Monitor {
     /// Stops watching a registration.
     pub fn unregister(&self, id: RegistrationId) -> Result<(), Error> {
         self.not_forked()?;
-        self.shared.registry.remove(id).map(|_| ()).ok_or(Error::UnknownRegistration(id))
+        self.shared.registry.remove(id).ok_or(Error::UnknownRegistration(id))
     }
 
     /// Sets (or with `None` removes) the function that receives events. It runs on the

@@ -357,11 +357,11 @@ impl Registry {
     /// each piece's `query_at`, as seen during registration, in piece order.
     pub fn insert(&self, label: &str, device: i32, pieces: &[Piece], answers: &[PointerInfo]) -> RegistrationId {
         let id = next_id();
-        let tracked: Vec<TrackedPiece> =
-            pieces.iter().map(|&piece| TrackedPiece { piece, verdict: Verdict::Resident as u8, failing: false }).collect();
-        let pieces_field = match tracked.as_slice() {
-            [one] => Pieces::One(*one),
-            _ => Pieces::Many(tracked.into_boxed_slice()),
+        let track = |piece: &Piece| TrackedPiece { piece: *piece, verdict: Verdict::Resident as u8, failing: false };
+        // One piece, the common case, without a heap allocation.
+        let pieces_field = match pieces {
+            [one] => Pieces::One(track(one)),
+            _ => Pieces::Many(pieces.iter().map(track).collect()),
         };
         let registration =
             Registration { label: label.into(), device, verdict: Verdict::Resident as u8, failing: false, pieces: pieces_field };
@@ -404,8 +404,10 @@ impl Registry {
         id
     }
 
-    /// Removes a registration; `None` if the id is not registered (any more).
-    pub fn remove(&self, id: RegistrationId) -> Option<RegistrationInfo> {
+    /// Removes a registration; `None` if the id is not registered (any more). Returns nothing
+    /// of it: unregistering is on the engine's hot path, and a copy of the label would cost an
+    /// allocation per call.
+    pub fn remove(&self, id: RegistrationId) -> Option<()> {
         let registration = {
             let mut shard = lock(&self.registrations[shard_of_id(id)]);
             let registration = shard.remove(id)?;
@@ -445,7 +447,7 @@ impl Registry {
                 shard.generation += 1;
             }
         }
-        Some(registration.info(id))
+        Some(())
     }
 
     /// The registration with this id, if registered.
