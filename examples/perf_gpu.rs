@@ -215,7 +215,7 @@ fn engine_latencies(cuda: &Cuda, iterations: usize) -> Vec<f64> {
 fn main() {
     let cuda = Arc::new(Cuda::load());
     println!("perf_gpu on {} (GPU 0), vram-monitor {}", cuda.name, vram_monitor::VERSION);
-    println!("default pacing: {} queries per slice, {:?} pause", Pacing::DEFAULT_SLICE_QUERIES, Pacing::DEFAULT_PAUSE);
+    println!("default pacing: {} queries per slice, {:?} pause", vram_monitor::monitor::DEFAULT_SLICE_QUERIES, vram_monitor::monitor::DEFAULT_PAUSE);
 
     // ---- sweep vs floor, N distinct allocations ------------------------------------------
     let mut distinct_100k = Vec::new();

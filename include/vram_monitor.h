@@ -80,16 +80,6 @@
 #define VRAM_MONITOR_DEVICE_STRING_BYTES 96
 
 /**
- * Default queries per slice.
- */
-#define Pacing_DEFAULT_SLICE_QUERIES 256
-
-/**
- * The fingerprint that forces the next check to judge an allocation's members again.
- */
-#define DIRTY 0
-
-/**
  * The result of every fallible function. Values are grouped by range and never reused:
  * 0 success; 1xx bad arguments; 2xx registration refused, by verdict (200 + verdict);
  * 3xx CUDA driver; 4xx threading and state; 5xx internal; 6xx the built-in HTTP endpoint.
@@ -398,14 +388,6 @@ typedef enum VramMonitorSignalStatus VramMonitorSignalStatus;
 typedef int32_t VramMonitorSignalStatus;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
-
-/**
- * How a check shares the driver with the engine. The driver serialises pointer queries with
- * the engine's own calls (kernel launches, synchronisation): a check that queries flat out
- * adds tail latency to every launch meanwhile. So a check asks in slices and pauses between
- * them.
- */
-typedef struct Pacing Pacing;
 
 /**
  * A residency monitor: registrations and one background thread. Opaque.

@@ -38,18 +38,20 @@ pub type Callback = Arc<dyn Fn(&Event) + Send + Sync>;
 /// them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pacing {
-    /// Driver queries per slice (at least 1). Default [`Pacing::DEFAULT_SLICE_QUERIES`].
+    /// Driver queries per slice (at least 1). Default [`DEFAULT_SLICE_QUERIES`].
     pub slice_queries: u32,
     /// Pause after each slice. Zero yields the processor instead of sleeping.
-    /// Default [`Pacing::DEFAULT_PAUSE`].
+    /// Default [`DEFAULT_PAUSE`].
     pub pause: Duration,
 }
 
+/// Default driver queries per slice of a check (the C header has it as
+/// `VRAM_MONITOR_DEFAULT_SLICE_QUERIES`).
+pub const DEFAULT_SLICE_QUERIES: u32 = 256;
+/// Default pause between slices of a check.
+pub const DEFAULT_PAUSE: Duration = Duration::from_micros(50);
+
 impl Pacing {
-    /// Default queries per slice.
-    pub const DEFAULT_SLICE_QUERIES: u32 = 256;
-    /// Default pause between slices.
-    pub const DEFAULT_PAUSE: Duration = Duration::from_micros(50);
     /// No pacing: every query back to back (for measurements).
     pub const FLAT_OUT: Pacing = Pacing { slice_queries: u32::MAX, pause: Duration::ZERO };
 
@@ -64,7 +66,7 @@ impl Pacing {
 
 impl Default for Pacing {
     fn default() -> Self {
-        Pacing { slice_queries: Pacing::DEFAULT_SLICE_QUERIES, pause: Pacing::DEFAULT_PAUSE }
+        Pacing { slice_queries: DEFAULT_SLICE_QUERIES, pause: DEFAULT_PAUSE }
     }
 }
 

@@ -31,8 +31,8 @@ pub const VRAM_MONITOR_DEFAULT_SLICE_QUERIES: u32 = 256;
 /// Default pause between slices of a check, in microseconds (see `vram_monitor_set_pacing`).
 pub const VRAM_MONITOR_DEFAULT_PAUSE_US: u32 = 50;
 // The header's literals must match the core's defaults.
-const _: () = assert!(VRAM_MONITOR_DEFAULT_SLICE_QUERIES == crate::monitor::Pacing::DEFAULT_SLICE_QUERIES);
-const _: () = assert!(VRAM_MONITOR_DEFAULT_PAUSE_US as u128 == crate::monitor::Pacing::DEFAULT_PAUSE.as_micros());
+const _: () = assert!(VRAM_MONITOR_DEFAULT_SLICE_QUERIES == crate::monitor::DEFAULT_SLICE_QUERIES);
+const _: () = assert!(VRAM_MONITOR_DEFAULT_PAUSE_US as u128 == crate::monitor::DEFAULT_PAUSE.as_micros());
 /// Major version of this header.
 pub const VRAM_MONITOR_VERSION_MAJOR: u32 = 0;
 /// Minor version of this header.
