@@ -73,7 +73,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     FUZZ_ASSERT(at != NULL, "the registration is in the JSON report");
     decoded = malloc(len + 8);
     FUZZ_ASSERT(decoded != NULL, "malloc");
-    FUZZ_ASSERT(json_decode_string(at + strlen(key), decoded, len + 8) == (long)len, "the JSON string decodes");
+    FUZZ_ASSERT(json_unescape(at + strlen(key), decoded, len + 8, true) == (long)len, "the JSON string decodes");
     FUZZ_ASSERT(memcmp(decoded, data, len) == 0, "the JSON label decodes to the original");
     free(decoded);
     free(json);

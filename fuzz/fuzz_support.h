@@ -81,54 +81,6 @@ static inline bool utf8_valid(const unsigned char *s, size_t n) {
     return true;
 }
 
-/* Decodes the JSON string literal that starts just after its opening quote at p into out
- * (NUL-terminated; out needs room for the decoded bytes + 1). Returns the decoded length, or
- * -1 if it is malformed or holds a raw control byte. */
-static inline long json_decode_string(const char *p, char *out, size_t cap) {
-    size_t n = 0;
-    while (*p != '"') {
-        unsigned c = (unsigned char)*p;
-        if (c == '\0' || c < 0x20 || n + 4 >= cap) return -1;
-        if (c != '\\') {
-            out[n++] = (char)c;
-            p++;
-            continue;
-        }
-        p++;
-        switch (*p) {
-        case '"': out[n++] = '"'; break;
-        case '\\': out[n++] = '\\'; break;
-        case '/': out[n++] = '/'; break;
-        case 'b': out[n++] = '\b'; break;
-        case 'f': out[n++] = '\f'; break;
-        case 'n': out[n++] = '\n'; break;
-        case 'r': out[n++] = '\r'; break;
-        case 't': out[n++] = '\t'; break;
-        case 'u': {
-            unsigned v = 0;
-            int i;
-            for (i = 1; i <= 4; i++) {
-                char h = p[i];
-                v <<= 4;
-                if (h >= '0' && h <= '9') v |= (unsigned)(h - '0');
-                else if (h >= 'a' && h <= 'f') v |= (unsigned)(h - 'a' + 10);
-                else if (h >= 'A' && h <= 'F') v |= (unsigned)(h - 'A' + 10);
-                else return -1;
-            }
-            /* The library escapes only control characters and DEL this way. */
-            if (v >= 0x80) return -1;
-            out[n++] = (char)v;
-            p += 4;
-            break;
-        }
-        default: return -1;
-        }
-        p++;
-    }
-    out[n] = '\0';
-    return (long)n;
-}
-
 /* The whole report in a buffer of exactly the size needed, so that AddressSanitizer sees any
  * byte written past it. NULL if the call failed (asserted). */
 static inline char *fuzz_report(VramMonitor *m, int32_t format) {

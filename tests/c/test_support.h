@@ -436,4 +436,61 @@ static inline VramMonitorHealth get_health(VramMonitor *m) {
     return h;
 }
 
+/* Parses the JSON string literal starting at *p (just after its opening quote) into out.
+ * Returns the number of bytes written, or -1 if the literal is malformed or holds a raw
+ * control byte (RFC 8259 forbids those). Handles every escape the RFC defines; \u escapes
+ * above 0x7F are written as UTF-8, or refused with ascii_escapes_only (the library escapes
+ * only control characters and DEL that way). Shared by the C tests and the fuzz targets. */
+static inline long json_unescape(const char *p, char *out, size_t cap, bool ascii_escapes_only) {
+    size_t n = 0;
+    while (*p != '"') {
+        unsigned c = (unsigned char)*p;
+        unsigned v = 0;
+        int i;
+        if (c == '\0' || c < 0x20) return -1;
+        if (n + 4 >= cap) return -1;
+        if (c != '\\') {
+            out[n++] = (char)c;
+            p++;
+            continue;
+        }
+        p++;
+        switch (*p) {
+        case '"': out[n++] = '"'; break;
+        case '\\': out[n++] = '\\'; break;
+        case '/': out[n++] = '/'; break;
+        case 'b': out[n++] = '\b'; break;
+        case 'f': out[n++] = '\f'; break;
+        case 'n': out[n++] = '\n'; break;
+        case 'r': out[n++] = '\r'; break;
+        case 't': out[n++] = '\t'; break;
+        case 'u':
+            for (i = 1; i <= 4; i++) {
+                char h = p[i];
+                v <<= 4;
+                if (h >= '0' && h <= '9') v |= (unsigned)(h - '0');
+                else if (h >= 'a' && h <= 'f') v |= (unsigned)(h - 'a' + 10);
+                else if (h >= 'A' && h <= 'F') v |= (unsigned)(h - 'A' + 10);
+                else return -1;
+            }
+            p += 4;
+            if (ascii_escapes_only && v >= 0x80) return -1;
+            if (v < 0x80) out[n++] = (char)v;
+            else if (v < 0x800) {
+                out[n++] = (char)(0xC0 | (v >> 6));
+                out[n++] = (char)(0x80 | (v & 0x3F));
+            } else {
+                out[n++] = (char)(0xE0 | (v >> 12));
+                out[n++] = (char)(0x80 | ((v >> 6) & 0x3F));
+                out[n++] = (char)(0x80 | (v & 0x3F));
+            }
+            break;
+        default: return -1;
+        }
+        p++;
+    }
+    out[n] = '\0';
+    return (long)n;
+}
+
 #endif /* VRAM_MONITOR_C_TEST_SUPPORT_H */
