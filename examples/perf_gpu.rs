@@ -212,10 +212,183 @@ fn engine_latencies(cuda: &Cuda, iterations: usize) -> Vec<f64> {
     sorted((0..iterations).map(|_| cuda.launch_and_sync()).collect())
 }
 
+/// The registering threads' work: one call on one of the thread's own allocations, returning
+/// the latencies (microseconds) of up to two timed steps; NaN for a step it does not time.
+type LoadStep = dyn Fn(u64) -> (f64, f64) + Send + Sync;
+
+/// `threads` threads, each with its own 1,000 allocations of 4 KiB, run `step` over them until
+/// `seconds` have passed, while `checking` (a monitor with 100k registrations and a 1 ms
+/// interval) checks continuously. Returns the sorted latencies of each timed step.
+fn under_load(cuda: &Arc<Cuda>, threads: usize, seconds: f64, step: Arc<LoadStep>) -> (Vec<f64>, Vec<f64>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(std::sync::Barrier::new(threads + 1));
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let (stop, cuda, step, ready) = (Arc::clone(&stop), Arc::clone(cuda), Arc::clone(&step), Arc::clone(&ready));
+            std::thread::spawn(move || {
+                cuda.make_current();
+                let own: Vec<u64> = (0..1000).map(|_| cuda.alloc(4096)).collect();
+                let (mut first, mut second) = (Vec::with_capacity(1 << 20), Vec::with_capacity(1 << 20));
+                ready.wait();
+                'outer: loop {
+                    for &p in &own {
+                        if stop.load(Ordering::Relaxed) {
+                            break 'outer;
+                        }
+                        let (a, b) = step(p);
+                        if !a.is_nan() {
+                            first.push(a);
+                        }
+                        if !b.is_nan() {
+                            second.push(b);
+                        }
+                    }
+                }
+                for p in own {
+                    cuda.free(p);
+                }
+                (first, second)
+            })
+        })
+        .collect();
+    ready.wait();
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    stop.store(true, Ordering::Relaxed);
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    for w in workers {
+        let (a, b) = w.join().unwrap();
+        first.extend(a);
+        second.extend(b);
+    }
+    (sorted(first), sorted(second))
+}
+
+fn microseconds_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e6
+}
+
+fn report_latencies(key: &str, sorted: &[f64]) {
+    result(&format!("{key}_p50"), percentile(sorted, 0.5));
+    result(&format!("{key}_p999"), percentile(sorted, 0.999));
+    result(&format!("{key}_max"), *sorted.last().unwrap_or(&f64::NAN));
+    result(&format!("{key}_calls"), sorted.len() as f64);
+}
+
+/// Registration under load (8 threads registering and unregistering while 100k registrations
+/// are checked every 1 ms), and the same load taken apart: the bare registration-time query,
+/// the whole registration-time inspection, and the registry alone, so that the cost of each
+/// step under contention can be read off. `all_pacings` adds the flat-out pacing.
+fn registration_under_load(cuda: &Arc<Cuda>, distinct_100k: &[u64], all_pacings: bool) {
+    use vram_monitor::registry::Registry;
+    let mut pacings = vec![("default", Pacing::default())];
+    if all_pacings {
+        pacings.push(("flat_out", Pacing::FLAT_OUT));
+    }
+    let checking = |pacing: Pacing| {
+        let m = Arc::new(Monitor::new(MonitorOptions { interval: Duration::from_millis(1), pacing }).unwrap());
+        for &p in distinct_100k {
+            m.register(p, 4096, "").unwrap();
+        }
+        m
+    };
+    for (name, pacing) in pacings {
+        let m = checking(pacing);
+        let engine = Arc::clone(&m);
+        let (reg, unreg) = under_load(
+            cuda,
+            8,
+            3.0,
+            Arc::new(move |p| {
+                let t = Instant::now();
+                let id = engine.register(p, 4096, "kv").unwrap();
+                let registered = microseconds_since(t);
+                let t = Instant::now();
+                engine.unregister(id).unwrap();
+                (registered, microseconds_since(t))
+            }),
+        );
+        report_latencies(&format!("register_{name}"), &reg);
+        report_latencies(&format!("unregister_{name}"), &unreg);
+        result(&format!("register_checks_during_{name}"), m.health().checks_completed as f64);
+    }
+    // The same, taken apart, under the same checking load (default pacing).
+    let m = checking(Pacing::default());
+    let driver: &'static vram_monitor::CudaDriver = vram_monitor::CudaDriver::get().unwrap();
+    // 1. the bare query: the driver's own floor for a registration under this load.
+    let (query, _) = under_load(
+        cuda,
+        8,
+        2.0,
+        Arc::new(move |p| {
+            let t = Instant::now();
+            let _ = std::hint::black_box(vram_monitor::Driver::pointer_info(driver, p));
+            (microseconds_since(t), f64::NAN)
+        }),
+    );
+    report_latencies("query_only_8_threads", &query);
+    // 2. the registration-time inspection (the query and what register builds from it).
+    let (inspect, _) = under_load(
+        cuda,
+        8,
+        2.0,
+        Arc::new(move |p| {
+            let t = Instant::now();
+            let _ = std::hint::black_box(vram_monitor::inspect::inspect(driver, p, 4096));
+            (microseconds_since(t), f64::NAN)
+        }),
+    );
+    report_latencies("inspect_only_8_threads", &inspect);
+    // 3. the registry alone (a second registry nobody checks), from a ready inspection.
+    let registry = Arc::new(Registry::new());
+    let table = Arc::clone(&registry);
+    let (insert, remove) = under_load(
+        cuda,
+        8,
+        2.0,
+        Arc::new(move |p| {
+            let found = vram_monitor::inspect::inspect(driver, p, 4096).unwrap();
+            let t = Instant::now();
+            let id = table.insert("kv", found.device, &found.pieces, &found.answers);
+            let inserted = microseconds_since(t);
+            let t = Instant::now();
+            table.remove(id).unwrap();
+            (inserted, microseconds_since(t))
+        }),
+    );
+    report_latencies("registry_insert_8_threads", &insert);
+    report_latencies("registry_remove_8_threads", &remove);
+    // 4. one registering thread: the same call without contention between registering threads.
+    let engine = Arc::clone(&m);
+    let (single, _) = under_load(
+        cuda,
+        1,
+        2.0,
+        Arc::new(move |p| {
+            let t = Instant::now();
+            let id = engine.register(p, 4096, "kv").unwrap();
+            let registered = microseconds_since(t);
+            engine.unregister(id).unwrap();
+            (registered, f64::NAN)
+        }),
+    );
+    report_latencies("register_1_thread", &single);
+    result("load_checks_during_breakdown", m.health().checks_completed as f64);
+}
+
 fn main() {
     let cuda = Arc::new(Cuda::load());
     println!("perf_gpu on {} (GPU 0), vram-monitor {}", cuda.name, vram_monitor::VERSION);
     println!("default pacing: {} queries per slice, {:?} pause", vram_monitor::monitor::DEFAULT_SLICE_QUERIES, vram_monitor::monitor::DEFAULT_PAUSE);
+    // `perf_gpu register-load`: only the registration-under-load figures and their breakdown.
+    if std::env::args().nth(1).as_deref() == Some("register-load") {
+        let distinct_100k: Vec<u64> = (0..100_000).map(|_| cuda.alloc(4096)).collect();
+        registration_under_load(&cuda, &distinct_100k, false);
+        for p in distinct_100k {
+            cuda.free(p);
+        }
+        println!("perf_gpu: done");
+        return;
+    }
 
     // ---- sweep vs floor, N distinct allocations ------------------------------------------
     let mut distinct_100k = Vec::new();
@@ -336,103 +509,7 @@ fn main() {
     result("engine_p50_alone", median(alone_p50));
     result("engine_p999_alone", median(alone_p999));
 
-    // ---- registration under load: 8 threads while checks run continuously ------------------
-    for (name, pacing) in [("default", Pacing::default()), ("flat_out", Pacing::FLAT_OUT)] {
-        let m = Arc::new(Monitor::new(MonitorOptions { interval: Duration::from_millis(1), pacing }).unwrap());
-        for &p in &distinct_100k {
-            m.register(p, 4096, "").unwrap();
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        let workers: Vec<_> = (0..8)
-            .map(|_| {
-                let (m, stop, cuda) = (Arc::clone(&m), Arc::clone(&stop), Arc::clone(&cuda));
-                std::thread::spawn(move || {
-                    cuda.make_current();
-                    let own: Vec<u64> = (0..1000).map(|_| cuda.alloc(4096)).collect();
-                    let (mut reg, mut unreg) = (Vec::with_capacity(1 << 20), Vec::with_capacity(1 << 20));
-                    'outer: loop {
-                        for &p in &own {
-                            if stop.load(Ordering::Relaxed) {
-                                break 'outer;
-                            }
-                            let t = Instant::now();
-                            let id = m.register(p, 4096, "kv").unwrap();
-                            reg.push(t.elapsed().as_secs_f64() * 1e6);
-                            let t = Instant::now();
-                            m.unregister(id).unwrap();
-                            unreg.push(t.elapsed().as_secs_f64() * 1e6);
-                        }
-                    }
-                    for p in own {
-                        cuda.free(p);
-                    }
-                    (reg, unreg)
-                })
-            })
-            .collect();
-        std::thread::sleep(Duration::from_secs(3));
-        stop.store(true, Ordering::Relaxed);
-        let (mut reg, mut unreg) = (Vec::new(), Vec::new());
-        for w in workers {
-            let (r, u) = w.join().unwrap();
-            reg.extend(r);
-            unreg.extend(u);
-        }
-        let checks = m.health().checks_completed;
-        let (reg, unreg) = (sorted(reg), sorted(unreg));
-        result(&format!("register_calls_{name}"), reg.len() as f64);
-        result(&format!("register_p50_{name}"), percentile(&reg, 0.5));
-        result(&format!("register_p999_{name}"), percentile(&reg, 0.999));
-        result(&format!("register_max_{name}"), *reg.last().unwrap_or(&f64::NAN));
-        result(&format!("unregister_p50_{name}"), percentile(&unreg, 0.5));
-        result(&format!("unregister_p999_{name}"), percentile(&unreg, 0.999));
-        result(&format!("unregister_max_{name}"), *unreg.last().unwrap_or(&f64::NAN));
-        result(&format!("register_checks_during_{name}"), checks as f64);
-    }
-    // The driver's own floor for the registration figures: 8 threads doing only the
-    // registration-time query (no registry) while the monitor checks continuously.
-    {
-        let m = Monitor::new(MonitorOptions { interval: Duration::from_millis(1), pacing: Pacing::default() }).unwrap();
-        for &p in &distinct_100k {
-            m.register(p, 4096, "").unwrap();
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        let workers: Vec<_> = (0..8)
-            .map(|_| {
-                let (stop, cuda) = (Arc::clone(&stop), Arc::clone(&cuda));
-                std::thread::spawn(move || {
-                    cuda.make_current();
-                    let own: Vec<u64> = (0..1000).map(|_| cuda.alloc(4096)).collect();
-                    let driver = vram_monitor::CudaDriver::get().unwrap();
-                    let mut lat = Vec::with_capacity(1 << 20);
-                    'outer: loop {
-                        for &p in &own {
-                            if stop.load(Ordering::Relaxed) {
-                                break 'outer;
-                            }
-                            let t = Instant::now();
-                            let _ = std::hint::black_box(vram_monitor::Driver::pointer_info(driver, p));
-                            lat.push(t.elapsed().as_secs_f64() * 1e6);
-                        }
-                    }
-                    for p in own {
-                        cuda.free(p);
-                    }
-                    lat
-                })
-            })
-            .collect();
-        std::thread::sleep(Duration::from_secs(2));
-        stop.store(true, Ordering::Relaxed);
-        let mut lat = Vec::new();
-        for w in workers {
-            lat.extend(w.join().unwrap());
-        }
-        let lat = sorted(lat);
-        result("query_only_8_threads_p50", percentile(&lat, 0.5));
-        result("query_only_8_threads_p999", percentile(&lat, 0.999));
-        result("query_only_8_threads_calls", lat.len() as f64);
-    }
+    registration_under_load(&cuda, &distinct_100k, true);
     for p in distinct_100k {
         cuda.free(p);
     }
