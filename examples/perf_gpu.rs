@@ -375,10 +375,101 @@ fn registration_under_load(cuda: &Arc<Cuda>, distinct_100k: &[u64], all_pacings:
     result("load_checks_during_breakdown", m.health().checks_completed as f64);
 }
 
+/// The bare query and a whole register on 1 to 16 threads, with no check running, and on 8
+/// threads while 100k registrations are checked every 1 ms at several pacings: what part of
+/// a registration's latency under load is the driver's, and what part our checks cause.
+fn driver_under_load(cuda: &Arc<Cuda>, distinct_100k: &[u64]) {
+    let driver: &'static vram_monitor::CudaDriver = vram_monitor::CudaDriver::get().unwrap();
+    let bare_query = || -> Arc<LoadStep> {
+        Arc::new(move |p| {
+            let t = Instant::now();
+            let _ = std::hint::black_box(vram_monitor::Driver::pointer_info(driver, p));
+            (microseconds_since(t), f64::NAN)
+        })
+    };
+    let register = |m: &Arc<Monitor>| -> Arc<LoadStep> {
+        let m = Arc::clone(m);
+        Arc::new(move |p| {
+            let t = Instant::now();
+            let id = m.register(p, 4096, "kv").unwrap();
+            let registered = microseconds_since(t);
+            m.unregister(id).unwrap();
+            (registered, f64::NAN)
+        })
+    };
+    let idle = Arc::new(Monitor::new(MonitorOptions { interval: Duration::from_secs(3600), pacing: Pacing::default() }).unwrap());
+    for &p in distinct_100k {
+        idle.register(p, 4096, "").unwrap();
+    }
+    for threads in [1usize, 2, 4, 8, 16] {
+        let (q, _) = under_load(cuda, threads, 1.5, bare_query());
+        report_latencies(&format!("no_checks_query_{threads}_threads"), &q);
+        let (r, _) = under_load(cuda, threads, 1.5, register(&idle));
+        report_latencies(&format!("no_checks_register_{threads}_threads"), &r);
+    }
+    drop(idle);
+    // The bare query again on 8 threads, each doing some CPU work of its own (no locks, no
+    // driver) between queries, as a registering thread does in the registry: how the driver's
+    // answer time depends on how the callers arrive, not only on how many there are.
+    for gap_ns in [250u64, 500, 1000] {
+        let (q, _) = under_load(
+            cuda,
+            8,
+            1.5,
+            Arc::new(move |p| {
+                let spin = Instant::now();
+                while spin.elapsed() < Duration::from_nanos(gap_ns) {
+                    std::hint::spin_loop();
+                }
+                let t = Instant::now();
+                let _ = std::hint::black_box(vram_monitor::Driver::pointer_info(driver, p));
+                (microseconds_since(t), f64::NAN)
+            }),
+        );
+        report_latencies(&format!("no_checks_query_after_{gap_ns}ns_of_work_8_threads"), &q);
+    }
+    let pacings: [(&str, Pacing); 4] = [
+        ("default", Pacing::default()),
+        ("flat_out", Pacing::FLAT_OUT),
+        ("slice64_pause50", Pacing { slice_queries: 64, pause: Duration::from_micros(50) }),
+        ("slice16_pause20", Pacing { slice_queries: 16, pause: Duration::from_micros(20) }),
+    ];
+    for (name, pacing) in pacings {
+        let m = Arc::new(Monitor::new(MonitorOptions { interval: Duration::from_millis(1), pacing }).unwrap());
+        for &p in distinct_100k {
+            m.register(p, 4096, "").unwrap();
+        }
+        let (q, _) = under_load(cuda, 8, 1.5, bare_query());
+        report_latencies(&format!("checks_{name}_query_8_threads"), &q);
+        let (r, _) = under_load(cuda, 8, 1.5, register(&m));
+        report_latencies(&format!("checks_{name}_register_8_threads"), &r);
+        result(&format!("checks_{name}_check_us"), m.health().last_check_duration_us as f64);
+    }
+}
+
 fn main() {
     let cuda = Arc::new(Cuda::load());
     println!("perf_gpu on {} (GPU 0), vram-monitor {}", cuda.name, vram_monitor::VERSION);
     println!("default pacing: {} queries per slice, {:?} pause", vram_monitor::monitor::DEFAULT_SLICE_QUERIES, vram_monitor::monitor::DEFAULT_PAUSE);
+    // What one timed step adds to the latencies below: the two clock reads around it.
+    {
+        let started = Instant::now();
+        for _ in 0..1_000_000 {
+            std::hint::black_box(Instant::now());
+        }
+        result("clock_read_ns", started.elapsed().as_secs_f64() * 1e9 / 1e6);
+    }
+    // `perf_gpu driver-load`: how the driver's answer time under many threads depends on the
+    // number of threads and on what the monitor's checks do meanwhile.
+    if std::env::args().nth(1).as_deref() == Some("driver-load") {
+        let distinct_100k: Vec<u64> = (0..100_000).map(|_| cuda.alloc(4096)).collect();
+        driver_under_load(&cuda, &distinct_100k);
+        for p in distinct_100k {
+            cuda.free(p);
+        }
+        println!("perf_gpu: done");
+        return;
+    }
     // `perf_gpu register-load`: only the registration-under-load figures and their breakdown.
     if std::env::args().nth(1).as_deref() == Some("register-load") {
         let distinct_100k: Vec<u64> = (0..100_000).map(|_| cuda.alloc(4096)).collect();

@@ -2,6 +2,8 @@
 //! mappings hold `[ptr, ptr + size)`. (Each check then asks about those allocations again:
 //! see `registry`.)
 
+use smallvec::SmallVec;
+
 use crate::driver::{Driver, DriverError, PointerInfo};
 use crate::verdict::{classify_kind, Piece, Verdict};
 
@@ -13,9 +15,11 @@ pub struct Inspection {
     /// The device of the first byte (-2 when it is not CUDA memory).
     pub device: i32,
     /// The pieces that hold the range, in address order (complete only when resident).
-    pub pieces: Vec<Piece>,
+    /// Inline when there is one, as for nearly every range: registering makes no heap
+    /// allocation for it.
+    pub pieces: SmallVec<[Piece; 1]>,
     /// The driver's answer for each piece, in the same order.
-    pub answers: Vec<PointerInfo>,
+    pub answers: SmallVec<[PointerInfo; 1]>,
 }
 
 /// Inspects `[ptr, ptr + size)` mapping by mapping. `size` must be non-zero and the range
@@ -27,8 +31,8 @@ pub struct Inspection {
 /// adjacent one, is [`Verdict::OutOfRange`].
 pub fn inspect(driver: &dyn Driver, ptr: u64, size: u64) -> Result<Inspection, DriverError> {
     let end = ptr + size;
-    let mut pieces = Vec::new();
-    let mut answers = Vec::new();
+    let mut pieces = SmallVec::new();
+    let mut answers = SmallVec::new();
     let mut device = -2;
     let mut address = ptr;
     // The reservation the previous piece was a mapping of, if it was one.

@@ -11,7 +11,9 @@
 //! ten thousand queries). Locks are per shard and held only to copy or update a few entries,
 //! never while the driver is asked, so registering never waits for a check to finish.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -24,10 +26,13 @@ pub type RegistrationId = u64;
 
 const SHARDS: usize = 64;
 
+/// Ids are handed to threads in blocks of this many.
+const ID_BLOCK: u64 = 64;
+
 /// A new registration id: unique in the process, never 0. Threads take ids in blocks, so
 /// registering on many threads does not contend on one counter.
 fn next_id() -> RegistrationId {
-    const BLOCK: u64 = 64;
+    const BLOCK: u64 = ID_BLOCK;
     static NEXT_BLOCK: AtomicU64 = AtomicU64::new(1);
     thread_local! {
         static IDS: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
@@ -161,10 +166,14 @@ impl Registration {
 }
 
 /// Registrations of one shard, in id order (ids only grow, so inserting is a push), with
-/// removed ones left as holes until they are many.
+/// removed ones left as holes until they are many. The ids are kept apart from the
+/// registrations, so that finding one (a binary search) reads a dense array of ids rather than
+/// one cache line per step.
 #[derive(Debug, Default)]
 struct RegistrationShard {
-    entries: Vec<(RegistrationId, Option<Registration>)>,
+    ids: Vec<RegistrationId>,
+    /// `slots[i]` is the registration `ids[i]`, or `None` once it is removed.
+    slots: Vec<Option<Registration>>,
     holes: usize,
     // Counted per shard, under its lock: global atomics would bounce one cache line between
     // every thread that registers.
@@ -175,21 +184,40 @@ struct RegistrationShard {
 }
 
 impl RegistrationShard {
-    fn position(&self, id: RegistrationId) -> Option<usize> {
-        let i = self.entries.binary_search_by_key(&id, |e| e.0).ok()?;
-        self.entries[i].1.is_some().then_some(i)
+    fn get(&self, id: RegistrationId) -> Option<&Registration> {
+        let i = self.ids.binary_search(&id).ok()?;
+        self.slots[i].as_ref()
+    }
+
+    fn get_mut(&mut self, id: RegistrationId) -> Option<&mut Registration> {
+        let i = self.ids.binary_search(&id).ok()?;
+        self.slots[i].as_mut()
+    }
+
+    /// The registrations, in id order.
+    fn iter(&self) -> impl Iterator<Item = (RegistrationId, &Registration)> {
+        self.ids.iter().zip(&self.slots).filter_map(|(&id, r)| r.as_ref().map(|r| (id, r)))
     }
 
     fn push(&mut self, id: RegistrationId, registration: Registration) {
-        if self.entries.len() == self.entries.capacity() {
-            // Grow by a quarter, not double: a million registrations should not carry a
-            // million empty slots.
-            self.entries.reserve_exact((self.entries.len() / 4).max(16));
+        if self.ids.len() == self.ids.capacity() {
+            if self.holes * 4 >= self.ids.len() && self.holes > 0 {
+                // Registering and unregistering at a steady rate: reuse the holes' room
+                // rather than growing (a reallocation copies the whole shard under its lock).
+                self.compact();
+            } else {
+                // Grow by a quarter, not double: a million registrations should not carry a
+                // million empty slots.
+                let more = (self.ids.len() / 4).max(16);
+                self.ids.reserve_exact(more);
+                self.slots.reserve_exact(more);
+            }
         }
         // Ids come from per-thread blocks, so they arrive nearly but not exactly in order:
         // the place is at or near the end.
-        let at = self.entries.iter().rposition(|e| e.0 < id).map_or(0, |i| i + 1);
-        self.entries.insert(at, (id, Some(registration)));
+        let at = self.ids.iter().rposition(|&other| other < id).map_or(0, |i| i + 1);
+        self.ids.insert(at, id);
+        self.slots.insert(at, Some(registration));
     }
 
     fn count_device(&mut self, device: i32, added: bool) {
@@ -207,15 +235,90 @@ impl RegistrationShard {
     }
 
     fn remove(&mut self, id: RegistrationId) -> Option<Registration> {
-        let i = self.position(id)?;
-        let removed = self.entries[i].1.take();
+        let i = self.ids.binary_search(&id).ok()?;
+        let removed = self.slots[i].take()?;
         self.holes += 1;
-        if self.holes > 64 && self.holes * 2 > self.entries.len() {
-            self.entries.retain(|e| e.1.is_some());
-            self.entries.shrink_to(self.entries.len() + self.entries.len() / 4);
-            self.holes = 0;
+        // The newest registration is the one most often unregistered first (a buffer
+        // registered for one request and dropped after it): holes at the end go at once, so
+        // that this pattern never needs a compaction.
+        while let Some(None) = self.slots.last() {
+            self.slots.pop();
+            self.ids.pop();
+            self.holes -= 1;
         }
-        removed
+        if self.holes > 64 && self.holes * 2 > self.ids.len() {
+            self.compact();
+        }
+        Some(removed)
+    }
+
+    /// Drops the holes in place, keeping the order. Gives memory back only when most of the
+    /// room is unused: shrinking and growing again would copy the shard each time.
+    fn compact(&mut self) {
+        let mut kept = 0;
+        for i in 0..self.ids.len() {
+            if self.slots[i].is_some() {
+                self.ids.swap(kept, i);
+                self.slots.swap(kept, i);
+                kept += 1;
+            }
+        }
+        self.ids.truncate(kept);
+        self.slots.truncate(kept);
+        if self.ids.capacity() > 2 * kept + 64 {
+            self.ids.shrink_to(kept + kept / 4);
+            self.slots.shrink_to(kept + kept / 4);
+        }
+        self.holes = 0;
+    }
+}
+
+/// Hashes the keys of the allocation table and the member sets (device addresses and
+/// registration ids: integers the engine's allocator and our counter hand out, not chosen by
+/// an attacker) with one mixing step instead of SipHash: registering, unregistering and every
+/// changed answer in a check hash once per allocation.
+#[derive(Debug, Default, Clone, Copy)]
+struct IntegerHasher(u64);
+
+impl Hasher for IntegerHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only integers are hashed here; this is for completeness.
+        for &b in bytes {
+            self.write_u64(self.0 ^ u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, x: u64) {
+        // MurmurHash3's 64-bit finaliser: every input bit reaches both the high bits (the
+        // table's tags) and the low bits (its bucket index). Addresses differ mostly in the
+        // middle bits (512-byte to 2 MiB alignment), ids in the low ones.
+        let mut h = self.0 ^ x;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^= h >> 33;
+        self.0 = h;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type IntegerMap<V> = HashMap<u64, V, BuildHasherDefault<IntegerHasher>>;
+type IntegerSet = HashSet<u64, BuildHasherDefault<IntegerHasher>>;
+
+/// A shard on cache lines of its own: without the padding, neighbouring shards' locks share
+/// a line, and threads working on different shards still stall each other.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
     }
 }
 
@@ -225,7 +328,7 @@ enum Members {
     One(RegistrationId),
     // A set, so that unregistering one of a million tensors in one arena is O(1); boxed, so
     // that the common one-member allocation stays 16 bytes.
-    Many(Box<std::collections::HashSet<RegistrationId>>),
+    Many(Box<IntegerSet>),
 }
 
 /// One shard of the allocation table. `generation` changes whenever an address is added or
@@ -233,7 +336,7 @@ enum Members {
 /// until then.
 #[derive(Debug, Default)]
 struct AllocationShard {
-    map: HashMap<u64, Allocation>,
+    map: IntegerMap<Allocation>,
     generation: u64,
 }
 
@@ -313,8 +416,8 @@ pub struct RegistryCounts {
 
 /// All registrations of one monitor.
 pub struct Registry {
-    registrations: Box<[Mutex<RegistrationShard>]>,
-    allocations: Box<[Mutex<AllocationShard>]>,
+    registrations: Box<[Padded<Mutex<RegistrationShard>>]>,
+    allocations: Box<[Padded<Mutex<AllocationShard>>]>,
     // Changed only by checks and unregistering: rarely contended.
     violating: AtomicU64,
     failing: AtomicU64,
@@ -333,7 +436,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn shard_of_id(id: RegistrationId) -> usize {
-    (id as usize) % SHARDS
+    // A thread's block of ids stays in one shard: consecutive registrations on one thread
+    // then find that shard's lock and entries in their own core's cache, and threads
+    // registering at once mostly hold different shards.
+    ((id / ID_BLOCK) as usize) % SHARDS
 }
 
 fn shard_of_address(address: u64) -> usize {
@@ -345,8 +451,8 @@ impl Registry {
     /// An empty registry.
     pub fn new() -> Registry {
         Registry {
-            registrations: (0..SHARDS).map(|_| Mutex::new(RegistrationShard::default())).collect(),
-            allocations: (0..SHARDS).map(|_| Mutex::new(AllocationShard::default())).collect(),
+            registrations: (0..SHARDS).map(|_| Padded(Mutex::new(RegistrationShard::default()))).collect(),
+            allocations: (0..SHARDS).map(|_| Padded(Mutex::new(AllocationShard::default()))).collect(),
             violating: AtomicU64::new(0),
             failing: AtomicU64::new(0),
             violating_and_failing: AtomicU64::new(0),
@@ -453,8 +559,7 @@ impl Registry {
     /// The registration with this id, if registered.
     pub fn get(&self, id: RegistrationId) -> Option<RegistrationInfo> {
         let shard = lock(&self.registrations[shard_of_id(id)]);
-        let i = shard.position(id)?;
-        shard.entries[i].1.as_ref().map(|r| r.info(id))
+        shard.get(id).map(|r| r.info(id))
     }
 
     /// A copy of every registration, in id order.
@@ -462,7 +567,7 @@ impl Registry {
         let mut all = Vec::new();
         for shard in self.registrations.iter() {
             let shard = lock(shard);
-            all.extend(shard.entries.iter().filter_map(|(id, r)| r.as_ref().map(|r| r.info(*id))));
+            all.extend(shard.iter().map(|(id, r)| r.info(id)));
         }
         all.sort_unstable_by_key(|r| r.id);
         all
@@ -488,7 +593,7 @@ impl Registry {
         let mut tallies: Vec<Tally> = Vec::new();
         for shard in self.registrations.iter() {
             let shard = lock(shard);
-            for registration in shard.entries.iter().filter_map(|(_, r)| r.as_ref()) {
+            for (_, registration) in shard.iter() {
                 let verdict = verdict_of(registration.verdict);
                 let size = registration.size();
                 match tallies.iter_mut().find(|t| t.device == registration.device && t.verdict == verdict) {
@@ -585,8 +690,7 @@ impl Registry {
         let mut changes = Vec::new();
         for id in members {
             let mut shard = lock(&self.registrations[shard_of_id(id)]);
-            let Some(i) = shard.position(id) else { continue };
-            let Some(registration) = shard.entries[i].1.as_mut() else { continue };
+            let Some(registration) = shard.get_mut(id) else { continue };
             let device = registration.device;
             for tracked in registration.pieces.as_mut_slice().iter_mut().filter(|t| t.piece.query_at == address) {
                 match answer {
@@ -791,5 +895,43 @@ mod tests {
         }
         assert_eq!(registry.counts().registrations, 10_000 - 3334);
         assert_eq!(registry.snapshot().len(), 10_000 - 3334);
+    }
+
+    #[test]
+    fn steady_registering_and_unregistering_reuses_room_and_keeps_lookups_right() {
+        let registry = Registry::new();
+        let mut live: std::collections::VecDeque<u64> =
+            (0..5_000u64).map(|i| registry.insert("x", 0, &[piece(0x1000 + i, 0x1001 + i)], &[answer(1)])).collect();
+        let room = |registry: &Registry| -> usize { registry.registrations.iter().map(|s| lock(s).ids.capacity()).sum() };
+        let room_before = room(&registry);
+        let mut gone = Vec::new();
+        for i in 0..200_000u64 {
+            // Unregister an old one from the middle of the queue as well as the oldest, so
+            // that holes land everywhere.
+            let old = live.pop_front().unwrap();
+            registry.remove(old).unwrap();
+            if i % 1000 == 0 {
+                gone.push(old);
+            }
+            let back = live.pop_back().unwrap();
+            let middle = live.len() / 2;
+            live.insert(middle, back);
+            live.push_back(registry.insert("x", 0, &[piece(0x100_0000 + i, 0x100_0001 + i)], &[answer(1)]));
+        }
+        for id in &live {
+            assert!(registry.get(*id).is_some(), "registration {id} lost");
+        }
+        for id in &gone {
+            assert!(registry.get(*id).is_none(), "registration {id} came back");
+        }
+        assert_eq!(registry.counts().registrations, 5_000);
+        assert_eq!(registry.snapshot().iter().map(|r| r.id).collect::<Vec<_>>(), {
+            let mut ids: Vec<u64> = live.iter().copied().collect();
+            ids.sort_unstable();
+            ids
+        });
+        // Churn at a constant count must not keep growing the shards.
+        // (A shard may hold up to its live count in holes before they are compacted away.)
+        assert!(room(&registry) <= 2 * 5_000 + 64 * 16, "room grew from {room_before} to {}", room(&registry));
     }
 }
