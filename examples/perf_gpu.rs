@@ -135,10 +135,14 @@ impl Cuda {
         unsafe { (self.mem_free)(ptr) };
     }
 
-    /// The floor: the same 8 attributes the library asks, in a tight loop. Best of 5, per query.
+    /// The floor: the same 8 attributes the library asks, in a tight loop. Best of 20, per query.
     fn floor_us_per_query(&self, pointers: &[u64]) -> f64 {
-        let mut best = f64::MAX;
-        for _ in 0..20 {
+        (0..20).map(|_| self.floor_pass_us(pointers)).fold(f64::MAX, f64::min) / pointers.len() as f64
+    }
+
+    /// One pass of the floor's loop over `pointers`, in microseconds.
+    fn floor_pass_us(&self, pointers: &[u64]) -> f64 {
+        {
             let started = Instant::now();
             for &p in pointers {
                 let (mut t, mut m, mut o, mut id, mut rs, mut rz, mut ms, mut mb) = (0u32, 0u32, 0i32, 0u64, 0u64, 0usize, 0usize, 0u64);
@@ -156,9 +160,8 @@ impl Cuda {
                 unsafe { (self.pointer_get_attributes)(8, attributes.as_mut_ptr(), data.as_mut_ptr(), p) };
                 std::hint::black_box((t, m, o, id, rs, rz, ms, mb));
             }
-            best = best.min(started.elapsed().as_secs_f64() * 1e6);
+            started.elapsed().as_secs_f64() * 1e6
         }
-        best / pointers.len() as f64
     }
 
     /// One launch of the empty kernel and a synchronisation, in microseconds.
@@ -192,6 +195,22 @@ fn sorted(mut v: Vec<f64>) -> Vec<f64> {
 
 fn monitor(pacing: Pacing) -> Monitor {
     Monitor::new(MonitorOptions { interval: Duration::from_secs(3600), pacing }).expect("monitor")
+}
+
+/// Floor passes and full checks in turn, 21 rounds, so that a drift of the machine hits both:
+/// (the best floor pass, the best check, the median of the rounds' check-to-floor ratios), in
+/// microseconds.
+fn paired_floor_and_check(cuda: &Cuda, m: &Monitor, pointers: &[u64]) -> (f64, f64, f64) {
+    m.check_now().unwrap();
+    let (mut floors, mut checks, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..21 {
+        let floor = cuda.floor_pass_us(pointers);
+        let check = m.check_now().unwrap().duration_us as f64;
+        floors.push(floor);
+        checks.push(check);
+        ratios.push(check / floor);
+    }
+    (floors.iter().copied().fold(f64::MAX, f64::min), checks.iter().copied().fold(f64::MAX, f64::min), median(ratios))
 }
 
 /// Best of 20 full checks, in microseconds (the check's own duration).
@@ -428,6 +447,40 @@ fn driver_under_load(cuda: &Arc<Cuda>, distinct_100k: &[u64]) {
         );
         report_latencies(&format!("no_checks_query_after_{gap_ns}ns_of_work_8_threads"), &q);
     }
+    // The bare query on 8 threads, but let into the driver one at a time by a lock of our
+    // own (a spin lock; std's futex mutex): whether queueing outside the driver answers
+    // faster than queueing inside it.
+    {
+        static SPIN: AtomicBool = AtomicBool::new(false);
+        let (q, _) = under_load(
+            cuda,
+            8,
+            1.5,
+            Arc::new(move |p| {
+                let t = Instant::now();
+                while SPIN.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+                    std::hint::spin_loop();
+                }
+                let _ = std::hint::black_box(vram_monitor::Driver::pointer_info(driver, p));
+                SPIN.store(false, Ordering::Release);
+                (microseconds_since(t), f64::NAN)
+            }),
+        );
+        report_latencies("no_checks_query_behind_spin_lock_8_threads", &q);
+        let gate = Arc::new(std::sync::Mutex::new(()));
+        let (q, _) = under_load(
+            cuda,
+            8,
+            1.5,
+            Arc::new(move |p| {
+                let t = Instant::now();
+                let _held = gate.lock().unwrap();
+                let _ = std::hint::black_box(vram_monitor::Driver::pointer_info(driver, p));
+                (microseconds_since(t), f64::NAN)
+            }),
+        );
+        report_latencies("no_checks_query_behind_mutex_8_threads", &q);
+    }
     let pacings: [(&str, Pacing); 4] = [
         ("default", Pacing::default()),
         ("flat_out", Pacing::FLAT_OUT),
@@ -495,10 +548,10 @@ fn main() {
         let register_us = started.elapsed().as_secs_f64() * 1e6 / n as f64;
         let bytes = (LIVE_BYTES.load(Ordering::Relaxed) - before) as f64 / n as f64;
         COUNTING.store(false, Ordering::SeqCst);
-        let floor = cuda.floor_us_per_query(&pointers) * n as f64;
-        let sweep = best_check_us(&m);
+        let (floor, sweep, paired_ratio) = paired_floor_and_check(&cuda, &m, &pointers);
         result(&format!("floor_us_{n}"), floor);
         result(&format!("sweep_us_{n}"), sweep);
+        result(&format!("sweep_ratio_paired_{n}"), paired_ratio);
         // What the floor depends on: a thread with no current context (as the monitor's thread
         // has unless it borrows the engine's), and the order of the addresses.
         let no_context = {
@@ -543,8 +596,8 @@ fn main() {
         }
         let bytes = (LIVE_BYTES.load(Ordering::Relaxed) - before) as f64 / 1e6;
         COUNTING.store(false, Ordering::SeqCst);
-        let floor = cuda.floor_us_per_query(&arenas) * arenas.len() as f64;
-        let sweep = best_check_us(&m);
+        let (floor, sweep, paired_ratio) = paired_floor_and_check(&cuda, &m, &arenas);
+        result("sharing_ratio_paired", paired_ratio);
         result("sharing_floor_us_10000", floor);
         result("sharing_sweep_us_1000000", sweep);
         result("sharing_ratio", sweep / floor);
@@ -601,6 +654,7 @@ fn main() {
     result("engine_p999_alone", median(alone_p999));
 
     registration_under_load(&cuda, &distinct_100k, true);
+    driver_under_load(&cuda, &distinct_100k);
     for p in distinct_100k {
         cuda.free(p);
     }

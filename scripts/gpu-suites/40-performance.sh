@@ -68,10 +68,10 @@ print("- Times in microseconds. Floor = the same 8 attributes with `cuPointerGet
 print("| figure | target | vram-monitor | naive alternative |")
 print("|---|---|---|---|")
 for N in (10000, 100000):
-    print(f"| full check, {N:,} registrations in {N:,} allocations (flat out) | <= 1.10x floor | {f(v, f'sweep_us_{N}')} us = {f(v, f'sweep_ratio_{N}', 2)}x floor ({f(v, f'floor_us_{N}')} us) | {f(n, f'sweep_us_{N}')} us = {ratio(n.get(f'sweep_us_{N}'), (n.get(f'floor_us_per_query_{N}') or 0) * N)} floor |")
+    print(f"| full check, {N:,} registrations in {N:,} allocations (flat out) | <= 1.10x floor | {f(v, f'sweep_us_{N}')} us = {f(v, f'sweep_ratio_{N}', 2)}x floor ({f(v, f'floor_us_{N}')} us); median of 21 paired rounds {f(v, f'sweep_ratio_paired_{N}', 2)}x | {f(n, f'sweep_us_{N}')} us = {ratio(n.get(f'sweep_us_{N}'), (n.get(f'floor_us_per_query_{N}') or 0) * N)} floor |")
     print(f"| same, default pacing | — | {f(v, f'sweep_paced_us_{N}')} us | — |")
     print(f"| floor from a thread with no current context / in shuffled order | — | {f(v, f'floor_no_context_us_{N}')} us / {f(v, f'floor_shuffled_us_{N}')} us | — |")
-print(f"| full check, 1,000,000 registrations in 10,000 allocations | <= 2x floor(10k) | {f(v, 'sharing_sweep_us_1000000')} us = {f(v, 'sharing_ratio', 2)}x floor ({f(v, 'sharing_floor_us_10000')} us); freeing one arena gave {f(v, 'sharing_violations_after_freeing_one_arena', 0)} violations (100 expected) | {f(n, 'sharing_sweep_us_1000000')} us = {ratio(n.get('sharing_sweep_us_1000000'), n.get('sharing_floor_us_10000'))} floor |")
+print(f"| full check, 1,000,000 registrations in 10,000 allocations | <= 2x floor(10k) | {f(v, 'sharing_sweep_us_1000000')} us = {f(v, 'sharing_ratio', 2)}x floor ({f(v, 'sharing_floor_us_10000')} us), paired median {f(v, 'sharing_ratio_paired', 2)}x; freeing one arena gave {f(v, 'sharing_violations_after_freeing_one_arena', 0)} violations (100 expected) | {f(n, 'sharing_sweep_us_1000000')} us = {ratio(n.get('sharing_sweep_us_1000000'), n.get('sharing_floor_us_10000'))} floor |")
 print(f"| engine launch+sync alone, p50 / p99.9 | — | {f(v, 'engine_p50_alone')} / {f(v, 'engine_p999_alone')} | {f(n, 'engine_p50_alone')} / {f(n, 'engine_p999_alone')} |")
 for name in ("default", "slice64_pause50", "slice1024_pause100", "flat_out"):
     p999 = v.get(f"engine_p999_with_{name}")
@@ -86,6 +86,25 @@ print(f"| register, one registering thread, checks running: p50 / p99.9 | — | 
 print(f"| host memory per registration, empty label: 100k in distinct allocations | <= 128 B | {f(v, 'memory_bytes_per_registration_distinct_100000', 0)} B | {f(n, 'memory_bytes_per_registration', 0)} B |")
 print(f"| same, 1M in 10k allocations | <= 128 B | {f(v, 'memory_bytes_per_registration_shared_1000000', 0)} B | — |")
 print(f"| register, mean (single thread, 100k) | — | {f(v, 'register_mean_us_100000', 2)} us | — |")
+print("\n### Registration under load, taken apart\n")
+print("The bare registration-time query (`cuPointerGetAttributes`, no registry) and a whole register + unregister, "
+      "on 1 to 16 threads with no check running, and on 8 threads while 100k registrations are checked every 1 ms. "
+      "p50 / p99.9 in microseconds.\n")
+print("| threads | bare query, no checks | register, no checks |")
+print("|---|---|---|")
+for t in (1, 2, 4, 8, 16):
+    print(f"| {t} | {f(v, f'no_checks_query_{t}_threads_p50', 2)} / {f(v, f'no_checks_query_{t}_threads_p999', 1)} | {f(v, f'no_checks_register_{t}_threads_p50', 2)} / {f(v, f'no_checks_register_{t}_threads_p999', 1)} |")
+print("\n| 8 threads, bare query | p50 / p99.9 |")
+print("|---|---|")
+for g in (250, 500, 1000):
+    print(f"| after {g} ns of the caller's own work, no checks | {f(v, f'no_checks_query_after_{g}ns_of_work_8_threads_p50', 2)} / {f(v, f'no_checks_query_after_{g}ns_of_work_8_threads_p999', 1)} |")
+print(f"| let into the driver one at a time by our own spin lock | {f(v, 'no_checks_query_behind_spin_lock_8_threads_p50', 2)} / {f(v, 'no_checks_query_behind_spin_lock_8_threads_p999', 1)} |")
+print(f"| let into the driver one at a time by a std mutex | {f(v, 'no_checks_query_behind_mutex_8_threads_p50', 2)} / {f(v, 'no_checks_query_behind_mutex_8_threads_p999', 1)} |")
+print("\n| checks running (pacing) | check of 100k | bare query, 8 threads | register, 8 threads |")
+print("|---|---|---|---|")
+for name in ("default", "flat_out", "slice64_pause50", "slice16_pause20"):
+    print(f"| {name} | {f(v, f'checks_{name}_check_us', 0)} us | {f(v, f'checks_{name}_query_8_threads_p50', 2)} / {f(v, f'checks_{name}_query_8_threads_p999', 1)} | {f(v, f'checks_{name}_register_8_threads_p50', 2)} / {f(v, f'checks_{name}_register_8_threads_p999', 1)} |")
+print(f"\nOne clock read (two per timed step): {f(v, 'clock_read_ns', 0)} ns.")
 print("\n<details><summary>raw RESULT lines</summary>\n\n```text")
 for name, d in (("vram", v), ("naive", n)):
     for k in sorted(d):
