@@ -11,6 +11,9 @@
 #                                 (tests/gpu.rs) and the C examples (cmake + ctest), writes
 #                                 $OUT/gpu-results.md and the full log $OUT/gpu-log.txt. Every
 #                                 part runs; exits non-zero if any part failed.
+#   bash .gpu-carry/gpu-test.sh bench
+#                                 on the GPU machine: only the benchmark (about 2 minutes),
+#                                 writing its table to $OUT/performance.md.
 #
 # .gpu-carry/ holds: gpu (the scenario program), tests/ (the other test programs, for running
 # by hand), bin/ (the crate's binaries and examples, release build), lib/libvram_monitor.so,
@@ -293,12 +296,27 @@ run() {
   exit "${PIPESTATUS[0]}"
 }
 
+# Only the benchmark (the performance suite): $OUT/performance.md and $OUT/performance-log.txt.
+bench() {
+  local carry out
+  # This script runs from inside the carry folder.
+  carry=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+  [ -f "$carry/suites/40-performance.sh" ] || die "no $CARRY_NAME/ here: run 'scripts/gpu-test.sh prepare' first and carry $CARRY_NAME"
+  out=${OUT:-$PWD/gpu-out}
+  mkdir -p "$out" || die "cannot create $out"
+  LD_LIBRARY_PATH="$carry/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+    bash "$carry/suites/40-performance.sh" "$carry" "$out/performance.md" 2>&1 | tee "$out/performance-log.txt"
+  exit "${PIPESTATUS[0]}"
+}
+
 case "${1:-}" in
   prepare) prepare ;;
   run) run ;;
+  bench) bench ;;
   *)
     echo "usage: scripts/gpu-test.sh prepare   (development machine: build and fill $CARRY_NAME/)" >&2
     echo "       bash $CARRY_NAME/gpu-test.sh run   (GPU machine, repository root, \$OUT set)" >&2
+    echo "       bash $CARRY_NAME/gpu-test.sh bench (GPU machine: only the benchmark, \$OUT/performance.md)" >&2
     exit 2
     ;;
 esac
