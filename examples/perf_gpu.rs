@@ -197,20 +197,56 @@ fn monitor(pacing: Pacing) -> Monitor {
     Monitor::new(MonitorOptions { interval: Duration::from_secs(3600), pacing }).expect("monitor")
 }
 
-/// Floor passes and full checks in turn, 21 rounds, so that a drift of the machine hits both:
-/// (the best floor pass, the best check, the median of the rounds' check-to-floor ratios), in
-/// microseconds.
-fn paired_floor_and_check(cuda: &Cuda, m: &Monitor, pointers: &[u64]) -> (f64, f64, f64) {
+/// A floor and a check measured in turn (see [`paired_floor_and_check`]), in microseconds.
+struct Paired {
+    /// The best pass of the floor's loop on this (the engine's) thread, with its context current.
+    floor: f64,
+    /// The best pass of the same loop on a thread with no current context, as the monitor's is.
+    floor_no_context: f64,
+    /// The best full check.
+    check: f64,
+    /// The median of the rounds' check / floor.
+    ratio: f64,
+    /// The median of the rounds' check / floor without a context.
+    ratio_no_context: f64,
+}
+
+/// Floor passes (here, and on a thread with no current context) and full checks in turn, 21
+/// rounds, so that a drift of the machine hits all three.
+fn paired_floor_and_check(cuda: &Arc<Cuda>, m: &Monitor, pointers: &[u64]) -> Paired {
+    let (ask, asked) = std::sync::mpsc::channel::<()>();
+    let (tell, told) = std::sync::mpsc::channel::<f64>();
+    let contextless = {
+        let (cuda, pointers) = (Arc::clone(cuda), pointers.to_vec());
+        std::thread::spawn(move || {
+            while asked.recv().is_ok() {
+                let _ = tell.send(cuda.floor_pass_us(&pointers));
+            }
+        })
+    };
     m.check_now().unwrap();
-    let (mut floors, mut checks, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut floors, mut bare_floors, mut checks, mut ratios, mut bare_ratios) = (vec![], vec![], vec![], vec![], vec![]);
     for _ in 0..21 {
         let floor = cuda.floor_pass_us(pointers);
+        ask.send(()).unwrap();
+        let bare_floor = told.recv().unwrap();
         let check = m.check_now().unwrap().duration_us as f64;
         floors.push(floor);
+        bare_floors.push(bare_floor);
         checks.push(check);
         ratios.push(check / floor);
+        bare_ratios.push(check / bare_floor);
     }
-    (floors.iter().copied().fold(f64::MAX, f64::min), checks.iter().copied().fold(f64::MAX, f64::min), median(ratios))
+    drop(ask);
+    contextless.join().unwrap();
+    let best = |v: &[f64]| v.iter().copied().fold(f64::MAX, f64::min);
+    Paired {
+        floor: best(&floors),
+        floor_no_context: best(&bare_floors),
+        check: best(&checks),
+        ratio: median(ratios),
+        ratio_no_context: median(bare_ratios),
+    }
 }
 
 /// Best of 20 full checks, in microseconds (the check's own duration).
@@ -548,17 +584,16 @@ fn main() {
         let register_us = started.elapsed().as_secs_f64() * 1e6 / n as f64;
         let bytes = (LIVE_BYTES.load(Ordering::Relaxed) - before) as f64 / n as f64;
         COUNTING.store(false, Ordering::SeqCst);
-        let (floor, sweep, paired_ratio) = paired_floor_and_check(&cuda, &m, &pointers);
+        let paired = paired_floor_and_check(&cuda, &m, &pointers);
+        let (floor, sweep) = (paired.floor, paired.check);
         result(&format!("floor_us_{n}"), floor);
         result(&format!("sweep_us_{n}"), sweep);
-        result(&format!("sweep_ratio_paired_{n}"), paired_ratio);
+        result(&format!("sweep_ratio_paired_{n}"), paired.ratio);
         // What the floor depends on: a thread with no current context (as the monitor's thread
-        // has unless it borrows the engine's), and the order of the addresses.
-        let no_context = {
-            let (cuda, pointers) = (Arc::clone(&cuda), pointers.clone());
-            std::thread::spawn(move || cuda.floor_us_per_query(&pointers) * pointers.len() as f64).join().unwrap()
-        };
-        result(&format!("floor_no_context_us_{n}"), no_context);
+        // is), and the order of the addresses.
+        result(&format!("floor_no_context_us_{n}"), paired.floor_no_context);
+        result(&format!("sweep_ratio_no_context_{n}"), sweep / paired.floor_no_context);
+        result(&format!("sweep_ratio_no_context_paired_{n}"), paired.ratio_no_context);
         let mut shuffled = pointers.clone();
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
         for i in (1..shuffled.len()).rev() {
@@ -596,8 +631,10 @@ fn main() {
         }
         let bytes = (LIVE_BYTES.load(Ordering::Relaxed) - before) as f64 / 1e6;
         COUNTING.store(false, Ordering::SeqCst);
-        let (floor, sweep, paired_ratio) = paired_floor_and_check(&cuda, &m, &arenas);
-        result("sharing_ratio_paired", paired_ratio);
+        let paired = paired_floor_and_check(&cuda, &m, &arenas);
+        let (floor, sweep) = (paired.floor, paired.check);
+        result("sharing_ratio_paired", paired.ratio);
+        result("sharing_ratio_no_context_paired", paired.ratio_no_context);
         result("sharing_floor_us_10000", floor);
         result("sharing_sweep_us_1000000", sweep);
         result("sharing_ratio", sweep / floor);
