@@ -276,7 +276,7 @@ run_all() {
 }
 
 run() {
-  local here carry out
+  local here carry out rc
   here=$(cd "$(dirname "$(readlink -f "$0")")" && pwd)
   if [ "$(basename "$here")" = "$CARRY_NAME" ]; then
     carry=$here
@@ -293,7 +293,10 @@ run() {
   mkdir -p "$out" || die "cannot create $out"
   out=$(cd "$out" && pwd)
   run_all "$carry" "$out" "$out/gpu-results.md" 2>&1 | tee "$out/gpu-log.txt"
-  exit "${PIPESTATUS[0]}"
+  rc=${PIPESTATUS[0]}
+  # The report is committed: paths inside the checkout are written relative to it.
+  sed -i "s#$PWD/##g" "$out/gpu-results.md"
+  exit "$rc"
 }
 
 # Only the benchmark (the performance suite): $OUT/performance.md and $OUT/performance-log.txt.

@@ -322,21 +322,17 @@ impl<T> Deref for Padded<T> {
     }
 }
 
-/// The registrations inside one allocation. One is the common case; keep it inline.
-#[derive(Debug)]
-enum Members {
-    One(RegistrationId),
-    // A set, so that unregistering one of a million tensors in one arena is O(1); boxed, so
-    // that the common one-member allocation stays 16 bytes.
-    Many(Box<IntegerSet>),
-}
-
 /// One shard of the allocation table. `generation` changes whenever an address is added or
 /// removed or marked for a new judgement, so a check can keep its sorted list of addresses
 /// until then.
 #[derive(Debug, Default)]
 struct AllocationShard {
     map: IntegerMap<Allocation>,
+    /// The members of the allocations that hold several registrations (an arena of tensors,
+    /// a pool of KV blocks), by address: a set, so that unregistering one of a million
+    /// tensors in one arena is O(1). Kept apart so that the common allocation of one
+    /// registration is 24 bytes in `map`.
+    several: IntegerMap<IntegerSet>,
     generation: u64,
 }
 
@@ -345,8 +341,12 @@ struct Allocation {
     /// Fingerprint of the driver's last answer at this address that the members were judged
     /// by; [`DIRTY`] forces the next check to judge them again.
     fingerprint: u64,
-    members: Members,
+    /// The one registration inside, or [`SEVERAL`]: then they are in the shard's `several`.
+    member: RegistrationId,
 }
+
+/// In [`Allocation::member`]: more than one registration; ids are never 0.
+const SEVERAL: RegistrationId = 0;
 
 /// The fingerprint that forces the next check to judge an allocation's members again.
 pub const DIRTY: u64 = 0;
@@ -492,27 +492,27 @@ impl Registry {
         }
         for (piece, answer) in pieces.iter().zip(answers) {
             let seen = fingerprint(answer);
-            let mut guard = lock(&self.allocations[shard_of_address(piece.query_at)]);
-            let shard = &mut *guard;
-            match shard.map.get_mut(&piece.query_at) {
+            let address = piece.query_at;
+            let mut guard = lock(&self.allocations[shard_of_address(address)]);
+            let AllocationShard { map, several, generation } = &mut *guard;
+            match map.get_mut(&address) {
                 Some(allocation) => {
                     // The others were judged by an older answer: if it differs from what this
                     // registration saw, the memory changed meanwhile; judge them all again.
                     if allocation.fingerprint != seen {
                         allocation.fingerprint = DIRTY;
-                        shard.generation += 1;
+                        *generation += 1;
                     }
-                    match &mut allocation.members {
-                        Members::One(other) if *other == id => {}
-                        Members::One(other) => allocation.members = Members::Many(Box::new([*other, id].into_iter().collect())),
-                        Members::Many(ids) => {
-                            ids.insert(id);
-                        }
+                    if allocation.member == SEVERAL {
+                        several.entry(address).or_default().insert(id);
+                    } else if allocation.member != id {
+                        several.insert(address, [allocation.member, id].into_iter().collect());
+                        allocation.member = SEVERAL;
                     }
                 }
                 None => {
-                    shard.map.insert(piece.query_at, Allocation { fingerprint: seen, members: Members::One(id) });
-                    shard.generation += 1;
+                    map.insert(address, Allocation { fingerprint: seen, member: id });
+                    *generation += 1;
                 }
             }
         }
@@ -543,23 +543,32 @@ impl Registry {
         for tracked in registration.pieces.as_slice() {
             let address = tracked.piece.query_at;
             let mut guard = lock(&self.allocations[shard_of_address(address)]);
-            let shard = &mut *guard;
-            let Some(allocation) = shard.map.get_mut(&address) else { continue };
-            let empty = match &mut allocation.members {
-                Members::One(other) => *other == id,
-                Members::Many(ids) => {
+            let AllocationShard { map, several, generation } = &mut *guard;
+            let Some(allocation) = map.get_mut(&address) else { continue };
+            let empty = if allocation.member == SEVERAL {
+                let left = several.get_mut(&address).map(|ids| {
                     ids.remove(&id);
-                    if ids.len() == 1 {
-                        if let Some(&last) = ids.iter().next() {
-                            allocation.members = Members::One(last);
-                        }
+                    ids.len()
+                });
+                match left {
+                    Some(0) | None => {
+                        several.remove(&address);
+                        true
                     }
-                    false
+                    Some(1) => {
+                        // Back to the common case: the last one moves into the entry.
+                        let last = several.remove(&address).and_then(|ids| ids.into_iter().next());
+                        allocation.member = last.unwrap_or(SEVERAL);
+                        last.is_none()
+                    }
+                    Some(_) => false,
                 }
+            } else {
+                allocation.member == id
             };
             if empty {
-                shard.map.remove(&address);
-                shard.generation += 1;
+                map.remove(&address);
+                *generation += 1;
             }
         }
         Some(())
@@ -681,19 +690,19 @@ impl Registry {
     /// again.
     pub fn apply(&self, address: u64, answer: &Result<PointerInfo, DriverError>, judged_by: u64) -> Option<Vec<Change>> {
         let members: Vec<RegistrationId> = {
-            let mut shard = lock(&self.allocations[shard_of_address(address)]);
-            let Some(allocation) = shard.map.get_mut(&address) else { return Some(Vec::new()) };
+            let mut guard = lock(&self.allocations[shard_of_address(address)]);
+            let AllocationShard { map, several, .. } = &mut *guard;
+            let Some(allocation) = map.get_mut(&address) else { return Some(Vec::new()) };
             if allocation.fingerprint == DIRTY && judged_by != DIRTY {
                 return None;
             }
             allocation.fingerprint = Registry::fingerprint_of(answer);
-            match &allocation.members {
-                Members::One(id) => vec![*id],
-                Members::Many(ids) => {
-                    let mut ids: Vec<RegistrationId> = ids.iter().copied().collect();
-                    ids.sort_unstable();
-                    ids
-                }
+            if allocation.member == SEVERAL {
+                let mut ids: Vec<RegistrationId> = several.get(&address).map(|ids| ids.iter().copied().collect()).unwrap_or_default();
+                ids.sort_unstable();
+                ids
+            } else {
+                vec![allocation.member]
             }
         };
         let mut changes = Vec::new();
