@@ -306,7 +306,10 @@ impl Hasher for IntegerHasher {
     }
 }
 
+// cbindgen reads every type alias in the crate and cannot instantiate these: private, Rust only.
+/// cbindgen:ignore
 type IntegerMap<V> = HashMap<u64, V, BuildHasherDefault<IntegerHasher>>;
+/// cbindgen:ignore
 type IntegerSet = HashSet<u64, BuildHasherDefault<IntegerHasher>>;
 
 /// A shard on cache lines of its own: without the padding, neighbouring shards' locks share
