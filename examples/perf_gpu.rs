@@ -403,7 +403,7 @@ fn registration_under_load(cuda: &Arc<Cuda>, distinct_100k: &[u64], all_pacings:
         Arc::new(move |p| {
             let found = vram_monitor::inspect::inspect(driver, p, 4096).unwrap();
             let t = Instant::now();
-            let id = table.insert("kv", found.device, &found.pieces, &found.answers);
+            let id = table.insert("kv", found.device, found.pieces(), found.answers());
             let inserted = microseconds_since(t);
             let t = Instant::now();
             table.remove(id).unwrap();

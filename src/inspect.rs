@@ -14,12 +14,22 @@ pub struct Inspection {
     pub verdict: Verdict,
     /// The device of the first byte (-2 when it is not CUDA memory).
     pub device: i32,
+    // Inline when there is one piece, as for nearly every range: registering makes no heap
+    // allocation for it.
+    pieces: SmallVec<[Piece; 1]>,
+    answers: SmallVec<[PointerInfo; 1]>,
+}
+
+impl Inspection {
     /// The pieces that hold the range, in address order (complete only when resident).
-    /// Inline when there is one, as for nearly every range: registering makes no heap
-    /// allocation for it.
-    pub pieces: SmallVec<[Piece; 1]>,
+    pub fn pieces(&self) -> &[Piece] {
+        &self.pieces
+    }
+
     /// The driver's answer for each piece, in the same order.
-    pub answers: SmallVec<[PointerInfo; 1]>,
+    pub fn answers(&self) -> &[PointerInfo] {
+        &self.answers
+    }
 }
 
 /// Inspects `[ptr, ptr + size)` mapping by mapping. `size` must be non-zero and the range
@@ -149,10 +159,10 @@ mod tests {
         ]);
         let inspection = inspect(&driver, 0x100_1000, 3 * CHUNK - 0x2000).unwrap();
         assert_eq!(inspection.verdict, Verdict::Resident);
-        let ids: Vec<u64> = inspection.pieces.iter().map(|p| p.buffer_id).collect();
+        let ids: Vec<u64> = inspection.pieces().iter().map(|p| p.buffer_id).collect();
         assert_eq!(ids, vec![7, 8, 9]);
-        assert_eq!(inspection.pieces[0].start, 0x100_1000);
-        assert_eq!(inspection.pieces[2].end, 0x100_0000 + 3 * CHUNK - 0x1000);
+        assert_eq!(inspection.pieces()[0].start, 0x100_1000);
+        assert_eq!(inspection.pieces()[2].end, 0x100_0000 + 3 * CHUNK - 0x1000);
     }
 
     #[test]

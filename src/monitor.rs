@@ -234,7 +234,7 @@ impl Monitor {
         if inspection.verdict != Verdict::Resident {
             return Err(Error::Refused(inspection.verdict));
         }
-        Ok(self.shared.registry.insert(label, inspection.device, &inspection.pieces, &inspection.answers))
+        Ok(self.shared.registry.insert(label, inspection.device, inspection.pieces(), inspection.answers()))
     }
 
     /// Stops watching a registration.
@@ -539,15 +539,16 @@ fn sweep(shared: &Shared) -> CheckSummary {
                 continue;
             }
             match shared.registry.apply(address, &answer, last_fingerprint) {
-                Some(changes) => {
+                Ok(changes) => {
                     plan.addresses[i].1 = Registry::fingerprint_of(&answer);
                     for change in changes {
                         merge_change(&mut changed, change);
                     }
                 }
-                // Marked for a new judgement after this plan was made: a registration joined
-                // with a newer answer than ours. The next check judges it.
-                None => plan.addresses[i].1 = crate::registry::DIRTY,
+                // The allocation changed after this plan was made (a registration joined with
+                // another answer, or it was registered anew at this address): our answer may
+                // be older than theirs. The next check asks again.
+                Err(stale) => plan.addresses[i].1 = stale.current,
             }
         }
     }
@@ -582,10 +583,11 @@ fn sweep(shared: &Shared) -> CheckSummary {
     }
     let summary = CheckSummary {
         checked: counts.registrations,
-        // A registration both in violation and failing its query is one, not two.
+        // A registration both in violation and failing its query is one, not two. The three
+        // counters are read one after another while others may change them: saturate.
         resident: counts
             .registrations
-            .saturating_sub(counts.violating + counts.failing - counts.violating_and_failing),
+            .saturating_sub((counts.violating + counts.failing).saturating_sub(counts.violating_and_failing)),
         violations: counts.violating,
         check_failures: counts.failing,
         duration_us,

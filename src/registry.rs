@@ -39,7 +39,10 @@ fn next_id() -> RegistrationId {
     }
     IDS.with(|ids| {
         let (mut next, mut end) = ids.get();
-        if next == end {
+        // A thread that registers rarely would insert ids of an old block far from the end of
+        // its shard (a search and a shift of many entries under the lock): once a shard's worth
+        // of newer blocks has gone out, its block is dropped for a new one.
+        if next == end || NEXT_BLOCK.load(Ordering::Relaxed) > end + SHARDS as u64 * BLOCK {
             next = NEXT_BLOCK.fetch_add(BLOCK, Ordering::Relaxed);
             end = next + BLOCK;
         }
@@ -282,9 +285,10 @@ struct IntegerHasher(u64);
 
 impl Hasher for IntegerHasher {
     fn write(&mut self, bytes: &[u8]) {
-        // Only integers are hashed here; this is for completeness.
+        // Only integers are hashed here; this is for completeness. Each byte goes through
+        // the mixing step, so every byte and its position count.
         for &b in bytes {
-            self.write_u64(self.0 ^ u64::from(b));
+            self.write_u64(u64::from(b));
         }
     }
 
@@ -337,12 +341,21 @@ struct AllocationShard {
     /// registration is 24 bytes in `map`.
     several: IntegerMap<IntegerSet>,
     generation: u64,
+    /// Marks handed out (see [`is_mark`]).
+    marks: u64,
+}
+
+/// A new mark from a shard's counter (2 to 2^63 - 1, then round again).
+fn next_mark(marks: &mut u64) -> u64 {
+    *marks = marks.wrapping_add(1);
+    2 + *marks % (ANSWER_BIT - 2)
 }
 
 #[derive(Debug)]
 struct Allocation {
     /// Fingerprint of the driver's last answer at this address that the members were judged
-    /// by; [`DIRTY`] forces the next check to judge them again.
+    /// by, [`FAILED`], or a mark (see [`is_mark`]) that forces the next check to judge them
+    /// again. A check judges only when this is still what its plan held when it asked.
     fingerprint: u64,
     /// The one registration inside, or [`SEVERAL`]: then they are in the shard's `several`.
     member: RegistrationId,
@@ -351,11 +364,20 @@ struct Allocation {
 /// In [`Allocation::member`]: more than one registration; ids are never 0.
 const SEVERAL: RegistrationId = 0;
 
-/// The fingerprint that forces the next check to judge an allocation's members again.
-pub const DIRTY: u64 = 0;
+/// Fingerprints of answers have this bit set; below it are [`FAILED`] and the marks.
+const ANSWER_BIT: u64 = 1 << 63;
+/// The fingerprint recorded for a failed query.
 const FAILED: u64 = 1;
 
-/// A fingerprint of everything the verdicts depend on in an answer (never DIRTY or FAILED).
+/// Whether `fingerprint` is a mark: the value an allocation gets when a registration joins it
+/// having seen a different answer, so that the next check judges its members again. Each
+/// marking takes a new mark from its shard's counter, so a check that asked before a join
+/// never finds its plan's value still there afterwards.
+pub fn is_mark(fingerprint: u64) -> bool {
+    fingerprint < ANSWER_BIT && fingerprint != FAILED
+}
+
+/// A fingerprint of everything the verdicts depend on in an answer (never FAILED or a mark).
 pub fn fingerprint(info: &PointerInfo) -> u64 {
     let raw_type = match info.memory_type {
         crate::driver::MemoryType::Unregistered => 0,
@@ -377,8 +399,9 @@ pub fn fingerprint(info: &PointerInfo) -> u64 {
     // Each word times its own odd constant, summed. The products are independent of each
     // other, so this is a few cycles where a chained hash was about 35 (a check runs it once
     // per query, next to a driver call of about 120 ns). Multiplying by an odd constant is a
-    // bijection on u64, so two answers that differ in one word never share a fingerprint;
-    // differing in several, the differences would have to cancel exactly.
+    // bijection on u64, so two answers that differ in one word share a fingerprint only if the
+    // sums differ in the top bit alone (which ANSWER_BIT hides): a difference of exactly 2^63
+    // in that word. Differing in several, the differences would have to cancel exactly.
     const FACTORS: [u64; 7] = [
         0x9e37_79b9_7f4a_7c15,
         0xc2b2_ae3d_27d4_eb4f,
@@ -388,12 +411,14 @@ pub fn fingerprint(info: &PointerInfo) -> u64 {
         0xe703_7ed1_a0b4_28db,
         0x8ebc_6af0_9c88_c6e3,
     ];
-    let h = words.iter().zip(FACTORS).fold(0u64, |h, (&w, k)| h.wrapping_add(w.wrapping_mul(k)));
-    if h <= FAILED {
-        h + 2
-    } else {
-        h
-    }
+    words.iter().zip(FACTORS).fold(0u64, |h, (&w, k)| h.wrapping_add(w.wrapping_mul(k))) | ANSWER_BIT
+}
+
+/// [`Registry::apply`] judged nothing: the allocation changed after the caller's plan was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stale {
+    /// The value the plan should hold for the address from now on.
+    pub current: u64,
 }
 
 /// Registrations and their bytes for one device and verdict.
@@ -497,13 +522,13 @@ impl Registry {
             let seen = fingerprint(answer);
             let address = piece.query_at;
             let mut guard = lock(&self.allocations[shard_of_address(address)]);
-            let AllocationShard { map, several, generation } = &mut *guard;
+            let AllocationShard { map, several, generation, marks } = &mut *guard;
             match map.get_mut(&address) {
                 Some(allocation) => {
                     // The others were judged by an older answer: if it differs from what this
                     // registration saw, the memory changed meanwhile; judge them all again.
                     if allocation.fingerprint != seen {
-                        allocation.fingerprint = DIRTY;
+                        allocation.fingerprint = next_mark(marks);
                         *generation += 1;
                     }
                     if allocation.member == SEVERAL {
@@ -546,7 +571,7 @@ impl Registry {
         for tracked in registration.pieces.as_slice() {
             let address = tracked.piece.query_at;
             let mut guard = lock(&self.allocations[shard_of_address(address)]);
-            let AllocationShard { map, several, generation } = &mut *guard;
+            let AllocationShard { map, several, generation, .. } = &mut *guard;
             let Some(allocation) = map.get_mut(&address) else { continue };
             let empty = if allocation.member == SEVERAL {
                 let left = several.get_mut(&address).map(|ids| {
@@ -687,17 +712,19 @@ impl Registry {
     /// Judges again every registration inside the allocation at `address` by `answer`, and
     /// records the answer as the one they were judged by. Returns what changed.
     ///
-    /// `judged_by` is the fingerprint the caller's plan had for this address when it asked. If
-    /// the allocation was marked [`DIRTY`] since (a registration joined that saw a newer answer
-    /// than `answer` may be), nothing is judged and `None` is returned: the next check asks
-    /// again.
-    pub fn apply(&self, address: u64, answer: &Result<PointerInfo, DriverError>, judged_by: u64) -> Option<Vec<Change>> {
+    /// `judged_by` is the fingerprint the caller's plan had for this address when it asked.
+    /// If the allocation holds another value now, it changed after the plan was made — a
+    /// registration joined having seen another answer (perhaps newer than `answer`), or the
+    /// allocation was unregistered and registered again at the same address — so `answer` may
+    /// be older than what its members were registered against: nothing is judged, and
+    /// [`Stale`] tells the value to plan with, so that the next check asks again.
+    pub fn apply(&self, address: u64, answer: &Result<PointerInfo, DriverError>, judged_by: u64) -> Result<Vec<Change>, Stale> {
         let members: Vec<RegistrationId> = {
             let mut guard = lock(&self.allocations[shard_of_address(address)]);
             let AllocationShard { map, several, .. } = &mut *guard;
-            let Some(allocation) = map.get_mut(&address) else { return Some(Vec::new()) };
-            if allocation.fingerprint == DIRTY && judged_by != DIRTY {
-                return None;
+            let Some(allocation) = map.get_mut(&address) else { return Ok(Vec::new()) };
+            if allocation.fingerprint != judged_by {
+                return Err(Stale { current: allocation.fingerprint });
             }
             allocation.fingerprint = Registry::fingerprint_of(answer);
             if allocation.member == SEVERAL {
@@ -764,7 +791,7 @@ impl Registry {
                 changes.push(Change::Verdict { registration: registration.info(id), from: old_verdict });
             }
         }
-        Some(changes)
+        Ok(changes)
     }
 }
 
@@ -858,7 +885,8 @@ mod tests {
         for shard in 0..registry.allocation_shards() {
             registry.allocation_addresses(shard, &mut addresses);
         }
-        assert_eq!(addresses, vec![(0x1000, DIRTY)]);
+        assert_eq!(addresses.len(), 1);
+        assert!(is_mark(addresses[0].1), "marked for a new judgement: {:#x}", addresses[0].1);
     }
 
     #[test]
@@ -880,10 +908,75 @@ mod tests {
         // The check's plan saw fingerprint(answer(1)) and asked; meanwhile a registration
         // joined having seen answer(2), marking the allocation dirty.
         registry.insert("b", 0, &[Piece { buffer_id: 2, ..piece(0x1000, 0x2000) }], &[answer(2)]);
-        assert_eq!(registry.apply(0x1000, &Ok(answer(1)), fingerprint(&answer(1))), None, "stale answer: judge nothing");
+        let stale = registry.apply(0x1000, &Ok(answer(1)), fingerprint(&answer(1))).unwrap_err();
+        assert!(is_mark(stale.current));
+        assert_eq!(registry.counts().violating, 0, "stale answer: judge nothing");
+        let changes = registry.apply(0x1000, &Ok(answer(2)), stale.current).unwrap();
+        assert_eq!(changes.len(), 1, "the next check, planned with the mark, judges both");
+    }
+
+    #[test]
+    fn a_join_after_the_query_of_a_check_that_planned_with_a_mark_judges_nothing() {
+        let registry = Registry::new();
+        registry.insert("a", 0, &[piece(0x1000, 0x2000)], &[answer(1)]);
+        registry.insert("b", 0, &[Piece { buffer_id: 2, ..piece(0x1000, 0x2000) }], &[answer(2)]);
+        let planned = registry.apply(0x1000, &Ok(answer(1)), 0).unwrap_err().current;
+        assert!(is_mark(planned));
+        // The check asks (answer 2) ... and before it applies, c joins having seen answer 3.
+        let c = registry.insert("c", 0, &[Piece { buffer_id: 3, ..piece(0x1000, 0x2000) }], &[answer(3)]);
+        let stale = registry.apply(0x1000, &Ok(answer(2)), planned).unwrap_err();
+        assert_ne!(stale.current, planned, "a new mark for each join");
+        assert_eq!(registry.get(c).unwrap().verdict, Verdict::Resident, "c not judged by an answer older than its own");
+    }
+
+    #[test]
+    fn an_answer_from_before_the_address_was_registered_anew_judges_nothing() {
+        let registry = Registry::new();
+        let a = registry.insert("a", 0, &[piece(0x1000, 0x2000)], &[answer(1)]);
+        let planned = fingerprint(&answer(1));
+        // The check asks and finds the memory freed; then the engine unregisters a, allocates
+        // again at the same address, and registers b; then the check applies its answer.
+        let freed: Result<PointerInfo, DriverError> = Ok(PointerInfo::unregistered());
+        registry.remove(a).unwrap();
+        let b = registry.insert("b", 0, &[Piece { buffer_id: 2, ..piece(0x1000, 0x2000) }], &[answer(2)]);
+        let stale = registry.apply(0x1000, &freed, planned).unwrap_err();
+        assert_eq!(stale.current, fingerprint(&answer(2)), "plan with what b was registered against");
+        assert_eq!(registry.get(b).unwrap().verdict, Verdict::Resident, "b not judged by the older answer");
         assert_eq!(registry.counts().violating, 0);
-        let changes = registry.apply(0x1000, &Ok(answer(2)), DIRTY).unwrap();
-        assert_eq!(changes.len(), 1, "the next check, planned with the dirty mark, judges both");
+        // The next check, with the answer b saw, finds nothing changed; a later free is seen.
+        assert!(Registry::is_unchanged(stale.current, &Ok(answer(2))));
+        let changes = registry.apply(0x1000, &freed, stale.current).unwrap();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(registry.get(b).unwrap().verdict, Verdict::NotMapped);
+    }
+
+    #[test]
+    fn a_thread_that_registers_rarely_does_not_keep_an_old_block_of_ids() {
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let (tell, told) = std::sync::mpsc::channel::<u64>();
+        let rare = std::thread::spawn(move || {
+            tell.send(next_id()).unwrap();
+            wait.recv().unwrap();
+            tell.send(next_id()).unwrap();
+        });
+        let first = told.recv().unwrap();
+        let newest = (0..(SHARDS as u64 + 2) * ID_BLOCK).map(|_| next_id()).max().unwrap();
+        go.send(()).unwrap();
+        let second = told.recv().unwrap();
+        rare.join().unwrap();
+        assert!(first < newest);
+        assert!(second > newest, "the rare thread went on with its old block: {second} after {newest}");
+    }
+
+    #[test]
+    fn the_integer_hasher_uses_every_byte_it_is_given() {
+        let hash = |bytes: &[u8]| {
+            let mut h = IntegerHasher::default();
+            h.write(bytes);
+            h.finish()
+        };
+        assert_ne!(hash(&[1, 2, 3]), hash(&[9, 9, 3]));
+        assert_ne!(hash(&[1, 2]), hash(&[2, 1]));
     }
 
     #[test]
@@ -907,7 +1000,7 @@ mod tests {
     fn answers_that_differ_in_any_one_field_have_different_fingerprints() {
         let base = answer(0x51);
         let base_print = fingerprint(&base);
-        assert!(base_print > FAILED);
+        assert!(!is_mark(base_print) && base_print != FAILED);
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
         for _ in 0..10_000 {
             x ^= x << 13;
@@ -928,7 +1021,7 @@ mod tests {
             }
             for v in variants {
                 assert_ne!(fingerprint(&v), base_print, "{v:?}");
-                assert!(fingerprint(&v) > FAILED);
+                assert!(!is_mark(fingerprint(&v)) && fingerprint(&v) != FAILED);
             }
         }
     }

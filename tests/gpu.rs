@@ -1770,7 +1770,7 @@ fn s_vmm_three(g: &Gpu, row: &mut Row) -> Result<(), String> {
         Ok(inspection) => row.notes.push(format!(
             "inspect before registering: {} with {} pieces (3 expected)",
             inspection.verdict,
-            inspection.pieces.len()
+            inspection.pieces().len()
         )),
         Err(e) => row.notes.push(format!("inspect failed: {e}")),
     }
