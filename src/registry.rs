@@ -32,7 +32,6 @@ const ID_BLOCK: u64 = 64;
 /// A new registration id: unique in the process, never 0. Threads take ids in blocks, so
 /// registering on many threads does not contend on one counter.
 fn next_id() -> RegistrationId {
-    const BLOCK: u64 = ID_BLOCK;
     static NEXT_BLOCK: AtomicU64 = AtomicU64::new(1);
     thread_local! {
         static IDS: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
@@ -42,9 +41,9 @@ fn next_id() -> RegistrationId {
         // A thread that registers rarely would insert ids of an old block far from the end of
         // its shard (a search and a shift of many entries under the lock): once a shard's worth
         // of newer blocks has gone out, its block is dropped for a new one.
-        if next == end || NEXT_BLOCK.load(Ordering::Relaxed) > end + SHARDS as u64 * BLOCK {
-            next = NEXT_BLOCK.fetch_add(BLOCK, Ordering::Relaxed);
-            end = next + BLOCK;
+        if next == end || NEXT_BLOCK.load(Ordering::Relaxed) > end + SHARDS as u64 * ID_BLOCK {
+            next = NEXT_BLOCK.fetch_add(ID_BLOCK, Ordering::Relaxed);
+            end = next + ID_BLOCK;
         }
         ids.set((next + 1, end));
         next
