@@ -128,7 +128,12 @@ class TestLibrary(unittest.TestCase):
 
     def test_result_and_verdict_numbers_match_the_header(self):
         header = read_header()
+        # register_many's codes (106, 107) are bound ahead of the library that has them; once
+        # the header has a name, it must carry the same number.
+        ahead = {"DUPLICATE_RANGE", "ENTRIES_FAILED"}
         for member in Result:
+            if member.name in ahead and "VRAM_MONITOR_RESULT_%s " % member.name not in header:
+                continue
             self.assertRegex(header, r"VRAM_MONITOR_RESULT_%s = %d," % (member.name, member.value))
         for member in Verdict:
             self.assertRegex(header, r"VRAM_MONITOR_VERDICT_%s = %d," % (member.name, member.value))
@@ -355,8 +360,10 @@ class TestMonitor(FakeDriverTest):
             m.register((ptr, MIB), "inner")
             self.assertFalse(m.closed)
         self.assertTrue(m.closed)
-        with self.assertRaises(ValueError):
+        with self.assertRaises(vram_monitor.MonitorClosed) as raised:
             m.health()
+        self.assertEqual(raised.exception.code, Result.CLOSED)
+        self.assertIsInstance(raised.exception, VramMonitorError)
         m.close()  # idempotent
 
     def test_log_records_reach_python_logging(self):
