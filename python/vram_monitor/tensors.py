@@ -12,6 +12,8 @@ numel * element_size for a contiguous tensor; more (the gaps) for a strided view
 with no elements spans 0 bytes, which registration refuses.
 """
 
+import operator
+
 __all__ = ["buffer_range", "torch_range", "cupy_range", "cuda_array_interface_range"]
 
 
@@ -73,7 +75,8 @@ def buffer_range(obj, whole_storage=False):
     """(ptr, nbytes) of a torch tensor, a CuPy array, an object with __cuda_array_interface__,
     or a (ptr, nbytes) pair."""
     if isinstance(obj, tuple) and len(obj) == 2:
-        return int(obj[0]), int(obj[1])
+        # operator.index, not int(): a float size is a mistake, not something to round.
+        return operator.index(obj[0]), operator.index(obj[1])
     module = _module_of(obj)
     if module.startswith("torch") and hasattr(obj, "data_ptr"):
         return torch_range(obj, whole_storage=whole_storage)
