@@ -23,7 +23,8 @@ import weakref
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, os.path.join(ROOT, "python"))
+if os.environ.get("VRAM_MONITOR_TEST_INSTALLED") != "1":
+    sys.path.insert(0, os.path.join(ROOT, "python"))
 
 import vram_monitor  # noqa: E402
 from vram_monitor import _native  # noqa: E402

@@ -58,6 +58,15 @@ class Parity(unittest.TestCase):
         self.assertEqual(undeclared, [], "header functions without a ctypes prototype in _native.py")
         self.assertEqual(uncalled, [], "header functions no package code calls")
 
+    @unittest.skipUnless(os.environ.get("VRAM_MONITOR_TEST_INSTALLED") == "1", "run from a checkout, not an installed package")
+    def test_the_installed_package_loads_its_bundled_library(self):
+        """pip install put the library inside the package, and it is the one loaded: no
+        environment variable, no install script."""
+        package = os.path.dirname(os.path.abspath(vram_monitor.__file__))
+        self.assertFalse(package.startswith(os.path.join(ROOT, "python")), "imported from the checkout: %s" % package)
+        self.assertNotIn("VRAM_MONITOR_LIBRARY", os.environ)
+        self.assertEqual(os.path.dirname(os.path.abspath(vram_monitor.library_path())), package)
+
     def test_typed_package(self):
         self.assertTrue(os.path.exists(os.path.join(os.path.dirname(vram_monitor.__file__), "py.typed")))
 
