@@ -131,6 +131,29 @@ class Ownership(WithMonitor):
         self.assertTrue(m.closed)
 
 
+class ExitHandler(WithMonitor):
+    def test_close_all_closes_live_monitors_and_detaches_the_log_handler(self):
+        """What the atexit handler runs: afterwards no monitor of the package is open and no
+        log record reaches Python (they go back to the library's stderr sink)."""
+        records = []
+        vram_monitor.set_log_handler(lambda level, target, message: records.append(message))
+        try:
+            base = self.alloc()
+            self.m.register((base, MIB), "w")
+            self.m.check_now()
+            self.assertTrue(records, "the handler receives records")
+            vram_monitor.close_all()
+            self.assertTrue(self.m.closed)
+            self.assertEqual(vram_monitor.lifecycle.live_monitors(), [])
+            seen = len(records)
+            with vram_monitor.Monitor(interval_ms=3_600_000) as other:
+                other.register((base, MIB), "w")
+                other.check_now()
+            self.assertEqual(len(records), seen, "records still reach Python after close_all")
+        finally:
+            vram_monitor.set_log_handler(None)
+
+
 class RangeChecks(WithMonitor):
     def test_sizes_and_pointers_outside_64_bits_raise_value_error(self):
         base = self.alloc()
