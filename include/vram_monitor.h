@@ -9,6 +9,27 @@
  *    vram_monitor_free return VRAM_MONITOR_RESULT_CALLED_FROM_CALLBACK instead of deadlocking;
  *  - after vram_monitor_free returns, no callback runs and the user data has been released.
  *
+ * Lifetime contract (docs/reliability.md, section 5, has the test for each line):
+ *  - vram_monitor_free may run while other threads are inside calls on the same monitor: it
+ *    waits for those calls to return; every call that begins once free has begun returns
+ *    VRAM_MONITOR_RESULT_CLOSED, and so does every call with the handle after free returned
+ *    (a second free included): handles are never deallocated, a freed one answers CLOSED.
+ *  - free from inside a callback, or from a user-data finaliser that runs inside a call on the
+ *    same monitor: CALLED_FROM_CALLBACK, nothing freed.
+ *  - process exit: free your monitors before exit() or returning from main. If you do not,
+ *    the library's exit hook (registered with atexit on every vram_monitor_new and
+ *    set_callback / set_log_callback) stops all checks and callbacks when it runs, and waits
+ *    up to 2 s for a callback in progress; atexit hooks run in reverse order, so it runs
+ *    before the destructors of statics constructed before the latest of those calls, not
+ *    before those constructed later. In a Python process nothing is delivered once the
+ *    interpreter finalises (the Python package closes its monitors in its own atexit hook).
+ *  - fork: in the child every call on a monitor created before the fork returns FORKED.
+ *  - dlclose: the library marks itself RTLD_NODELETE when it creates its first monitor, so
+ *    a dlclose never unmaps code a monitor thread runs; free the monitors to stop them.
+ *  - two copies of the library in one process (say a Python wheel beside an engine's own) are
+ *    independent; their ids never collide, and an id of one is UNKNOWN_REGISTRATION to the
+ *    other.
+ *
  * Bad input (each tested from C: tests/c/test_api_contract.c, test_bad_input.c; the full table
  * with the test for each row is in docs/reliability.md). A rejected call changes nothing and
  * writes no out-parameter.
