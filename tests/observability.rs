@@ -104,6 +104,11 @@ impl Snapshot for Fixed {
             process_vram: ProcessVram::UNKNOWN,
             interval_ms: 60_000,
             device_faults: 0,
+            stalled: false,
+            last_check_started_unix_ms: 1_699_999_999_999,
+            check_in_progress_ms: None,
+            stall_deadline_ms: 30_000,
+            stall_grace_ms: 30_000,
         }
     }
     fn devices(&self) -> Vec<DeviceHealth> {
