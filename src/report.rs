@@ -284,6 +284,13 @@ pub fn devices_json(out: &mut String, devices: &[DeviceHealth]) {
         }
         let _ = write!(out, "{{\"device\":{},\"nvml\":\"{}\",\"detail\":", d.device, if d.available { "available" } else { "unavailable" });
         json_string(out, &d.detail);
+        out.push_str(",\"nvml_index\":");
+        match d.nvml_index {
+            Some(index) => {
+                let _ = write!(out, "{index}");
+            }
+            None => out.push_str("null"),
+        }
         out.push_str(",\"uuid\":");
         optional_json_string(out, d.uuid.as_deref());
         out.push_str(",\"name\":");
