@@ -178,6 +178,11 @@ enum VramMonitorResult
    */
   VRAM_MONITOR_RESULT_FORKED = 403,
   /**
+   * The monitor is being freed or was freed: `vram_monitor_free` has begun on it (from any
+   * thread). Also the answer to a second `vram_monitor_free`.
+   */
+  VRAM_MONITOR_RESULT_CLOSED = 404,
+  /**
    * An internal error (a caught panic). The monitor is still usable.
    */
   VRAM_MONITOR_RESULT_PANIC = 500,
@@ -686,12 +691,21 @@ VramMonitorResult vram_monitor_new(uint32_t interval_ms, struct VramMonitor **ou
  * user data, and frees the monitor. No callback runs after this returns. `NULL` is a no-op
  * returning `OK`.
  *
- * From inside a callback it returns `CALLED_FROM_CALLBACK` and frees nothing.
+ * Concurrent calls: free may be called while other threads are inside calls on the same
+ * monitor. From the moment free begins, every call on this monitor that begins returns
+ * `CLOSED` (a callback still running during the free included), and free waits for the
+ * calls already in progress to return (each is bounded: a register by its driver queries,
+ * a `check_now` by one check, a report by its rendering). After free returns, a call with
+ * the same handle returns `CLOSED`, also a second free: the handle is never deallocated
+ * (a tombstone of about 100 bytes stays per freed monitor), so it never reads freed memory.
+ *
+ * From inside a callback (or from a user-data finaliser that runs inside a call on this
+ * monitor) it returns `CALLED_FROM_CALLBACK` and frees nothing.
  *
  * Bound: the thread checks a stop flag before every driver query and before each event, so
  * this waits for at most the driver query in progress plus the callback call in progress
- * (and the HTTP endpoint's threads, if one was started). Events not yet delivered are
- * dropped.
+ * (and the HTTP endpoint's threads, if one was started), after the calls in progress on
+ * other threads. Events not yet delivered are dropped.
  *
  * In a child process forked after `vram_monitor_new`, returns `FORKED` at once: the monitor
  * thread does not exist there, so nothing is joined, the user data's finaliser does not run

@@ -20,6 +20,7 @@ pub mod health;
 pub mod http;
 pub mod inspect;
 pub mod monitor;
+pub mod process_exit;
 pub mod process_vram;
 pub mod prometheus;
 pub mod registration_guard;

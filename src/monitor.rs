@@ -115,6 +115,9 @@ struct Shared {
     stats: Mutex<Stats>,
     total_violations: AtomicU64,
     stopping: AtomicBool,
+    /// A `Reschedule` is queued and not yet taken: further interval changes need not queue
+    /// another (a flood of them must not bury the periodic check under commands).
+    reschedule_queued: AtomicBool,
     reported_healthy: AtomicBool,
     /// The GPUs' own memory health (src/device_health.rs).
     device_health: DeviceHealthMonitor,
@@ -184,10 +187,12 @@ impl Monitor {
             stats: Mutex::new(Stats::default()),
             total_violations: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
+            reschedule_queued: AtomicBool::new(false),
             reported_healthy: AtomicBool::new(true),
             device_health: DeviceHealthMonitor::new(),
             stall: StallClock::new(),
         });
+        crate::process_exit::arm();
         let (commands, inbox) = crossbeam_channel::unbounded();
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -271,6 +276,9 @@ impl Monitor {
     /// monitor thread, one event at a time. A callback already running finishes its event
     /// with the old function, which is dropped once no event uses it.
     pub fn set_callback(&self, callback: Option<Callback>) {
+        if callback.is_some() {
+            crate::process_exit::arm();
+        }
         let old = std::mem::replace(&mut *lock(&self.shared.callback), callback);
         // Dropped here, outside the lock: its destructor may call back into the monitor.
         drop(old);
@@ -281,6 +289,10 @@ impl Monitor {
     pub fn set_interval(&self, interval: Duration) -> Result<(), Error> {
         self.not_forked()?;
         self.shared.interval_ms.store(interval_ms(interval)?, Ordering::Release);
+        if self.shared.reschedule_queued.swap(true, Ordering::AcqRel) {
+            // The queued one will read the interval just stored.
+            return Ok(());
+        }
         self.commands.send(Command::Reschedule).map_err(|_| Error::Stopped)
     }
 
@@ -508,6 +520,9 @@ fn run(shared: Arc<Shared>, inbox: Receiver<Command>) {
         let due = last_check.checked_add(interval);
         let wait = due.map(|d| d.saturating_duration_since(Instant::now()));
         let command = match wait {
+            // Due already: check before taking another command, so that commands arriving
+            // faster than they are handled can never postpone the periodic check.
+            Some(wait) if wait.is_zero() => Err(RecvTimeoutError::Timeout),
             Some(wait) => inbox.recv_timeout(wait),
             // An interval so long that it overflows the clock: wait for a command only.
             None => inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -518,7 +533,7 @@ fn run(shared: Arc<Shared>, inbox: Receiver<Command>) {
                 let summary = guarded_sweep(&shared);
                 let _ = reply.send(summary);
             }
-            Ok(Command::Reschedule) => {}
+            Ok(Command::Reschedule) => shared.reschedule_queued.store(false, Ordering::Release),
             Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => return,
             Err(RecvTimeoutError::Timeout) => {
                 last_check = Instant::now();
@@ -591,8 +606,9 @@ fn sweep(shared: &Shared) -> CheckSummary {
         {
             // Checked before every query (one relaxed load), so that freeing waits for at
             // most the query in progress, however slow the driver is.
-            if shared.stopping.load(Ordering::Acquire) {
-                // Shutting down: a partial check is not a result.
+            if shared.stopping.load(Ordering::Acquire) || crate::process_exit::exiting() {
+                // Shutting down (or the process is exiting, and the driver may be tearing
+                // itself down): a partial check is not a result.
                 return CheckSummary::default();
             }
             if queries_in_slice >= pacing.slice_queries {
@@ -813,7 +829,9 @@ fn dispatch(shared: &Shared, event: &Event, log: bool) {
     }
     let callback = lock(&shared.callback).clone();
     if let Some(callback) = callback {
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(event))).is_err() {
+        // Nothing reaches the host once it has begun to exit (src/process_exit.rs).
+        let delivered = crate::process_exit::deliver(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(event))));
+        if let Some(Err(_)) = delivered {
             log::error!(target: "vram_monitor", "an event callback panicked; the monitor goes on");
         }
     }

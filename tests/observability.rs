@@ -413,7 +413,8 @@ fn a_device_memory_fault_fires_an_event_and_makes_health_503() {
         // A C handle, driven from Rust here and through the C API at the end.
         let mut handle: *mut VramMonitor = std::ptr::null_mut();
         assert_eq!(unsafe { vram_monitor_new(60_000, &mut handle) }, VramMonitorResult::Ok);
-        let m: &Monitor = unsafe { &*handle }.as_monitor();
+        // SAFETY: freed only at the end of this test, after the last use of `m`.
+        let m: &Monitor = unsafe { (*handle).as_monitor() }.expect("a live monitor");
         let script = Script::default();
         script.set(0, Ok(clean_reading()));
         script.set(1, Ok(unsupported_reading()));

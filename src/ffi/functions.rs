@@ -1,24 +1,21 @@
 //! The exported functions. Each checks its arguments, calls the core inside the panic guard,
 //! and writes out-parameters only on success.
 //!
-//! Threading: every function may be called from any thread. A monitor must not be used
-//! after `vram_monitor_free` has been called on it, from any thread.
+//! Threading: every function may be called from any thread. `vram_monitor_free` may run
+//! while other threads are inside calls on the same monitor: it waits for them, and calls
+//! that begin once it has begun return `CLOSED` (src/ffi/handle.rs).
 
 use std::ffi::{c_char, c_void, CStr};
 use std::time::Duration;
 
 use super::callback::{self, VramMonitorCallback, VramMonitorUserDataFree};
+use super::handle::{enter, VramMonitor};
 use super::panic::guard;
 use super::result::VramMonitorResult;
 use super::types::{VramMonitorCheckSummary, VramMonitorEvent, VramMonitorHealth};
 use crate::monitor::{Monitor, MonitorOptions};
 use crate::report::ReportFormat;
 use crate::verdict::Verdict;
-
-/// A residency monitor: registrations and one background thread. Opaque.
-pub struct VramMonitor {
-    pub(crate) monitor: Monitor,
-}
 
 /// The default check interval in milliseconds (60 s).
 pub const VRAM_MONITOR_DEFAULT_INTERVAL_MS: u32 = 60_000;
@@ -39,18 +36,6 @@ pub const VRAM_MONITOR_VERSION_MAJOR: u32 = 0;
 pub const VRAM_MONITOR_VERSION_MINOR: u32 = 1;
 /// Patch version of this header.
 pub const VRAM_MONITOR_VERSION_PATCH: u32 = 0;
-
-/// `FORKED` when `monitor` was created by another process (this is a child forked after
-/// `vram_monitor_new`): its thread does not exist here, so nothing may wait for it or take
-/// its locks.
-macro_rules! refuse_in_forked_child {
-    ($monitor:expr) => {
-        // SAFETY: non-NULL (checked by the caller) and not freed (caller's contract).
-        if unsafe { &(*$monitor).monitor }.in_forked_child() {
-            return VramMonitorResult::Forked;
-        }
-    };
-}
 
 macro_rules! try_ffi {
     ($e:expr) => {
@@ -81,8 +66,9 @@ pub unsafe extern "C" fn vram_monitor_new(interval_ms: u32, out_monitor: *mut *m
         super::log_bridge::install();
         let options = MonitorOptions { interval: Duration::from_millis(u64::from(interval_ms)), ..Default::default() };
         let monitor = try_ffi!(Monitor::new(options));
+        super::pin::pin_library();
         // SAFETY: checked non-NULL; the caller provides a writable pointer.
-        unsafe { *out_monitor = Box::into_raw(Box::new(VramMonitor { monitor })) };
+        unsafe { *out_monitor = VramMonitor::create(monitor) };
         VramMonitorResult::Ok
     })
 }
@@ -91,12 +77,21 @@ pub unsafe extern "C" fn vram_monitor_new(interval_ms: u32, out_monitor: *mut *m
 /// user data, and frees the monitor. No callback runs after this returns. `NULL` is a no-op
 /// returning `OK`.
 ///
-/// From inside a callback it returns `CALLED_FROM_CALLBACK` and frees nothing.
+/// Concurrent calls: free may be called while other threads are inside calls on the same
+/// monitor. From the moment free begins, every call on this monitor that begins returns
+/// `CLOSED` (a callback still running during the free included), and free waits for the
+/// calls already in progress to return (each is bounded: a register by its driver queries,
+/// a `check_now` by one check, a report by its rendering). After free returns, a call with
+/// the same handle returns `CLOSED`, also a second free: the handle is never deallocated
+/// (a tombstone of about 100 bytes stays per freed monitor), so it never reads freed memory.
+///
+/// From inside a callback (or from a user-data finaliser that runs inside a call on this
+/// monitor) it returns `CALLED_FROM_CALLBACK` and frees nothing.
 ///
 /// Bound: the thread checks a stop flag before every driver query and before each event, so
 /// this waits for at most the driver query in progress plus the callback call in progress
-/// (and the HTTP endpoint's threads, if one was started). Events not yet delivered are
-/// dropped.
+/// (and the HTTP endpoint's threads, if one was started), after the calls in progress on
+/// other threads. Events not yet delivered are dropped.
 ///
 /// In a child process forked after `vram_monitor_new`, returns `FORKED` at once: the monitor
 /// thread does not exist there, so nothing is joined, the user data's finaliser does not run
@@ -110,17 +105,8 @@ pub unsafe extern "C" fn vram_monitor_free(monitor: *mut VramMonitor) -> VramMon
         if monitor.is_null() {
             return VramMonitorResult::Ok;
         }
-        // SAFETY: a pointer from vram_monitor_new that has not been freed (caller's contract).
-        if unsafe { &*monitor }.monitor.in_forked_child() {
-            // Dropping leaks the monitor in the child without waiting (Monitor::in_forked_child).
-            drop(unsafe { Box::from_raw(monitor) });
-            return VramMonitorResult::Forked;
-        }
-        if unsafe { &*monitor }.monitor.is_monitor_thread() {
-            return VramMonitorResult::CalledFromCallback;
-        }
-        drop(unsafe { Box::from_raw(monitor) });
-        VramMonitorResult::Ok
+        // SAFETY: a pointer from vram_monitor_new; handles are never deallocated.
+        unsafe { &*monitor }.close()
     })
 }
 
@@ -150,15 +136,14 @@ pub unsafe extern "C" fn vram_monitor_register(
     out_id: *mut u64,
 ) -> VramMonitorResult {
     guard(|| {
-        if monitor.is_null() || ptr.is_null() || label.is_null() || out_id.is_null() {
+        let monitor = enter!(monitor);
+        if ptr.is_null() || label.is_null() || out_id.is_null() {
             return VramMonitorResult::NullArgument;
         }
-        refuse_in_forked_child!(monitor);
         // SAFETY: non-NULL, NUL-terminated per the contract.
         let Ok(label) = unsafe { CStr::from_ptr(label) }.to_str() else {
             return VramMonitorResult::InvalidLabel;
         };
-        let monitor = unsafe { &(*monitor).monitor };
         let id = try_ffi!(monitor.register(ptr as u64, size as u64, label));
         unsafe { *out_id = id };
         VramMonitorResult::Ok
@@ -176,11 +161,7 @@ pub unsafe extern "C" fn vram_monitor_register(
 /// Pointer arguments must be NULL or valid as documented above.
 pub unsafe extern "C" fn vram_monitor_unregister(monitor: *mut VramMonitor, id: u64) -> VramMonitorResult {
     guard(|| {
-        if monitor.is_null() {
-            return VramMonitorResult::NullArgument;
-        }
-        refuse_in_forked_child!(monitor);
-        try_ffi!(unsafe { &(*monitor).monitor }.unregister(id));
+        try_ffi!(enter!(monitor).unregister(id));
         VramMonitorResult::Ok
     })
 }
@@ -203,11 +184,7 @@ pub unsafe extern "C" fn vram_monitor_set_callback(
     free_user_data: VramMonitorUserDataFree,
 ) -> VramMonitorResult {
     guard(|| {
-        if monitor.is_null() {
-            return VramMonitorResult::NullArgument;
-        }
-        refuse_in_forked_child!(monitor);
-        let monitor = unsafe { &(*monitor).monitor };
+        let monitor = enter!(monitor);
         monitor.set_callback(callback.map(|f| callback::wrap(f, user_data, free_user_data)));
         VramMonitorResult::Ok
     })
@@ -224,11 +201,7 @@ pub unsafe extern "C" fn vram_monitor_set_callback(
 /// Pointer arguments must be NULL or valid as documented above.
 pub unsafe extern "C" fn vram_monitor_set_interval_ms(monitor: *mut VramMonitor, interval_ms: u32) -> VramMonitorResult {
     guard(|| {
-        if monitor.is_null() {
-            return VramMonitorResult::NullArgument;
-        }
-        refuse_in_forked_child!(monitor);
-        let monitor = unsafe { &(*monitor).monitor };
+        let monitor = enter!(monitor);
         try_ffi!(monitor.set_interval(Duration::from_millis(u64::from(interval_ms))));
         VramMonitorResult::Ok
     })
@@ -246,11 +219,7 @@ pub unsafe extern "C" fn vram_monitor_set_interval_ms(monitor: *mut VramMonitor,
 #[no_mangle]
 pub unsafe extern "C" fn vram_monitor_set_pacing(monitor: *mut VramMonitor, slice_queries: u32, pause_us: u32) -> VramMonitorResult {
     guard(|| {
-        if monitor.is_null() {
-            return VramMonitorResult::NullArgument;
-        }
-        refuse_in_forked_child!(monitor);
-        let monitor = unsafe { &(*monitor).monitor };
+        let monitor = enter!(monitor);
         let pacing = crate::monitor::Pacing { slice_queries, pause: Duration::from_micros(u64::from(pause_us)) };
         try_ffi!(monitor.set_pacing(pacing));
         VramMonitorResult::Ok
@@ -272,11 +241,7 @@ pub unsafe extern "C" fn vram_monitor_check_now(
     out_summary: *mut VramMonitorCheckSummary,
 ) -> VramMonitorResult {
     guard(|| {
-        if monitor.is_null() {
-            return VramMonitorResult::NullArgument;
-        }
-        refuse_in_forked_child!(monitor);
-        let summary = try_ffi!(unsafe { &(*monitor).monitor }.check_now());
+        let summary = try_ffi!(enter!(monitor).check_now());
         if !out_summary.is_null() {
             unsafe { *out_summary = VramMonitorCheckSummary::from(&summary) };
         }
@@ -294,11 +259,11 @@ pub unsafe extern "C" fn vram_monitor_check_now(
 /// Pointer arguments must be NULL or valid as documented above.
 pub unsafe extern "C" fn vram_monitor_health(monitor: *const VramMonitor, out_health: *mut VramMonitorHealth) -> VramMonitorResult {
     guard(|| {
-        if monitor.is_null() || out_health.is_null() {
+        let monitor = enter!(monitor);
+        if out_health.is_null() {
             return VramMonitorResult::NullArgument;
         }
-        refuse_in_forked_child!(monitor);
-        let health = unsafe { &(*monitor).monitor }.health();
+        let health = monitor.health();
         unsafe { *out_health = VramMonitorHealth::from(&health) };
         VramMonitorResult::Ok
     })
@@ -327,14 +292,14 @@ pub unsafe extern "C" fn vram_monitor_report(
     out_len: *mut usize,
 ) -> VramMonitorResult {
     guard(|| {
-        if monitor.is_null() || out_len.is_null() || (buf.is_null() && buf_len > 0) {
+        let monitor = enter!(monitor);
+        if out_len.is_null() || (buf.is_null() && buf_len > 0) {
             return VramMonitorResult::NullArgument;
         }
-        refuse_in_forked_child!(monitor);
         let Some(format) = ReportFormat::from_raw(format) else {
             return VramMonitorResult::UnknownFormat;
         };
-        let report = unsafe { &(*monitor).monitor }.report(format);
+        let report = monitor.report(format);
         let needed = report.len() + 1;
         if buf_len < needed {
             unsafe { *out_len = needed };

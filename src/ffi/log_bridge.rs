@@ -104,7 +104,10 @@ impl log::Log for Bridge {
             let target = CString::new(record.target()).unwrap_or_default();
             let message = CString::new(render(record).replace('\0', " ")).unwrap_or_default();
             // SAFETY: the host registered a valid function; the strings outlive the call.
-            unsafe { (sink.callback)(record.level().into(), target.as_ptr(), message.as_ptr(), sink.user_data) };
+            // Nothing reaches the host once it has begun to exit (src/process_exit.rs).
+            crate::process_exit::deliver(|| unsafe {
+                (sink.callback)(record.level().into(), target.as_ptr(), message.as_ptr(), sink.user_data)
+            });
         } else if record.level() <= self.stderr_level {
             // Not eprintln!: it panics when stderr is a closed pipe, and a log record must
             // never take the monitor thread (or the host) down.
@@ -134,6 +137,9 @@ pub(crate) fn install() {
 pub extern "C" fn vram_monitor_set_log_callback(callback: VramMonitorLogCallback, user_data: *mut c_void) {
     let _ = std::panic::catch_unwind(|| {
         install();
+        if callback.is_some() {
+            crate::process_exit::arm();
+        }
         let mut sink = SINK.write().unwrap_or_else(|e| e.into_inner());
         *sink = callback.map(|callback| Sink { callback, user_data });
     });

@@ -4,7 +4,7 @@
 
 use std::ffi::{c_char, CStr};
 
-use super::functions::VramMonitor;
+use super::handle::{enter, VramMonitor};
 use super::panic::guard;
 use super::result::VramMonitorResult;
 use crate::device_health::{DeviceHealth, Signal, SignalStatus};
@@ -63,14 +63,6 @@ pub struct VramMonitorDeviceHealth {
     pub uuid: [c_char; 96],
     /// The GPU's product name, NUL-terminated; empty when unknown.
     pub name: [c_char; 96],
-}
-
-impl VramMonitor {
-    /// The Rust monitor behind a C handle, for Rust code that holds one (for example to set
-    /// a [`crate::DeviceHealthSource`], which has no C form).
-    pub fn as_monitor(&self) -> &crate::Monitor {
-        &self.monitor
-    }
 }
 
 fn c_string(s: Option<&str>) -> [c_char; STRING_BYTES] {
@@ -133,14 +125,10 @@ pub unsafe extern "C" fn vram_monitor_device_health(
     out_count: *mut usize,
 ) -> VramMonitorResult {
     guard(|| {
-        if monitor.is_null() || out_count.is_null() || (out.is_null() && capacity > 0) {
+        // FORKED in a forked child: its locks may be held by a thread that does not exist there.
+        let monitor = enter!(monitor);
+        if out_count.is_null() || (out.is_null() && capacity > 0) {
             return VramMonitorResult::NullArgument;
-        }
-        // SAFETY: a live monitor (caller's contract).
-        let monitor = unsafe { &(*monitor).monitor };
-        if monitor.in_forked_child() {
-            // Its locks may be held by a thread that does not exist in this process.
-            return VramMonitorResult::Forked;
         }
         let devices = monitor.device_health();
         if capacity < devices.len() {
@@ -186,9 +174,7 @@ pub unsafe extern "C" fn vram_monitor_serve_http(
     out_port: *mut u16,
 ) -> VramMonitorResult {
     guard(|| {
-        if monitor.is_null() {
-            return VramMonitorResult::NullArgument;
-        }
+        let monitor = enter!(monitor);
         let address = if address.is_null() {
             None
         } else {
@@ -198,7 +184,6 @@ pub unsafe extern "C" fn vram_monitor_serve_http(
                 Err(_) => return VramMonitorResult::InvalidArgument,
             }
         };
-        let monitor = unsafe { &(*monitor).monitor };
         match monitor.serve_http(address) {
             Ok(bound) => {
                 if !out_port.is_null() {
@@ -223,13 +208,7 @@ pub unsafe extern "C" fn vram_monitor_serve_http(
 /// Pointer arguments must be NULL or valid as documented above.
 pub unsafe extern "C" fn vram_monitor_stop_http(monitor: *mut VramMonitor) -> VramMonitorResult {
     guard(|| {
-        if monitor.is_null() {
-            return VramMonitorResult::NullArgument;
-        }
-        if unsafe { &(*monitor).monitor }.in_forked_child() {
-            return VramMonitorResult::Forked;
-        }
-        unsafe { &(*monitor).monitor }.stop_http();
+        enter!(monitor).stop_http();
         VramMonitorResult::Ok
     })
 }

@@ -58,6 +58,9 @@ pub enum VramMonitorResult {
     /// does not exist there, so nothing is done (`vram_monitor_free` releases the handle
     /// without waiting; the monitor's memory is leaked in the child).
     Forked = 403,
+    /// The monitor is being freed or was freed: `vram_monitor_free` has begun on it (from any
+    /// thread). Also the answer to a second `vram_monitor_free`.
+    Closed = 404,
     /// An internal error (a caught panic). The monitor is still usable.
     Panic = 500,
     /// The HTTP endpoint could not listen on the address (in use, not permitted, not an
@@ -121,6 +124,7 @@ impl VramMonitorResult {
             401 => b"could not start the monitor thread\0",
             402 => b"the monitor thread has stopped\0",
             403 => b"called in a forked child process: the monitor belongs to the parent\0",
+            404 => b"the monitor is being freed or was freed\0",
             500 => b"internal error (caught panic)\0",
             600 => b"the HTTP endpoint could not listen on the address\0",
             601 => b"the HTTP endpoint is already serving\0",

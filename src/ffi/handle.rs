@@ -1,0 +1,200 @@
+//! The C handle of a monitor and the lifetime rules every exported function shares.
+//!
+//! A host may call `vram_monitor_free` while other threads are still inside calls on the same
+//! monitor (a server shutting down rarely stops its request threads first). So the handle
+//! counts the calls in progress: free marks it closing, refuses every call that begins after
+//! that with `CLOSED`, waits for the calls already inside to return, and only then drops the
+//! monitor. The handle itself is never deallocated: after free it stays as a tombstone of a
+//! few dozen bytes, so a call with a handle that was freed returns `CLOSED` instead of reading
+//! freed memory (a host that creates and frees monitors in a loop keeps one tombstone per
+//! monitor).
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use super::result::VramMonitorResult;
+use crate::monitor::Monitor;
+
+/// A residency monitor: registrations and one background thread. Opaque.
+pub struct VramMonitor {
+    /// Bit 63: free has begun. Below: calls in progress.
+    state: AtomicU64,
+    /// The monitor; NULL once free has dropped it.
+    monitor: AtomicPtr<Monitor>,
+    /// Where free waits for the last call in progress to leave.
+    drained: (Mutex<()>, Condvar),
+}
+
+const CLOSING: u64 = 1 << 63;
+const CALLS: u64 = CLOSING - 1;
+
+/// Tombstones stay reachable from here, so leak checkers see them as in use, not lost.
+static TOMBSTONES: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+thread_local! {
+    /// The handles this thread is inside a call on, innermost last: free from inside one of
+    /// them (a user-data finaliser run by `set_callback`) would wait for itself.
+    static INSIDE: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A call in progress on a live monitor; leaving it lets a waiting free go on.
+pub(crate) struct Call<'a> {
+    handle: &'a VramMonitor,
+    monitor: &'a Monitor,
+}
+
+impl std::ops::Deref for Call<'_> {
+    type Target = Monitor;
+    fn deref(&self) -> &Monitor {
+        self.monitor
+    }
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        let me = self.handle as *const VramMonitor as usize;
+        let _ = INSIDE.try_with(|inside| {
+            let mut inside = inside.borrow_mut();
+            if let Some(i) = inside.iter().rposition(|&h| h == me) {
+                inside.remove(i);
+            }
+        });
+        self.handle.leave();
+    }
+}
+
+impl VramMonitor {
+    /// A new handle owning `monitor`.
+    pub(crate) fn create(monitor: Monitor) -> *mut VramMonitor {
+        let handle = Box::leak(Box::new(VramMonitor {
+            state: AtomicU64::new(0),
+            monitor: AtomicPtr::new(Box::into_raw(Box::new(monitor))),
+            drained: (Mutex::new(()), Condvar::new()),
+        }));
+        let address = handle as *mut VramMonitor;
+        super::lock(&TOMBSTONES).push(address as usize);
+        address
+    }
+
+    fn leave(&self) {
+        let before = self.state.fetch_sub(1, Ordering::SeqCst);
+        if before & CLOSING != 0 && before & CALLS == 1 {
+            let (lock, drained) = &self.drained;
+            let _guard = super::lock(lock);
+            drained.notify_all();
+        }
+    }
+
+    /// Enters a call: `CLOSED` once free has begun, `FORKED` in a forked child.
+    pub(crate) fn enter(&self) -> Result<Call<'_>, VramMonitorResult> {
+        let before = self.state.fetch_add(1, Ordering::SeqCst);
+        if before & CLOSING != 0 {
+            self.leave();
+            return Err(VramMonitorResult::Closed);
+        }
+        let monitor = self.monitor.load(Ordering::SeqCst);
+        if monitor.is_null() {
+            // Cannot happen while CLOSING is clear; refuse rather than trust it.
+            self.leave();
+            return Err(VramMonitorResult::Closed);
+        }
+        let me = self as *const VramMonitor as usize;
+        let _ = INSIDE.try_with(|inside| inside.borrow_mut().push(me));
+        // SAFETY: not NULL, and free drops it only after every call (this one) has left.
+        let call = Call { handle: self, monitor: unsafe { &*monitor } };
+        if call.in_forked_child() {
+            return Err(VramMonitorResult::Forked);
+        }
+        Ok(call)
+    }
+
+    /// The Rust monitor behind a C handle, for Rust code that holds one (for example to set
+    /// a [`crate::DeviceHealthSource`], which has no C form), or `None` once
+    /// `vram_monitor_free` has begun. The monitor stays alive while `body` runs: a free on
+    /// another thread waits for it.
+    pub fn with_monitor<R>(&self, body: impl FnOnce(&Monitor) -> R) -> Option<R> {
+        let call = self.enter().ok()?;
+        Some(body(&call))
+    }
+
+    /// The Rust monitor behind a C handle without entering a call, or `None` once free has
+    /// dropped it.
+    ///
+    /// # Safety
+    /// The caller must not let `vram_monitor_free` run on this handle while the reference
+    /// lives (prefer [`VramMonitor::with_monitor`], which makes free wait).
+    pub unsafe fn as_monitor(&self) -> Option<&Monitor> {
+        // SAFETY: not NULL means not dropped yet; the caller keeps free away.
+        unsafe { self.monitor.load(Ordering::SeqCst).as_ref() }
+    }
+
+    /// The body of `vram_monitor_free`.
+    pub(crate) fn close(&self) -> VramMonitorResult {
+        let me = self as *const VramMonitor as usize;
+        // From inside a callback, or inside another call on this monitor on this thread (a
+        // user-data finaliser run by set_callback): waiting would wait for ourselves.
+        let inside = INSIDE.try_with(|inside| inside.borrow().contains(&me)).unwrap_or(false);
+        match self.enter() {
+            Err(VramMonitorResult::Forked) => return self.close_in_forked_child(),
+            Err(other) => return other,
+            Ok(call) => {
+                if call.is_monitor_thread() || inside {
+                    return VramMonitorResult::CalledFromCallback;
+                }
+            }
+        }
+        let before = self.state.fetch_or(CLOSING, Ordering::SeqCst);
+        if before & CLOSING != 0 {
+            // Another free won the race (or this is a second free).
+            return VramMonitorResult::Closed;
+        }
+        {
+            let (lock, drained) = &self.drained;
+            let mut guard = super::lock(lock);
+            while self.state.load(Ordering::SeqCst) & CALLS != 0 {
+                // A timeout as well as the notification: a wake-up cannot be lost for good.
+                guard = drained.wait_timeout(guard, Duration::from_millis(10)).unwrap_or_else(|e| e.into_inner()).0;
+            }
+        }
+        let monitor = self.monitor.swap(std::ptr::null_mut(), Ordering::SeqCst);
+        if !monitor.is_null() {
+            // SAFETY: from Box::into_raw in create; no call is inside and none can enter.
+            drop(unsafe { Box::from_raw(monitor) });
+        }
+        VramMonitorResult::Ok
+    }
+
+    /// In a forked child the calls counted in the parent's other threads never leave (those
+    /// threads do not exist here): close without waiting, and leak the monitor (dropping it
+    /// there neither joins nor runs finalisers: `Monitor::in_forked_child`).
+    fn close_in_forked_child(&self) -> VramMonitorResult {
+        self.state.fetch_or(CLOSING, Ordering::SeqCst);
+        let monitor = self.monitor.swap(std::ptr::null_mut(), Ordering::SeqCst);
+        if !monitor.is_null() {
+            // SAFETY: as in close; Monitor's drop in a forked child only forgets its parts.
+            drop(unsafe { Box::from_raw(monitor) });
+        }
+        VramMonitorResult::Forked
+    }
+}
+
+/// Enters a call on `$handle` (a `*const`/`*mut VramMonitor`): returns `NULL_ARGUMENT` for
+/// NULL, `CLOSED` once free has begun, `FORKED` in a forked child; otherwise evaluates to a
+/// [`Call`] that derefs to the monitor and keeps free waiting until it is dropped.
+macro_rules! enter {
+    ($handle:expr) => {{
+        let handle = $handle;
+        if handle.is_null() {
+            return $crate::ffi::VramMonitorResult::NullArgument;
+        }
+        // SAFETY: a pointer from vram_monitor_new; handles are never deallocated, so even a
+        // freed one is readable (it answers CLOSED).
+        match unsafe { &*handle }.enter() {
+            Ok(call) => call,
+            Err(refused) => return refused,
+        }
+    }};
+}
+pub(crate) use enter;
