@@ -95,10 +95,26 @@
 #define VRAM_MONITOR_VERSION_PATCH 0
 
 /**
+ * The default stall deadline in milliseconds (30 s; see `vram_monitor_set_stall_limits`).
+ */
+#define VRAM_MONITOR_DEFAULT_STALL_DEADLINE_MS 30000
+
+/**
+ * The default stall grace in milliseconds (30 s; see `vram_monitor_set_stall_limits`).
+ */
+#define VRAM_MONITOR_DEFAULT_STALL_GRACE_MS 30000
+
+/**
  * Bytes of `VramMonitorDeviceHealth::uuid` and `::name`, the NUL included (NVML's own
  * buffer size for both).
  */
 #define VRAM_MONITOR_DEVICE_STRING_BYTES 96
+
+/**
+ * A check leaves a progress mark at least every this many driver queries (and after every
+ * slice), so an unpaced check ([`crate::Pacing::FLAT_OUT`]) progresses too.
+ */
+#define PROGRESS_QUERIES 256
 
 /**
  * The result of every fallible function. Values are grouped by range and never reused:
@@ -528,8 +544,9 @@ typedef struct VramMonitorCheckSummary {
  */
 typedef struct VramMonitorHealth {
   /**
-   * True when no registration is in violation, the last check did not fail, and no GPU
-   * that holds registrations reports a memory fault.
+   * True when no registration is in violation, the last check did not fail, no GPU that
+   * holds registrations reports a memory fault, and the monitor is not stalled
+   * (`vram_monitor_stall`).
    */
   bool healthy;
   /**
@@ -587,6 +604,39 @@ typedef struct VramMonitorHealth {
    */
   uint64_t device_faults;
 } VramMonitorHealth;
+
+/**
+ * The stall state, filled by `vram_monitor_stall` (a struct of its own: `VramMonitorHealth`
+ * is part of the ABI and does not grow). docs/health-schema.md, "Stalls", gives the rule.
+ */
+typedef struct VramMonitorStall {
+  /**
+   * True when the monitor stopped checking: the check in progress made no progress for
+   * longer than `deadline_ms`, or no check completed for longer than the interval plus
+   * `grace_ms`. A stalled monitor's `VramMonitorHealth.healthy` is false.
+   */
+  bool stalled;
+  /**
+   * True while a full check is in progress.
+   */
+  bool check_in_progress;
+  /**
+   * How long the check in progress has run, in milliseconds (0 when none is).
+   */
+  uint64_t check_in_progress_ms;
+  /**
+   * When the last full check started, milliseconds since the Unix epoch (0: none yet).
+   */
+  uint64_t last_check_started_unix_ms;
+  /**
+   * The stall deadline in force, in milliseconds.
+   */
+  uint64_t deadline_ms;
+  /**
+   * The stall grace in force, in milliseconds.
+   */
+  uint64_t grace_ms;
+} VramMonitorStall;
 
 /**
  * Receives one log record: `target` is the module ("vram_monitor"), `message` the sentence
@@ -811,7 +861,8 @@ VramMonitorResult vram_monitor_set_interval_ms(struct VramMonitor *monitor, uint
  * to the engine; the defaults (`VRAM_MONITOR_DEFAULT_SLICE_QUERIES` queries, then
  * `VRAM_MONITOR_DEFAULT_PAUSE_US` µs) keep that small (docs/performance.md has the
  * measurements). Takes effect from the next check. `INVALID_ARGUMENT` for `slice_queries`
- * 0 or a pause over 1 s. Callable from any thread, also from a callback.
+ * 0, a pause over 1 s, or a pause not shorter than the stall deadline
+ * (`vram_monitor_set_stall_limits`). Callable from any thread, also from a callback.
  *
  * In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
  */
@@ -844,6 +895,41 @@ VramMonitorResult vram_monitor_check_now(struct VramMonitor *monitor,
  */
 VramMonitorResult vram_monitor_health(const struct VramMonitor *monitor,
                                       struct VramMonitorHealth *out_health);
+
+/**
+ * Fills `*out_stall` with the stall state: whether the monitor stopped checking, whether a
+ * check is in progress and for how long, when the last one started, and the limits in
+ * force. Cheap (no driver query); callable from any thread, also from a callback.
+ *
+ * In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
+ *
+ * # Safety
+ * Pointer arguments must be NULL or valid as documented above.
+ */
+VramMonitorResult vram_monitor_stall(const struct VramMonitor *monitor,
+                                     struct VramMonitorStall *out_stall);
+
+/**
+ * Sets when the monitor counts as stalled, effective at once: a check in progress that
+ * makes no progress (a completed slice of queries) for longer than `deadline_ms`, or no
+ * completed check for longer than the interval plus `grace_ms` (defaults
+ * `VRAM_MONITOR_DEFAULT_STALL_DEADLINE_MS` and `VRAM_MONITOR_DEFAULT_STALL_GRACE_MS`).
+ * A stall makes the health unhealthy, and a watchdog thread ("vram-monitor-watchdog") sends
+ * `HEALTH_CHANGED` when it begins and when it ends: that event's callback runs on the
+ * watchdog thread, possibly while the monitor thread is inside a callback.
+ *
+ * `INVALID_ARGUMENT`, changing nothing, for a value of 0 or over 30 days (2592000000), or a
+ * deadline not longer than the pacing's pause (`vram_monitor_set_pacing`). Callable from any
+ * thread, also from a callback.
+ *
+ * In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
+ *
+ * # Safety
+ * Pointer arguments must be NULL or valid as documented above.
+ */
+VramMonitorResult vram_monitor_set_stall_limits(struct VramMonitor *monitor,
+                                                uint64_t deadline_ms,
+                                                uint64_t grace_ms);
 
 /**
  * Writes a report (`format`: `VRAM_MONITOR_REPORT_FORMAT_TEXT` or `..._JSON`) into `buf`,
