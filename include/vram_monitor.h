@@ -9,6 +9,27 @@
  *    vram_monitor_free return VRAM_MONITOR_RESULT_CALLED_FROM_CALLBACK instead of deadlocking;
  *  - after vram_monitor_free returns, no callback runs and the user data has been released.
  *
+ * Lifetime contract (docs/reliability.md, section 5, has the test for each line):
+ *  - vram_monitor_free may run while other threads are inside calls on the same monitor: it
+ *    waits for those calls to return; every call that begins once free has begun returns
+ *    VRAM_MONITOR_RESULT_CLOSED, and so does every call with the handle after free returned
+ *    (a second free included): handles are never deallocated, a freed one answers CLOSED.
+ *  - free from inside a callback, or from a user-data finaliser that runs inside a call on the
+ *    same monitor: CALLED_FROM_CALLBACK, nothing freed.
+ *  - process exit: free your monitors before exit() or returning from main. If you do not,
+ *    the library's exit hook (registered with atexit on every vram_monitor_new and
+ *    set_callback / set_log_callback) stops all checks and callbacks when it runs, and waits
+ *    up to 2 s for a callback in progress; atexit hooks run in reverse order, so it runs
+ *    before the destructors of statics constructed before the latest of those calls, not
+ *    before those constructed later. In a Python process nothing is delivered once the
+ *    interpreter finalises (the Python package closes its monitors in its own atexit hook).
+ *  - fork: in the child every call on a monitor created before the fork returns FORKED.
+ *  - dlclose: the library marks itself RTLD_NODELETE when it creates its first monitor, so
+ *    a dlclose never unmaps code a monitor thread runs; free the monitors to stop them.
+ *  - two copies of the library in one process (say a Python wheel beside an engine's own) are
+ *    independent; their ids never collide, and an id of one is UNKNOWN_REGISTRATION to the
+ *    other.
+ *
  * Bad input (each tested from C: tests/c/test_api_contract.c, test_bad_input.c; the full table
  * with the test for each row is in docs/reliability.md). A rejected call changes nothing and
  * writes no out-parameter.
@@ -74,10 +95,26 @@
 #define VRAM_MONITOR_VERSION_PATCH 0
 
 /**
+ * The default stall deadline in milliseconds (30 s; see `vram_monitor_set_stall_limits`).
+ */
+#define VRAM_MONITOR_DEFAULT_STALL_DEADLINE_MS 30000
+
+/**
+ * The default stall grace in milliseconds (30 s; see `vram_monitor_set_stall_limits`).
+ */
+#define VRAM_MONITOR_DEFAULT_STALL_GRACE_MS 30000
+
+/**
  * Bytes of `VramMonitorDeviceHealth::uuid` and `::name`, the NUL included (NVML's own
  * buffer size for both).
  */
 #define VRAM_MONITOR_DEVICE_STRING_BYTES 96
+
+/**
+ * A check leaves a progress mark at least every this many driver queries (and after every
+ * slice), so an unpaced check ([`crate::Pacing::FLAT_OUT`]) progresses too.
+ */
+#define PROGRESS_QUERIES 256
 
 /**
  * The result of every fallible function. Values are grouped by range and never reused:
@@ -507,8 +544,9 @@ typedef struct VramMonitorCheckSummary {
  */
 typedef struct VramMonitorHealth {
   /**
-   * True when no registration is in violation, the last check did not fail, and no GPU
-   * that holds registrations reports a memory fault.
+   * True when no registration is in violation, the last check did not fail, no GPU that
+   * holds registrations reports a memory fault, and the monitor is not stalled
+   * (`vram_monitor_stall`).
    */
   bool healthy;
   /**
@@ -566,6 +604,39 @@ typedef struct VramMonitorHealth {
    */
   uint64_t device_faults;
 } VramMonitorHealth;
+
+/**
+ * The stall state, filled by `vram_monitor_stall` (a struct of its own: `VramMonitorHealth`
+ * is part of the ABI and does not grow). docs/health-schema.md, "Stalls", gives the rule.
+ */
+typedef struct VramMonitorStall {
+  /**
+   * True when the monitor stopped checking: the check in progress made no progress for
+   * longer than `deadline_ms`, or no check completed for longer than the interval plus
+   * `grace_ms`. A stalled monitor's `VramMonitorHealth.healthy` is false.
+   */
+  bool stalled;
+  /**
+   * True while a full check is in progress.
+   */
+  bool check_in_progress;
+  /**
+   * How long the check in progress has run, in milliseconds (0 when none is).
+   */
+  uint64_t check_in_progress_ms;
+  /**
+   * When the last full check started, milliseconds since the Unix epoch (0: none yet).
+   */
+  uint64_t last_check_started_unix_ms;
+  /**
+   * The stall deadline in force, in milliseconds.
+   */
+  uint64_t deadline_ms;
+  /**
+   * The stall grace in force, in milliseconds.
+   */
+  uint64_t grace_ms;
+} VramMonitorStall;
 
 /**
  * Receives one log record: `target` is the module ("vram_monitor"), `message` the sentence
@@ -790,7 +861,8 @@ VramMonitorResult vram_monitor_set_interval_ms(struct VramMonitor *monitor, uint
  * to the engine; the defaults (`VRAM_MONITOR_DEFAULT_SLICE_QUERIES` queries, then
  * `VRAM_MONITOR_DEFAULT_PAUSE_US` µs) keep that small (docs/performance.md has the
  * measurements). Takes effect from the next check. `INVALID_ARGUMENT` for `slice_queries`
- * 0 or a pause over 1 s. Callable from any thread, also from a callback.
+ * 0, a pause over 1 s, or a pause not shorter than the stall deadline
+ * (`vram_monitor_set_stall_limits`). Callable from any thread, also from a callback.
  *
  * In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
  */
@@ -823,6 +895,41 @@ VramMonitorResult vram_monitor_check_now(struct VramMonitor *monitor,
  */
 VramMonitorResult vram_monitor_health(const struct VramMonitor *monitor,
                                       struct VramMonitorHealth *out_health);
+
+/**
+ * Fills `*out_stall` with the stall state: whether the monitor stopped checking, whether a
+ * check is in progress and for how long, when the last one started, and the limits in
+ * force. Cheap (no driver query); callable from any thread, also from a callback.
+ *
+ * In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
+ *
+ * # Safety
+ * Pointer arguments must be NULL or valid as documented above.
+ */
+VramMonitorResult vram_monitor_stall(const struct VramMonitor *monitor,
+                                     struct VramMonitorStall *out_stall);
+
+/**
+ * Sets when the monitor counts as stalled, effective at once: a check in progress that
+ * makes no progress (a completed slice of queries) for longer than `deadline_ms`, or no
+ * completed check for longer than the interval plus `grace_ms` (defaults
+ * `VRAM_MONITOR_DEFAULT_STALL_DEADLINE_MS` and `VRAM_MONITOR_DEFAULT_STALL_GRACE_MS`).
+ * A stall makes the health unhealthy, and a watchdog thread ("vram-monitor-watchdog") sends
+ * `HEALTH_CHANGED` when it begins and when it ends: that event's callback runs on the
+ * watchdog thread, possibly while the monitor thread is inside a callback.
+ *
+ * `INVALID_ARGUMENT`, changing nothing, for a value of 0 or over 30 days (2592000000), or a
+ * deadline not longer than the pacing's pause (`vram_monitor_set_pacing`). Callable from any
+ * thread, also from a callback.
+ *
+ * In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
+ *
+ * # Safety
+ * Pointer arguments must be NULL or valid as documented above.
+ */
+VramMonitorResult vram_monitor_set_stall_limits(struct VramMonitor *monitor,
+                                                uint64_t deadline_ms,
+                                                uint64_t grace_ms);
 
 /**
  * Writes a report (`format`: `VRAM_MONITOR_REPORT_FORMAT_TEXT` or `..._JSON`) into `buf`,
@@ -899,16 +1006,22 @@ VramMonitorResult vram_monitor_device_health(const struct VramMonitor *monitor,
  * loopback), or an IP literal with a port (`"127.0.0.1:9464"`, `"0.0.0.0:9464"` for every
  * interface, `"[::1]:9464"`); NULL or `""` means `"127.0.0.1:9464"`. Host names are not
  * resolved. Serves, read-only, one request per connection:
- *  - `GET /health`: the JSON `{"health": {...}, "devices": [...]}` (docs/health-schema.md),
- *    status 200 when healthy and 503 when not;
+ *  - `GET /health` and `GET /readyz`: the JSON `{"health": {...}, "devices": [...]}`
+ *    (docs/health-schema.md), status 200 when healthy and 503 when not;
+ *  - `GET /livez`: 200 while the monitor is alive and checking, 503 when it has stalled;
  *  - `GET /metrics`: the Prometheus text format (version 0.0.4);
- *  - `HEAD` of either; other methods 405, other paths 404, malformed requests 400, a
- *    request head over 8 KiB 431, one not complete within 5 s 408, and beyond 8
- *    connections at once 503.
+ *  - `HEAD` of these; other methods 405, other paths 404, malformed requests 400, a
+ *    request head over 8 KiB 431, no first byte within 1 s or no whole head within 5 s
+ *    408. Absolute-form targets (`http://host/health`) route by their path.
  *
- * Runs on its own threads ("vram-monitor-http"), never on the monitor thread; a request
- * reads a snapshot and never waits for a check. Stops when `vram_monitor_stop_http` or
- * `vram_monitor_free` is called (both join its threads). Returns `INVALID_ARGUMENT` for an
+ * Load never turns into a 503 (which means "unhealthy"): beyond 128 connections, or when
+ * the process is out of file descriptors, the oldest connection that has sent nothing is
+ * closed to make room, and new connections are still accepted and answered.
+ *
+ * Runs on one thread of its own ("vram-monitor-http") that no client can hold up, never on
+ * the monitor thread; a request reads a snapshot and never waits for a check. Stops when
+ * `vram_monitor_stop_http` or `vram_monitor_free` is called (both join its thread, also
+ * when the process is out of file descriptors). Returns `INVALID_ARGUMENT` for an
  * address that does not parse, `HTTP_BIND_FAILED` when it cannot listen there (the reason
  * is logged), `HTTP_ALREADY_SERVING` if it is already serving, `FORKED` in a forked child.
  * Callable from any thread, also from a callback.
@@ -921,9 +1034,9 @@ VramMonitorResult vram_monitor_serve_http(struct VramMonitor *monitor,
                                           uint16_t *out_port);
 
 /**
- * Stops the built-in HTTP endpoint, if it is serving, and joins its threads (at most the
- * requests in progress, each bounded by the 5 s request time). `OK` whether or not it was
- * serving. Callable from any thread, also from a callback.
+ * Stops the built-in HTTP endpoint, if it is serving, and joins its thread (which waits
+ * for no client: at most a quarter of a second); when it returns, the port is closed.
+ * `OK` whether or not it was serving. Callable from any thread, also from a callback.
  *
  * # Safety
  * Pointer arguments must be NULL or valid as documented above.

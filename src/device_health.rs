@@ -103,6 +103,9 @@ pub struct RemappedRows {
 /// What a [`DeviceHealthSource`] read from one device, once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceReading {
+    /// The GPU's NVML index (`nvmlDeviceGetIndex`), if known: how `nvidia-smi` and
+    /// dcgm-exporter (its `gpu` label) number GPUs, which is not always the CUDA ordinal.
+    pub index: Option<u32>,
     /// The GPU's UUID, if known.
     pub uuid: Option<String>,
     /// The GPU's product name, if known.
@@ -155,6 +158,8 @@ pub struct DeviceHealth {
     /// Why not, when it could not, followed by the faults kept from the last successful
     /// reading, if any (empty otherwise).
     pub detail: String,
+    /// The GPU's NVML index, if known (see [`DeviceReading::index`]).
+    pub nvml_index: Option<u32>,
     /// The GPU's UUID, if known.
     pub uuid: Option<String>,
     /// The GPU's product name, if known.
@@ -232,6 +237,7 @@ struct Published {
 /// fault as new.
 #[derive(Debug, Default)]
 struct Known {
+    index: Option<u32>,
     uuid: Option<String>,
     name: Option<String>,
     /// The last value read of each fault signal (`None`: never read, or unsupported).
@@ -405,6 +411,7 @@ fn assemble(
                 device,
                 available: false,
                 detail,
+                nvml_index: known.index,
                 uuid: known.uuid.clone(),
                 name: known.name.clone(),
                 ecc_uncorrected_volatile: Signal::Unavailable,
@@ -458,6 +465,9 @@ fn assemble(
     if reading.uuid.is_some() {
         known.uuid.clone_from(&reading.uuid);
     }
+    if reading.index.is_some() {
+        known.index = reading.index;
+    }
     if reading.name.is_some() {
         known.name.clone_from(&reading.name);
     }
@@ -465,6 +475,7 @@ fn assemble(
         device,
         available: true,
         detail: String::new(),
+        nvml_index: reading.index.or(known.index),
         uuid: reading.uuid,
         name: reading.name,
         ecc_uncorrected_volatile: reading.ecc_uncorrected_volatile,
@@ -515,6 +526,7 @@ pub struct NvmlSource {
 
 struct NvmlDevice {
     device: Device<'static>,
+    index: Option<u32>,
     uuid: Option<String>,
     name: Option<String>,
     xids: XidWatch,
@@ -542,6 +554,7 @@ impl NvmlSource {
         let device = nvml
             .device_by_pci_bus_id(bus_id.as_str())
             .map_err(|e| format!("NVML has no device at PCI bus id {bus_id} (CUDA device {ordinal}): {e}"))?;
+        let index = device.index().ok();
         let uuid = device.uuid().ok();
         let name = device.name().ok();
         let xids = match device.supported_event_types() {
@@ -565,7 +578,7 @@ impl NvmlSource {
                 XidWatch::Unavailable
             }
         };
-        Ok(NvmlDevice { device, uuid, name, xids })
+        Ok(NvmlDevice { device, index, uuid, name, xids })
     }
 }
 
@@ -630,6 +643,7 @@ impl DeviceHealthSource for NvmlSource {
             std::collections::hash_map::Entry::Vacant(entry) => entry.insert(NvmlSource::open(nvml, driver, device)?),
         };
         Ok(DeviceReading {
+            index: d.index,
             uuid: d.uuid.clone(),
             name: d.name.clone(),
             ecc_uncorrected_volatile: signal(d.device.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile)),
@@ -650,6 +664,7 @@ mod tests {
 
     fn reading() -> DeviceReading {
         DeviceReading {
+            index: Some(3),
             uuid: Some("GPU-test".into()),
             name: Some("Test GPU".into()),
             ecc_uncorrected_volatile: Signal::Value(0),
@@ -750,6 +765,7 @@ mod tests {
         assert!(failed.memory_fault);
         assert_eq!(failed.fault_reasons, first.fault_reasons);
         assert_eq!(failed.uuid, first.uuid);
+        assert_eq!(failed.nvml_index, Some(3), "the index is kept from the last successful reading");
         assert!(new_reasons.is_empty());
 
         // Only the signal NVML could not read keeps its old value; the others are replaced.

@@ -29,6 +29,7 @@ pub mod report;
 #[cfg(feature = "cudarc")]
 pub mod cudarc_buffers;
 pub mod verdict;
+pub mod watchdog;
 
 pub use device_health::{DeviceHealth, DeviceHealthSource, DeviceReading, RemappedRows, Signal, SignalStatus};
 pub use driver::{CudaDriver, Driver, DriverError, MemoryType, PointerInfo};
@@ -41,6 +42,7 @@ pub use registration_guard::Registration;
 pub use registry::{RegistrationId, RegistrationInfo};
 pub use report::ReportFormat;
 pub use verdict::Verdict;
+pub use watchdog::StallLimits;
 
 /// This library's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

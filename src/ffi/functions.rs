@@ -12,7 +12,7 @@ use super::callback::{self, VramMonitorCallback, VramMonitorUserDataFree};
 use super::handle::{enter, VramMonitor};
 use super::panic::guard;
 use super::result::VramMonitorResult;
-use super::types::{VramMonitorCheckSummary, VramMonitorEvent, VramMonitorHealth};
+use super::types::{VramMonitorCheckSummary, VramMonitorEvent, VramMonitorHealth, VramMonitorStall};
 use crate::monitor::{Monitor, MonitorOptions};
 use crate::report::ReportFormat;
 use crate::verdict::Verdict;
@@ -213,7 +213,8 @@ pub unsafe extern "C" fn vram_monitor_set_interval_ms(monitor: *mut VramMonitor,
 /// to the engine; the defaults (`VRAM_MONITOR_DEFAULT_SLICE_QUERIES` queries, then
 /// `VRAM_MONITOR_DEFAULT_PAUSE_US` µs) keep that small (docs/performance.md has the
 /// measurements). Takes effect from the next check. `INVALID_ARGUMENT` for `slice_queries`
-/// 0 or a pause over 1 s. Callable from any thread, also from a callback.
+/// 0, a pause over 1 s, or a pause not shorter than the stall deadline
+/// (`vram_monitor_set_stall_limits`). Callable from any thread, also from a callback.
 ///
 /// In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
 #[no_mangle]
@@ -265,6 +266,61 @@ pub unsafe extern "C" fn vram_monitor_health(monitor: *const VramMonitor, out_he
         }
         let health = monitor.health();
         unsafe { *out_health = VramMonitorHealth::from(&health) };
+        VramMonitorResult::Ok
+    })
+}
+
+/// The default stall deadline in milliseconds (30 s; see `vram_monitor_set_stall_limits`).
+pub const VRAM_MONITOR_DEFAULT_STALL_DEADLINE_MS: u32 = 30_000;
+/// The default stall grace in milliseconds (30 s; see `vram_monitor_set_stall_limits`).
+pub const VRAM_MONITOR_DEFAULT_STALL_GRACE_MS: u32 = 30_000;
+const _: () = assert!(VRAM_MONITOR_DEFAULT_STALL_DEADLINE_MS as u128 == crate::watchdog::DEFAULT_STALL_DEADLINE.as_millis());
+const _: () = assert!(VRAM_MONITOR_DEFAULT_STALL_GRACE_MS as u128 == crate::watchdog::DEFAULT_STALL_GRACE.as_millis());
+
+/// Fills `*out_stall` with the stall state: whether the monitor stopped checking, whether a
+/// check is in progress and for how long, when the last one started, and the limits in
+/// force. Cheap (no driver query); callable from any thread, also from a callback.
+///
+/// In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
+#[no_mangle]
+///
+/// # Safety
+/// Pointer arguments must be NULL or valid as documented above.
+pub unsafe extern "C" fn vram_monitor_stall(monitor: *const VramMonitor, out_stall: *mut VramMonitorStall) -> VramMonitorResult {
+    guard(|| {
+        let monitor = enter!(monitor);
+        if out_stall.is_null() {
+            return VramMonitorResult::NullArgument;
+        }
+        let health = monitor.health();
+        unsafe { *out_stall = VramMonitorStall::from(&health) };
+        VramMonitorResult::Ok
+    })
+}
+
+/// Sets when the monitor counts as stalled, effective at once: a check in progress that
+/// makes no progress (a completed slice of queries) for longer than `deadline_ms`, or no
+/// completed check for longer than the interval plus `grace_ms` (defaults
+/// `VRAM_MONITOR_DEFAULT_STALL_DEADLINE_MS` and `VRAM_MONITOR_DEFAULT_STALL_GRACE_MS`).
+/// A stall makes the health unhealthy, and a watchdog thread ("vram-monitor-watchdog") sends
+/// `HEALTH_CHANGED` when it begins and when it ends: that event's callback runs on the
+/// watchdog thread, possibly while the monitor thread is inside a callback.
+///
+/// `INVALID_ARGUMENT`, changing nothing, for a value of 0 or over 30 days (2592000000), or a
+/// deadline not longer than the pacing's pause (`vram_monitor_set_pacing`). Callable from any
+/// thread, also from a callback.
+///
+/// In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
+#[no_mangle]
+///
+/// # Safety
+/// Pointer arguments must be NULL or valid as documented above.
+pub unsafe extern "C" fn vram_monitor_set_stall_limits(monitor: *mut VramMonitor, deadline_ms: u64, grace_ms: u64) -> VramMonitorResult {
+    guard(|| {
+        let monitor = enter!(monitor);
+        // Out of Duration's range is out of ours too: from_millis takes any u64.
+        let limits = crate::watchdog::StallLimits { deadline: Duration::from_millis(deadline_ms), grace: Duration::from_millis(grace_ms) };
+        try_ffi!(monitor.set_stall_limits(limits));
         VramMonitorResult::Ok
     })
 }

@@ -18,7 +18,7 @@ pub use handle::VramMonitor;
 pub use observability::*;
 pub use log_bridge::{vram_monitor_set_log_callback, VramMonitorLogCallback, VramMonitorLogLevel};
 pub use result::VramMonitorResult;
-pub use types::{VramMonitorCheckSummary, VramMonitorEvent, VramMonitorHealth};
+pub use types::{VramMonitorCheckSummary, VramMonitorEvent, VramMonitorHealth, VramMonitorStall};
 
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every critical section here leaves its data consistent, so a poisoned lock is usable.
