@@ -114,7 +114,11 @@ class TestLibrary(unittest.TestCase):
             "VramMonitorEventKind": ctypes.c_int32,
             "VramMonitorVerdict": ctypes.c_int32,
         }
-        for struct in (_native.VramMonitorHealth, _native.VramMonitorCheckSummary, _native.VramMonitorEvent):
+        c_types["VramMonitorSignalStatus"] = ctypes.c_int32
+        structs = [_native.VramMonitorHealth, _native.VramMonitorCheckSummary, _native.VramMonitorEvent, _native.VramMonitorStall]
+        # register_many's structs are checked once the header has them.
+        structs += [s for s in (_native.VramMonitorRegion, _native.VramMonitorRegistrationInfo) if "typedef struct %s {" % s.__name__ in header]
+        for struct in structs:
             name = struct.__name__
             body = re.search(r"typedef struct %s \{(.*?)\} %s;" % (name, name), header, re.S)
             self.assertIsNotNone(body, "%s is in the header" % name)

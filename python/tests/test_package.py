@@ -114,6 +114,8 @@ class Ownership(WithMonitor):
             self.m.device_health,
             lambda: self.m.set_interval_ms(5),
             lambda: self.m.set_pacing(16, 0),
+            self.m.stall,
+            lambda: self.m.set_stall_limits(1000, 1000),
             lambda: self.m.set_callback(print),
             lambda: self.m.serve_http("127.0.0.1:0"),
             self.m.stop_http,
@@ -188,6 +190,16 @@ class Outputs(WithMonitor):
         with self.assertRaises(VramMonitorError) as raised:
             self.m.set_pacing(0, 0)
         self.assertEqual(raised.exception.code, Result.INVALID_ARGUMENT)
+
+    def test_stall_state_and_limits(self):
+        self.m.set_stall_limits(5000, 7000)
+        st = self.m.stall()
+        self.assertEqual((st.stalled, st.deadline_ms, st.grace_ms), (False, 5000, 7000))
+        with self.assertRaises(VramMonitorError) as raised:
+            self.m.set_stall_limits(0, 1000)
+        self.assertEqual(raised.exception.code, Result.INVALID_ARGUMENT)
+        with self.assertRaises(ValueError):
+            self.m.set_stall_limits(2**64, 1000)
 
     def test_serve_http_answers_health_and_stops(self):
         base = self.alloc()

@@ -31,7 +31,7 @@ when the log handler is detached too, so no callback enters a finalising interpr
 
 from . import _native
 from .events import Event
-from .health import CheckSummary, DeviceHealth, Health
+from .health import CheckSummary, DeviceHealth, Health, Stall
 from .lifecycle import close_all
 from .logging_bridge import detach_log_handler, log_to_python_logging, set_log_handler
 from .monitor import EntriesFailed, Monitor, Registration, RegistrationInfo
@@ -52,6 +52,7 @@ __all__ = [
     "RegistrationInfo",
     "Result",
     "SignalStatus",
+    "Stall",
     "Verdict",
     "VramMonitorError",
     "Watch",

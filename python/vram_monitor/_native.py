@@ -97,6 +97,17 @@ class VramMonitorDeviceHealth(ctypes.Structure):
     ]
 
 
+class VramMonitorStall(ctypes.Structure):
+    _fields_ = [
+        ("stalled", ctypes.c_bool),
+        ("check_in_progress", ctypes.c_bool),
+        ("check_in_progress_ms", ctypes.c_uint64),
+        ("last_check_started_unix_ms", ctypes.c_uint64),
+        ("deadline_ms", ctypes.c_uint64),
+        ("grace_ms", ctypes.c_uint64),
+    ]
+
+
 class VramMonitorRegion(ctypes.Structure):
     """One entry of vram_monitor_register_many (an input: its size is fixed by the ABI)."""
 
@@ -258,6 +269,8 @@ def declare(lib: ctypes.CDLL) -> None:
         "vram_monitor_set_pacing": (result, [vm, ctypes.c_uint32, ctypes.c_uint32]),
         "vram_monitor_check_now": (result, [vm, ctypes.c_void_p]),
         "vram_monitor_health": (result, [vm, ctypes.c_void_p]),
+        "vram_monitor_stall": (result, [vm, ctypes.c_void_p]),
+        "vram_monitor_set_stall_limits": (result, [vm, ctypes.c_uint64, ctypes.c_uint64]),
         "vram_monitor_report": (
             result,
             [vm, ctypes.c_int32, ctypes.c_char_p, ctypes.c_size_t, p(ctypes.c_size_t)],

@@ -61,7 +61,8 @@ _live_callbacks: Dict[int, Any] = {}
 _live_lock = threading.Lock()
 _next_key = [1]
 
-# Set while the current thread runs one of our thunks (the monitor thread, inside a callback):
+# Set while the current thread runs one of our thunks (the monitor thread or the watchdog
+# thread, whose HEALTH_CHANGED events for stalls may run concurrently with the monitor thread's):
 # there, vram_monitor_free refuses (CALLED_FROM_CALLBACK) and closing is handed to another thread.
 _in_callback = threading.local()
 

@@ -8,7 +8,7 @@ from typing import Any, Dict, Union
 from . import _native
 from .results import SignalStatus, enum_or_int
 
-__all__ = ["CheckSummary", "DeviceHealth", "Health"]
+__all__ = ["CheckSummary", "DeviceHealth", "Health", "Stall"]
 
 _VRAM_SOURCES = {0: "unknown", 1: "nvml_process", 2: "device_used"}
 
@@ -53,6 +53,30 @@ class Health:
             process_vram_source=_VRAM_SOURCES.get(h.process_vram_source, str(h.process_vram_source)),
             interval_ms=h.interval_ms,
             device_faults=h.device_faults,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Stall:
+    """The stall state (vram_monitor_stall): whether the monitor stopped checking, the check
+    in progress and for how long, when the last one started, and the limits in force."""
+
+    stalled: bool
+    check_in_progress: bool
+    check_in_progress_ms: int
+    last_check_started_unix_ms: int
+    deadline_ms: int
+    grace_ms: int
+
+    @staticmethod
+    def _from_c(s: _native.VramMonitorStall) -> "Stall":
+        return Stall(
+            stalled=bool(s.stalled),
+            check_in_progress=bool(s.check_in_progress),
+            check_in_progress_ms=s.check_in_progress_ms,
+            last_check_started_unix_ms=s.last_check_started_unix_ms,
+            deadline_ms=s.deadline_ms,
+            grace_ms=s.grace_ms,
         )
 
 

@@ -9,7 +9,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import _native, events, lifecycle
-from .health import CheckSummary, DeviceHealth, Health
+from .health import CheckSummary, DeviceHealth, Health, Stall
 from .results import MonitorClosed, Result, Verdict, VramMonitorError, check, enum_or_int
 from .tensors import buffer_range
 
@@ -391,6 +391,26 @@ class Monitor:
         buf, h = _native.out_struct(_native.VramMonitorHealth)
         check(self._lib.vram_monitor_health(self._h(what), ctypes.addressof(buf)), what)
         return Health._from_c(h)
+
+    def stall(self) -> Stall:
+        """The stall state (cheap: no driver query)."""
+        what = "vram_monitor_stall"
+        buf, st = _native.out_struct(_native.VramMonitorStall)
+        check(self._lib.vram_monitor_stall(self._h(what), ctypes.addressof(buf)), what)
+        return Stall._from_c(st)
+
+    def set_stall_limits(self, deadline_ms: int = 30_000, grace_ms: int = 30_000) -> None:
+        """When the monitor counts as stalled: a check making no progress for `deadline_ms`,
+        or no completed check for the interval plus `grace_ms` (the defaults are the
+        library's). A stall makes the health unhealthy; the HEALTH_CHANGED events it sends run
+        the callback on the watchdog thread ("vram-monitor-watchdog")."""
+        what = "vram_monitor_set_stall_limits"
+        check(
+            self._lib.vram_monitor_set_stall_limits(
+                self._h(what), _native.u64(deadline_ms, "deadline_ms"), _native.u64(grace_ms, "grace_ms")
+            ),
+            what,
+        )
 
     def device_health(self) -> List[DeviceHealth]:
         """The memory health of each GPU that holds registrations, as of the last check."""
