@@ -113,7 +113,9 @@ if ! python3 -c "import ensurepip, venv" 2>/dev/null; then
 fi
 rm -rf target/python-venv
 python3 -m venv target/python-venv
-target/python-venv/bin/python -m pip install -q ./python
+target/python-venv/bin/python -m pip install -q ./python mypy
+# Type hints are part of the package (py.typed): they must hold under mypy --strict.
+target/python-venv/bin/python -m mypy --strict --no-incremental python/vram_monitor
 (cd target && env -u VRAM_MONITOR_LIBRARY LD_LIBRARY_PATH="$root/target/fake-cuda/complete" \
   VRAM_MONITOR_TEST_INSTALLED=1 VRAM_MONITOR_TEST_REQUIRE_FAKE=1 VRAM_MONITOR_LOG=off PYTHONDONTWRITEBYTECODE=1 \
   python-venv/bin/python -m unittest discover -s "$root/python/tests" -t "$root/python/tests" -p 'test_*.py' -v)

@@ -78,7 +78,7 @@ def library_version() -> str:
 
 def library_path() -> str:
     """The path or name the library was loaded from."""
-    return str(_native.library().vram_monitor_loaded_from)  # type: ignore[attr-defined]
+    return str(_native.library().vram_monitor_loaded_from)
 
 
 def result_str(code: int) -> str:

@@ -156,7 +156,7 @@ _U32 = 1 << 32
 def _as_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not hasattr(value, "__index__"):
         raise TypeError("%s must be an integer, not %s" % (what, type(value).__name__))
-    return value.__index__()
+    return int(value.__index__())
 
 
 def u64(value: Any, what: str) -> int:

@@ -6,7 +6,7 @@ import ctypes
 import dataclasses
 import json
 import threading
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Literal, Optional, Sequence, Tuple, Union
 
 from . import _native, events, lifecycle
 from .health import CheckSummary, DeviceHealth, Health, Stall
@@ -72,7 +72,7 @@ class Registration:
     def __enter__(self) -> "Registration":
         return self
 
-    def __exit__(self, *exc: Any) -> bool:
+    def __exit__(self, *exc: Any) -> "Literal[False]":
         if self._active:
             self._active = False
             try:
@@ -150,7 +150,7 @@ class Monitor:
     def __enter__(self) -> "Monitor":
         return self
 
-    def __exit__(self, *exc: Any) -> bool:
+    def __exit__(self, *exc: Any) -> "Literal[False]":
         self.close()
         return False
 

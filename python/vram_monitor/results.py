@@ -97,7 +97,7 @@ def enum_or_int(enum_type: Type[E], value: int) -> Union[E, int]:
 def result_str(code: int) -> str:
     """The library's description of a result code (vram_monitor_result_str)."""
     try:
-        return _native.library().vram_monitor_result_str(int(code)).decode()
+        return str(_native.library().vram_monitor_result_str(int(code)).decode())
     except OSError:
         return "result %d" % int(code)
 
