@@ -249,9 +249,18 @@ def exit_child():
     for i, t in enumerate(keep):
         monitors[i % 2].register(t, "weights.%d" % i)
 
+    stop_churn = threading.Event()
+    import atexit
+
+    # Registered after the package's own exit handler, so it runs first (atexit is LIFO): the
+    # churning thread stops calling into torch before finalisation, which would end it inside
+    # torch's C++ frames (torch's own exit hazard, not this library's). Log records, the
+    # daemon thread's health() calls and callbacks of events already found still run.
+    atexit.register(stop_churn.set)
+
     def churn():
         # Registers a tensor, frees it: a violation event at the next check, every few ms.
-        while True:
+        while not stop_churn.is_set():
             t = torch.empty(MIB, dtype=torch.uint8, device="cuda")
             for m in monitors:
                 try:

@@ -230,6 +230,70 @@ class Outputs(WithMonitor):
         self.assertIsNone(self.m.verdict(rid))
 
 
+class PlannedRegisterMany(WithMonitor):
+    """The binding of vram_monitor_register_many (agreed C API) before the library has it: a
+    stand-in with the agreed prototype, made of the real register, checks what the package
+    passes and how it reads the per-entry answers."""
+
+    def setUp(self):
+        super().setUp()
+        from vram_monitor import _native
+
+        real = self.m._lib
+        self.calls = []
+        proto = ctypes.CFUNCTYPE(
+            ctypes.c_int32, ctypes.c_void_p, ctypes.POINTER(_native.VramMonitorRegion), ctypes.c_size_t, ctypes.c_uint32,
+            ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_size_t),
+        )
+
+        def register_many(handle, regions, count, flags, out_ids, out_results, out_registered):
+            self.calls.append((count, flags, [(regions[i].ptr, regions[i].size, regions[i].label) for i in range(count)]))
+            failed = False
+            for i in range(count):
+                rid = ctypes.c_uint64()
+                code = real.vram_monitor_register(handle, regions[i].ptr, regions[i].size, regions[i].label, ctypes.byref(rid))
+                out_results[i], out_ids[i] = code, (rid.value if code == 0 else 0)
+                failed = failed or code != 0
+            if failed and flags & 1:
+                for i in range(count):
+                    if out_ids[i]:
+                        real.vram_monitor_unregister(handle, out_ids[i])
+                        out_ids[i] = 0
+            return 107 if failed else 0
+
+        self.fn = proto(register_many)
+        fn = self.fn
+
+        class WithRegisterMany:
+            vram_monitor_register_many = fn
+
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+        self.m._lib = WithRegisterMany()
+
+    def test_one_call_with_every_entry_and_the_ids_in_order(self):
+        base = self.alloc(8 * MIB)
+        ids = self.m.register_many([(base, MIB, "a"), (base + MIB, 2 * MIB, "b")])
+        self.assertEqual(self.calls, [(2, 1, [(base, MIB, b"a"), (base + MIB, 2 * MIB, b"b")])])
+        self.assertEqual(len(set(ids)), 2)
+        self.assertEqual(self.m.health().registrations, 2)
+
+    def test_per_entry_codes_and_nothing_registered(self):
+        base = self.alloc()
+        host = self.alloc(kind=HOST)
+        with self.assertRaises(vram_monitor.EntriesFailed) as raised:
+            self.m.register_many([(base, MIB, "good"), (host, MIB, "pinned")])
+        self.assertEqual(raised.exception.results, [Result.OK, Result.REFUSED_HOST])
+        self.assertEqual(raised.exception.ids, [0, 0])
+        self.assertEqual(self.m.health().registrations, 0)
+        with self.assertRaises(vram_monitor.EntriesFailed) as raised:
+            self.m.register_many([(base, MIB, "good"), (host, MIB, "pinned")], all_or_nothing=False)
+        self.assertEqual(self.calls[-1][1], 0)
+        self.assertNotEqual(raised.exception.ids[0], 0)
+        self.assertEqual(self.m.health().registrations, 1)
+
+
 class Tensor:
     """Stands in for a torch.Tensor: a device, a storage, no torch needed."""
 
