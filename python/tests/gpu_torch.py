@@ -256,7 +256,14 @@ def exit_child():
     # churning thread stops calling into torch before finalisation, which would end it inside
     # torch's C++ frames (torch's own exit hazard, not this library's). Log records, the
     # daemon thread's health() calls and callbacks of events already found still run.
-    atexit.register(stop_churn.set)
+    churner = []
+
+    def stop():
+        stop_churn.set()
+        for thread in churner:
+            thread.join(10)
+
+    atexit.register(stop)
 
     def churn():
         # Registers a tensor, frees it: a violation event at the next check, every few ms.
@@ -280,7 +287,8 @@ def exit_child():
                     pass
             time.sleep(0.0005)
 
-    threading.Thread(target=churn, daemon=True).start()
+    churner.append(threading.Thread(target=churn, daemon=True))
+    churner[0].start()
     threading.Thread(target=poll, daemon=True).start()
     deadline = time.time() + 20
     while not seen and time.time() < deadline:
