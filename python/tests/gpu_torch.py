@@ -301,15 +301,20 @@ def exit_child():
 class TestExit(unittest.TestCase):
     def test_exit_with_live_monitors_callbacks_log_handler_and_daemon_thread(self):
         torch_or_skip(self)
-        failures = []
-        for _ in range(EXIT_RUNS):
+        def one_run(_):
             try:
                 p = subprocess.run([sys.executable, os.path.abspath(__file__), "exit-child"], capture_output=True, text=True, timeout=120)
-                out = p.stdout + p.stderr
-                if p.returncode != 0 or "FATAL" in out or "ok" not in p.stdout or "events before exit: 0" in out:
-                    failures.append("exit %d: %s" % (p.returncode, out[-400:]))
             except subprocess.TimeoutExpired:
-                failures.append("hang")
+                return "hang"
+            out = p.stdout + p.stderr
+            if p.returncode != 0 or "FATAL" in out or "ok" not in p.stdout or "events before exit: 0" in out:
+                return "exit %d: %s" % (p.returncode, out[-400:])
+            return None
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(4) as pool:  # four processes at a time: fits the suite's time
+            failures = [f for f in pool.map(one_run, range(EXIT_RUNS)) if f]
         result(
             "exit with live monitors, callbacks, log handler, daemon thread (PyTorch)",
             "%d/%d clean exits" % (EXIT_RUNS, EXIT_RUNS),

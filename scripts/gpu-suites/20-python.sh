@@ -26,7 +26,10 @@ trap 'rm -f "$log"; rm -rf "$venv"' EXIT
 if [ -z "$wheel" ]; then
   echo "FAIL: no wheel in $carry/python-dist (gpu-test.sh prepare builds it: pip wheel --no-deps -w .gpu-carry/python-dist ./python)" | tee "$log"
   rc=1
-elif ! "$sys_py" -m venv --system-site-packages "$venv" >>"$log" 2>&1 ||
+elif ! { "$sys_py" -m venv --system-site-packages "$venv" >>"$log" 2>&1 ||
+    # Without ensurepip (Debian's python3 without python3-venv): the system's pip, seen
+    # through the system site-packages, installs into the venv all the same.
+    { rm -rf "$venv" && "$sys_py" -m venv --system-site-packages --without-pip "$venv" >>"$log" 2>&1; }; } ||
   ! "$venv/bin/python" -m pip install -q --no-index --no-deps "$wheel" >>"$log" 2>&1; then
   echo "FAIL: installing $wheel into a fresh virtual environment failed" | tee -a "$log"
   rc=1
