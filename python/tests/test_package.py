@@ -294,6 +294,70 @@ class PlannedRegisterMany(WithMonitor):
         self.assertEqual(self.m.health().registrations, 1)
 
 
+class PlannedRegistrationLookup(WithMonitor):
+    """The binding of vram_monitor_registration (agreed C API) before the library has it: a
+    stand-in with the agreed prototype and buffer protocol (NULL/0 asks the label's size with
+    the NUL and still fills the info), answering from the JSON report."""
+
+    def setUp(self):
+        super().setUp()
+        from vram_monitor import _native
+
+        real = self.m._lib
+        self.calls = []
+        proto = ctypes.CFUNCTYPE(
+            ctypes.c_int32, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
+            ctypes.POINTER(ctypes.c_size_t),
+        )
+        monitor = self.m
+
+        def registration(handle, rid, out_info, label_buf, label_len, out_label_len):
+            self.calls.append((label_buf is not None, label_len))
+            saved, monitor._lib = monitor._lib, real
+            try:
+                entry = [r for r in monitor.report_json()["registrations"] if r["id"] == rid]
+            finally:
+                monitor._lib = saved
+            if not entry:
+                return 104
+            r = entry[0]
+            label = r["label"].encode() + b"\0"
+            if out_label_len:
+                out_label_len[0] = len(label)
+            if label_buf and label_len < len(label):
+                return 103
+            info = _native.VramMonitorRegistrationInfo.from_address(out_info)
+            info.id, info.size, info.device, info.pieces = rid, r["size"], r["device"], 1
+            info.ptr = int(r["ptr"], 16) if isinstance(r["ptr"], str) else r["ptr"]
+            info.verdict = int(Verdict[r["verdict"]])
+            if label_buf:
+                ctypes.memmove(label_buf, label, len(label))
+            return 0
+
+        self.fn = proto(registration)
+        fn = self.fn
+
+        class WithLookup:
+            vram_monitor_registration = fn
+
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+        self.m._lib = WithLookup()
+
+    def test_lookup_through_the_direct_call(self):
+        base = self.alloc()
+        rid = self.m.register((base, MIB), "layers.3.mlp")
+        info = self.m.registration(rid)
+        self.assertEqual(self.calls[:2], [(False, 0), (True, len("layers.3.mlp") + 1)])
+        self.assertEqual((info.id, info.ptr, info.size, info.pieces, info.label, info.verdict), (rid, base, MIB, 1, "layers.3.mlp", Verdict.RESIDENT))
+        self.fake.fake_cuda_set_kind(base, HOST)
+        self.m.check_now()
+        self.assertEqual(self.m.verdict(rid), Verdict.HOST)
+        self.m.unregister(rid)
+        self.assertIsNone(self.m.registration(rid))
+
+
 class Tensor:
     """Stands in for a torch.Tensor: a device, a storage, no torch needed."""
 
