@@ -230,6 +230,16 @@ class Outputs(WithMonitor):
         self.assertIsNone(self.m.verdict(rid))
 
 
+def library_with(real, **functions):
+    """The loaded library, plus stand-ins for functions it does not have yet."""
+
+    class Library:
+        def __getattr__(self, name):
+            return functions[name] if name in functions else getattr(real, name)
+
+    return Library()
+
+
 class PlannedRegisterMany(WithMonitor):
     """The binding of vram_monitor_register_many (agreed C API) before the library has it: a
     stand-in with the agreed prototype, made of the real register, checks what the package
@@ -262,15 +272,7 @@ class PlannedRegisterMany(WithMonitor):
             return 107 if failed else 0
 
         self.fn = proto(register_many)
-        fn = self.fn
-
-        class WithRegisterMany:
-            vram_monitor_register_many = fn
-
-            def __getattr__(self, name):
-                return getattr(real, name)
-
-        self.m._lib = WithRegisterMany()
+        self.m._lib = library_with(real, vram_monitor_register_many=self.fn)
 
     def test_one_call_with_every_entry_and_the_ids_in_order(self):
         base = self.alloc(8 * MIB)
@@ -335,15 +337,7 @@ class PlannedRegistrationLookup(WithMonitor):
             return 0
 
         self.fn = proto(registration)
-        fn = self.fn
-
-        class WithLookup:
-            vram_monitor_registration = fn
-
-            def __getattr__(self, name):
-                return getattr(real, name)
-
-        self.m._lib = WithLookup()
+        self.m._lib = library_with(real, vram_monitor_registration=self.fn)
 
     def test_lookup_through_the_direct_call(self):
         base = self.alloc()
