@@ -60,6 +60,12 @@
 
 
 /**
+ * `vram_monitor_register_many` flag: a failed entry stops the call and nothing is
+ * registered.
+ */
+#define VRAM_MONITOR_REGISTER_ALL_OR_NOTHING 1
+
+/**
  * The default check interval in milliseconds (60 s).
  */
 #define VRAM_MONITOR_DEFAULT_INTERVAL_MS 60000
@@ -155,6 +161,17 @@ enum VramMonitorResult
    * The report format is not one of `VramMonitorReportFormat`.
    */
   VRAM_MONITOR_RESULT_UNKNOWN_FORMAT = 105,
+  /**
+   * `vram_monitor_register_many`: the same `[ptr, ptr + size)` appears earlier in the
+   * same call (the earlier entry is judged; this one is not registered).
+   */
+  VRAM_MONITOR_RESULT_DUPLICATE_RANGE = 106,
+  /**
+   * `vram_monitor_register_many`: at least one entry failed (each entry's own code is in
+   * `out_results`). As an entry's own code: not registered because another entry of an
+   * all-or-nothing call failed.
+   */
+  VRAM_MONITOR_RESULT_ENTRIES_FAILED = 107,
   /**
    * Registration refused: unified (managed) memory.
    */
@@ -435,6 +452,60 @@ typedef int32_t VramMonitorSignalStatus;
  * A residency monitor: registrations and one background thread. Opaque.
  */
 typedef struct VramMonitor VramMonitor;
+
+/**
+ * One entry of `vram_monitor_register_many`: `[ptr, ptr + size)` under `label` (UTF-8, at
+ * most `VRAM_MONITOR_MAX_LABEL_BYTES`, copied).
+ */
+typedef struct VramMonitorRegion {
+  /**
+   * First byte of the range.
+   */
+  const void *ptr;
+  /**
+   * Length in bytes (non-zero).
+   */
+  size_t size;
+  /**
+   * The engine's name for it, NUL-terminated.
+   */
+  const char *label;
+} VramMonitorRegion;
+
+/**
+ * One registration as it stands now (`vram_monitor_registration`).
+ */
+typedef struct VramMonitorRegistrationInfo {
+  /**
+   * Its id.
+   */
+  uint64_t id;
+  /**
+   * First byte.
+   */
+  const void *ptr;
+  /**
+   * Length in bytes.
+   */
+  size_t size;
+  /**
+   * The device that held it when registered.
+   */
+  int32_t device;
+  /**
+   * Its verdict from the last check that could judge it (`VramMonitorVerdict`).
+   */
+  int32_t verdict;
+  /**
+   * The allocations or VMM mappings that hold it (1 for nearly every range).
+   */
+  uint32_t pieces;
+  /**
+   * 1 when the driver query for it failed in the last check (the verdict is then the
+   * last one known), else 0.
+   */
+  uint32_t check_failing;
+} VramMonitorRegistrationInfo;
 
 /**
  * An event, passed to the callback. Valid only during the callback: copy what you keep
@@ -741,6 +812,66 @@ typedef struct VramMonitorDeviceHealth {
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/**
+ * Registers `count` ranges in one call (a whole model), as `vram_monitor_register` would
+ * each, but asking the driver once per distinct allocation or mapping instead of once per
+ * entry, and judging every entry from the answers of this one call (one consistent
+ * snapshot).
+ *
+ * For entry `i`, `out_results[i]` receives its own code (`OK`, or what
+ * `vram_monitor_register` would return for it: `INVALID_ARGUMENT` for size 0 or a range that
+ * wraps, `NULL_ARGUMENT` for a NULL ptr or label, `INVALID_LABEL`, `REFUSED_<VERDICT>`,
+ * `DRIVER_ERROR`; `DUPLICATE_RANGE` when the same ptr and size appear earlier in this call)
+ * and `out_ids[i]` its id, or 0 when it was not registered.
+ *
+ * A failed entry fails only itself, unless `flags` has
+ * `VRAM_MONITOR_REGISTER_ALL_OR_NOTHING`: then, when any entry fails, nothing is registered,
+ * every `out_ids[i]` is 0, and the entries that did not fail themselves get
+ * `ENTRIES_FAILED`. (An entry with a NULL ptr or label, or a label that is not UTF-8, then
+ * stops the call before the others are judged: they all get `ENTRIES_FAILED`.)
+ *
+ * Returns `OK` when every entry was registered, `ENTRIES_FAILED` when at least one was not
+ * (read `out_results`), `NULL_ARGUMENT` for a NULL monitor, a NULL `regions` with `count`
+ * > 0, or a NULL `out_ids` / `out_results` (nothing is done, nothing written),
+ * `INVALID_ARGUMENT` for `count` 0 or unknown flag bits. `out_registered` may be NULL; if not,
+ * it receives how many entries were registered (on `OK` and `ENTRIES_FAILED`). May be called
+ * from any thread, also from a callback; never waits for a check.
+ *
+ * # Safety
+ * `regions`, `out_ids` and `out_results` must point to `count` elements each; labels must
+ * be NUL-terminated.
+ */
+VramMonitorResult vram_monitor_register_many(struct VramMonitor *monitor,
+                                             const struct VramMonitorRegion *regions,
+                                             size_t count,
+                                             uint32_t flags,
+                                             uint64_t *out_ids,
+                                             VramMonitorResult *out_results,
+                                             size_t *out_registered);
+
+/**
+ * Reads one registration: fills `*out_info` and copies its label, NUL-terminated, into
+ * `label_buf` (no JSON, no copy of other registrations).
+ *
+ * `UNKNOWN_REGISTRATION` for an id this monitor does not hold. `label_buf` may be NULL with
+ * `label_buf_len` 0: then only `*out_info` is filled (`OK`) and, if `out_label_len` is not
+ * NULL, it receives the label's size with the NUL. If `label_buf_len` is non-zero but too
+ * small, `*out_info` is filled, nothing is written to `label_buf`, `*out_label_len` is the
+ * size needed with the NUL, and the result is `BUFFER_TOO_SMALL`. On `OK` with a buffer,
+ * `*out_label_len` (if not NULL) is the label's length without the NUL. `NULL_ARGUMENT` for
+ * a NULL monitor or `out_info`, or `label_buf` NULL with `label_buf_len` > 0. Cheap (no
+ * driver query); callable from any thread, also from a callback.
+ *
+ * # Safety
+ * `label_buf` must have `label_buf_len` writable bytes.
+ */
+VramMonitorResult vram_monitor_registration(const struct VramMonitor *monitor,
+                                            uint64_t id,
+                                            struct VramMonitorRegistrationInfo *out_info,
+                                            char *label_buf,
+                                            size_t label_buf_len,
+                                            size_t *out_label_len);
 
 /**
  * Creates a monitor and starts its background thread ("vram-monitor"), which checks every

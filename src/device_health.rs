@@ -16,6 +16,7 @@
 //! CUDA device ordinals are matched to NVML devices by PCI bus id, so `CUDA_VISIBLE_DEVICES`
 //! and CUDA's device order cannot point the figures at the wrong GPU.
 
+use crate::sync::lock;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -281,9 +282,6 @@ fn remember<T: Copy>(signal: &Signal<T>, known: &mut Option<T>) {
     }
 }
 
-fn lock<T: ?Sized>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 impl DeviceHealthMonitor {
     /// Reads through NVML.

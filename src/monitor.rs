@@ -1,6 +1,7 @@
 //! The monitor: the registrations, one named background thread that checks them every
 //! interval, the commands that wake it, and the callback it runs.
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -143,10 +144,6 @@ pub struct Monitor {
     http: Mutex<Option<crate::http::HttpServer>>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every critical section here leaves its data consistent, so a poisoned lock is usable.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn interval_ms(interval: Duration) -> Result<u64, Error> {
     let ms = interval.as_millis();
@@ -250,20 +247,44 @@ impl Monitor {
     /// Registering the same memory twice gives two independent registrations.
     pub fn register(&self, ptr: u64, size: u64, label: &str) -> Result<RegistrationId, Error> {
         self.not_forked()?;
-        if size == 0 {
-            return Err(Error::InvalidArgument("size must be non-zero"));
-        }
-        if ptr.checked_add(size).is_none() {
-            return Err(Error::InvalidArgument("ptr + size wraps the address space"));
-        }
-        if label.len() > MAX_LABEL_BYTES {
-            return Err(Error::InvalidLabel("longer than 4096 bytes"));
-        }
+        crate::batch::validate(ptr, size, label)?;
         let inspection = inspect(&*self.shared.driver, ptr, size)?;
         if inspection.verdict != Verdict::Resident {
             return Err(Error::Refused(inspection.verdict));
         }
         Ok(self.shared.registry.insert(label, inspection.device, inspection.pieces(), inspection.answers()))
+    }
+
+    /// Registers many ranges in one call (a whole model): each entry is checked as
+    /// [`Monitor::register`] checks one, but the driver is asked once per distinct allocation
+    /// or mapping, not once per entry, and every entry is judged from the answers of this one
+    /// call. The same range twice is [`Error::DuplicateRange`] from its second occurrence.
+    ///
+    /// A failed entry fails only itself, unless `all_or_nothing`: then nothing is registered
+    /// when any entry fails, and the entries that did not fail themselves hold
+    /// [`Error::EntriesFailed`].
+    pub fn register_many(&self, regions: &[crate::batch::Region<'_>], all_or_nothing: bool) -> Result<crate::batch::Registered, Error> {
+        self.not_forked()?;
+        let (inspections, queries) = crate::batch::inspect_all(&*self.shared.driver, regions);
+        let any_failed = inspections.iter().any(Result::is_err);
+        let results = if any_failed && all_or_nothing {
+            inspections.into_iter().map(|r| Err(r.err().unwrap_or(Error::EntriesFailed))).collect()
+        } else {
+            inspections
+                .into_iter()
+                .zip(regions)
+                .map(|(r, region)| {
+                    r.map(|found| self.shared.registry.insert(region.label, found.device, found.pieces(), found.answers()))
+                })
+                .collect()
+        };
+        Ok(crate::batch::Registered { results, queries })
+    }
+
+    /// One registration as it stands now (its verdict, pieces and label), or `None` for an
+    /// id this monitor does not hold.
+    pub fn registration(&self, id: RegistrationId) -> Option<RegistrationInfo> {
+        self.shared.registry.get(id)
     }
 
     /// Stops watching a registration.

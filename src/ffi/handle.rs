@@ -90,7 +90,7 @@ impl VramMonitor {
             drained: (Mutex::new(()), Condvar::new()),
         }));
         let address = handle as *mut VramMonitor;
-        super::lock(&TOMBSTONES).push(address as usize);
+        crate::sync::lock(&TOMBSTONES).push(address as usize);
         address
     }
 
@@ -98,7 +98,7 @@ impl VramMonitor {
         self.calls[slot].0.fetch_sub(1, Ordering::SeqCst);
         if self.closing.load(Ordering::SeqCst) {
             let (lock, drained) = &self.drained;
-            let _guard = super::lock(lock);
+            let _guard = crate::sync::lock(lock);
             drained.notify_all();
         }
     }
@@ -174,7 +174,7 @@ impl VramMonitor {
         }
         {
             let (lock, drained) = &self.drained;
-            let mut guard = super::lock(lock);
+            let mut guard = crate::sync::lock(lock);
             while self.calls_in_progress() != 0 {
                 // A timeout as well as the notification: a wake-up cannot be lost for good.
                 guard = drained.wait_timeout(guard, Duration::from_millis(10)).unwrap_or_else(|e| e.into_inner()).0;
