@@ -7,7 +7,11 @@
 //!
 //! ```text
 //! observability [--address ADDR] [--request-timeout-ms N] [--port-file PATH]
+//!               [--device-health-fixture UUID]
 //! ```
+//! `--device-health-fixture` reads device health from a fixed source instead of NVML: every
+//! GPU is NVML index = CUDA ordinal, with that UUID and no fault (scripts/operations-test.sh
+//! joins our series with a dcgm-exporter file by it on a machine without a GPU).
 //! Prints `listening <port>` once serving, then for each command line on stdin prints its
 //! output and a line `done <command>`:
 //!
@@ -27,7 +31,24 @@
 use std::io::{BufRead, Write};
 
 use vram_monitor::http::HttpOptions;
-use vram_monitor::{Monitor, MonitorOptions, ReportFormat};
+use vram_monitor::{Driver, DeviceHealthSource, DeviceReading, Monitor, MonitorOptions, RemappedRows, ReportFormat, Signal};
+
+/// Device health as a healthy GPU with a known UUID would give it (see the options above).
+struct Fixture(String);
+
+impl DeviceHealthSource for Fixture {
+    fn read(&mut self, _driver: &dyn Driver, device: i32) -> Result<DeviceReading, String> {
+        Ok(DeviceReading {
+            index: u32::try_from(device).ok(),
+            uuid: Some(self.0.clone()),
+            name: Some("fixture GPU".into()),
+            ecc_uncorrected_volatile: Signal::Value(0),
+            retired_pages_pending: Signal::Unsupported,
+            remapped_rows: Signal::Value(RemappedRows::default()),
+            new_critical_xids: Signal::Value(Vec::new()),
+        })
+    }
+}
 
 const MIB: usize = 1 << 20;
 const BUFFER: usize = 64 * MIB;
@@ -107,6 +128,9 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if let Some(uuid) = arg(&args, "--device-health-fixture") {
+        monitor.set_device_health_source(Box::new(Fixture(uuid)));
+    }
     let memory = Memory::detect();
     eprintln!("observability example on {}", memory.name());
     let first = memory.alloc();
