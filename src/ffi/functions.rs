@@ -303,8 +303,8 @@ pub unsafe extern "C" fn vram_monitor_stall(monitor: *const VramMonitor, out_sta
 /// completed check for longer than the interval plus `grace_ms` (defaults
 /// `VRAM_MONITOR_DEFAULT_STALL_DEADLINE_MS` and `VRAM_MONITOR_DEFAULT_STALL_GRACE_MS`).
 /// A stall makes the health unhealthy, and a watchdog thread ("vram-monitor-watchdog") sends
-/// `HEALTH_CHANGED` when it begins and when it ends: that event's callback runs on the
-/// watchdog thread, possibly while the monitor thread is inside a callback.
+/// `HEALTH_CHANGED` when it begins and when it ends: that event's callback may run on the
+/// watchdog thread (never concurrently with another callback call).
 ///
 /// `INVALID_ARGUMENT`, changing nothing, for a value of 0 or over 30 days (2592000000), or a
 /// deadline not longer than the pacing's pause (`vram_monitor_set_pacing`). Callable from any
