@@ -91,7 +91,8 @@ pub unsafe extern "C" fn vram_monitor_new(interval_ms: u32, out_monitor: *mut *m
 /// Bound: the thread checks a stop flag before every driver query and before each event, so
 /// this waits for at most the driver query in progress plus the callback call in progress
 /// (and the HTTP endpoint's threads, if one was started), after the calls in progress on
-/// other threads. Events not yet delivered are dropped.
+/// other threads. The watchdog thread is woken and joined too; it waits on nothing, so this
+/// adds at most the callback call it may be running. Events not yet delivered are dropped.
 ///
 /// In a child process forked after `vram_monitor_new`, returns `FORKED` at once: the monitor
 /// thread does not exist there, so nothing is joined, the user data's finaliser does not run
