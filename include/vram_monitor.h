@@ -9,6 +9,27 @@
  *    vram_monitor_free return VRAM_MONITOR_RESULT_CALLED_FROM_CALLBACK instead of deadlocking;
  *  - after vram_monitor_free returns, no callback runs and the user data has been released.
  *
+ * Lifetime contract (docs/reliability.md, section 5, has the test for each line):
+ *  - vram_monitor_free may run while other threads are inside calls on the same monitor: it
+ *    waits for those calls to return; every call that begins once free has begun returns
+ *    VRAM_MONITOR_RESULT_CLOSED, and so does every call with the handle after free returned
+ *    (a second free included): handles are never deallocated, a freed one answers CLOSED.
+ *  - free from inside a callback, or from a user-data finaliser that runs inside a call on the
+ *    same monitor: CALLED_FROM_CALLBACK, nothing freed.
+ *  - process exit: free your monitors before exit() or returning from main. If you do not,
+ *    the library's exit hook (registered with atexit on every vram_monitor_new and
+ *    set_callback / set_log_callback) stops all checks and callbacks when it runs, and waits
+ *    up to 2 s for a callback in progress; atexit hooks run in reverse order, so it runs
+ *    before the destructors of statics constructed before the latest of those calls, not
+ *    before those constructed later. In a Python process nothing is delivered once the
+ *    interpreter finalises (the Python package closes its monitors in its own atexit hook).
+ *  - fork: in the child every call on a monitor created before the fork returns FORKED.
+ *  - dlclose: the library marks itself RTLD_NODELETE when it creates its first monitor, so
+ *    a dlclose never unmaps code a monitor thread runs; free the monitors to stop them.
+ *  - two copies of the library in one process (say a Python wheel beside an engine's own) are
+ *    independent; their ids never collide, and an id of one is UNKNOWN_REGISTRATION to the
+ *    other.
+ *
  * Bad input (each tested from C: tests/c/test_api_contract.c, test_bad_input.c; the full table
  * with the test for each row is in docs/reliability.md). A rejected call changes nothing and
  * writes no out-parameter.
@@ -749,7 +770,7 @@ VramMonitorResult vram_monitor_new(uint32_t interval_ms, struct VramMonitor **ou
  * calls already in progress to return (each is bounded: a register by its driver queries,
  * a `check_now` by one check, a report by its rendering). After free returns, a call with
  * the same handle returns `CLOSED`, also a second free: the handle is never deallocated
- * (a tombstone of about 100 bytes stays per freed monitor), so it never reads freed memory.
+ * (a tombstone of about 2 KiB stays per freed monitor), so it never reads freed memory.
  *
  * From inside a callback (or from a user-data finaliser that runs inside a call on this
  * monitor) it returns `CALLED_FROM_CALLBACK` and frees nothing.
@@ -988,16 +1009,22 @@ VramMonitorResult vram_monitor_device_health(const struct VramMonitor *monitor,
  * loopback), or an IP literal with a port (`"127.0.0.1:9464"`, `"0.0.0.0:9464"` for every
  * interface, `"[::1]:9464"`); NULL or `""` means `"127.0.0.1:9464"`. Host names are not
  * resolved. Serves, read-only, one request per connection:
- *  - `GET /health`: the JSON `{"health": {...}, "devices": [...]}` (docs/health-schema.md),
- *    status 200 when healthy and 503 when not;
+ *  - `GET /health` and `GET /readyz`: the JSON `{"health": {...}, "devices": [...]}`
+ *    (docs/health-schema.md), status 200 when healthy and 503 when not;
+ *  - `GET /livez`: 200 while the monitor is alive and checking, 503 when it has stalled;
  *  - `GET /metrics`: the Prometheus text format (version 0.0.4);
- *  - `HEAD` of either; other methods 405, other paths 404, malformed requests 400, a
- *    request head over 8 KiB 431, one not complete within 5 s 408, and beyond 8
- *    connections at once 503.
+ *  - `HEAD` of these; other methods 405, other paths 404, malformed requests 400, a
+ *    request head over 8 KiB 431, no first byte within 1 s or no whole head within 5 s
+ *    408. Absolute-form targets (`http://host/health`) route by their path.
  *
- * Runs on its own threads ("vram-monitor-http"), never on the monitor thread; a request
- * reads a snapshot and never waits for a check. Stops when `vram_monitor_stop_http` or
- * `vram_monitor_free` is called (both join its threads). Returns `INVALID_ARGUMENT` for an
+ * Load never turns into a 503 (which means "unhealthy"): beyond 128 connections, or when
+ * the process is out of file descriptors, the oldest connection that has sent nothing is
+ * closed to make room, and new connections are still accepted and answered.
+ *
+ * Runs on one thread of its own ("vram-monitor-http") that no client can hold up, never on
+ * the monitor thread; a request reads a snapshot and never waits for a check. Stops when
+ * `vram_monitor_stop_http` or `vram_monitor_free` is called (both join its thread, also
+ * when the process is out of file descriptors). Returns `INVALID_ARGUMENT` for an
  * address that does not parse, `HTTP_BIND_FAILED` when it cannot listen there (the reason
  * is logged), `HTTP_ALREADY_SERVING` if it is already serving, `FORKED` in a forked child.
  * Callable from any thread, also from a callback.
@@ -1010,9 +1037,9 @@ VramMonitorResult vram_monitor_serve_http(struct VramMonitor *monitor,
                                           uint16_t *out_port);
 
 /**
- * Stops the built-in HTTP endpoint, if it is serving, and joins its threads (at most the
- * requests in progress, each bounded by the 5 s request time). `OK` whether or not it was
- * serving. Callable from any thread, also from a callback.
+ * Stops the built-in HTTP endpoint, if it is serving, and joins its thread (which waits
+ * for no client: at most a quarter of a second); when it returns, the port is closed.
+ * `OK` whether or not it was serving. Callable from any thread, also from a callback.
  *
  * # Safety
  * Pointer arguments must be NULL or valid as documented above.

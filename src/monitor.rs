@@ -450,6 +450,9 @@ impl crate::http::Snapshot for Shared {
     fn figures(&self) -> Vec<crate::prometheus::RegistrationFigures> {
         self.registry.tally().into_iter().map(Into::into).collect()
     }
+    fn live(&self) -> bool {
+        !Shared::health(self).stalled
+    }
 }
 
 impl Monitor {

@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use support::{fake_driver_test, Fake, FakeDriverVariant, Kind};
@@ -85,6 +85,7 @@ fn get(addr: SocketAddr, path: &str) -> Response {
 
 struct Fixed {
     healthy: AtomicBool,
+    live: AtomicBool,
 }
 
 impl Snapshot for Fixed {
@@ -117,10 +118,13 @@ impl Snapshot for Fixed {
     fn figures(&self) -> Vec<vram_monitor::prometheus::RegistrationFigures> {
         Vec::new()
     }
+    fn live(&self) -> bool {
+        self.live.load(Ordering::SeqCst)
+    }
 }
 
 fn fixed_server(options: HttpOptions) -> (HttpServer, Arc<Fixed>) {
-    let snapshot = Arc::new(Fixed { healthy: AtomicBool::new(true) });
+    let snapshot = Arc::new(Fixed { healthy: AtomicBool::new(true), live: AtomicBool::new(true) });
     let server = HttpServer::start("127.0.0.1:0".parse().unwrap(), options, snapshot.clone()).expect("the server starts");
     (server, snapshot)
 }
@@ -272,33 +276,251 @@ fn http_a_slow_request_gets_408_and_does_not_hold_up_others() {
 }
 
 #[test]
-fn http_connections_beyond_the_limit_get_503_at_once() {
+fn http_beyond_the_limit_the_oldest_idle_connection_is_closed_and_the_new_one_served() {
     let (server, _) = fixed_server(HttpOptions { max_connections: 2, ..HttpOptions::default() });
     let addr = server.local_addr();
-    // Two idle connections occupy both slots (accepted in order before the third).
-    let a = connect(addr);
-    let b = connect(addr);
-    std::thread::sleep(Duration::from_millis(200));
-    let r = get(addr, "/health");
-    assert_eq!(r.status, 503);
-    assert!(r.body.contains("too many connections"));
-    drop(a);
-    drop(b);
-    // Once they are gone (their threads notice the closed connections), requests succeed.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if get(addr, "/health").status == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "slots never freed");
-        std::thread::sleep(Duration::from_millis(50));
+    for round in 0..20 {
+        // Two idle connections fill both slots; the second also sent part of a request.
+        let mut oldest = connect(addr);
+        let mut partial = connect(addr);
+        partial.write_all(b"GET /hea").unwrap();
+        // Both accepted (the server answers a probe between them and the third).
+        assert_eq!(get(addr, "/health").status, 200, "round {round}");
+        // Every request is served: room is made by closing the idle one, never a 503.
+        let r = get(addr, "/health");
+        assert_eq!(r.status, 200, "round {round}: {}", r.body);
+        let mut rest = Vec::new();
+        oldest.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let _ = oldest.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "the idle connection is closed without an answer: {:?}", String::from_utf8_lossy(&rest));
+        // The one that had sent part of a request is still open and can finish it.
+        partial.write_all(b"lth HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(read_response(partial).status, 200, "round {round}");
     }
+}
+
+/// Holds `count` connections that send nothing, re-opening each as soon as the server closes
+/// it (and, with `churn`, re-opening them all in a loop anyway), until `stop`.
+fn idle_crowd(addr: SocketAddr, count: usize, churn: bool, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut opened = 0u64;
+        let mut crowd: Vec<Option<TcpStream>> = (0..count).map(|_| None).collect();
+        while !stop.load(Ordering::SeqCst) {
+            for slot in crowd.iter_mut() {
+                let closed = match slot {
+                    Some(s) => {
+                        let mut b = [0u8; 256];
+                        s.set_nonblocking(true).unwrap();
+                        !matches!(s.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                    }
+                    None => true,
+                };
+                if closed || churn {
+                    *slot = None;
+                    if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+                        // Closed with a reset, leaving no TIME_WAIT to use up the local ports.
+                        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+                        unsafe {
+                            use std::os::fd::AsRawFd;
+                            libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, (&linger as *const libc::linger).cast(), std::mem::size_of::<libc::linger>() as libc::socklen_t);
+                        }
+                        *slot = Some(s);
+                        opened += 1;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(if churn { 1 } else { 5 }));
+        }
+        opened
+    })
+}
+
+#[test]
+fn http_probes_are_answered_while_idle_connections_crowd_the_endpoint() {
+    let (server, snapshot) = fixed_server(HttpOptions::default());
+    let addr = server.local_addr();
+    // 8 held (the old worker count), then 100 re-opened in a loop. Beyond the limit (128 by
+    // default) room is made by closing the oldest idle ones: tested above with a limit of 2,
+    // measured by examples/crowded_endpoint.rs.
+    for (count, churn) in [(8, false), (100, true)] {
+        let stop = Arc::new(AtomicBool::new(false));
+        let crowd = idle_crowd(addr, count, churn, stop.clone());
+        std::thread::sleep(Duration::from_millis(200));
+        for round in 0..20 {
+            let healthy = round % 4 != 3;
+            snapshot.healthy.store(healthy, Ordering::SeqCst);
+            for path in ["/health", "/readyz"] {
+                let r = get(addr, path);
+                assert_eq!(r.status, if healthy { 200 } else { 503 }, "{count} idle, round {round}, {path}: {}", r.body);
+                let json: Value = serde_json::from_str(&r.body).unwrap();
+                assert_eq!(json["health"]["healthy"], healthy);
+            }
+            assert_eq!(get(addr, "/livez").status, 200);
+        }
+        stop.store(true, Ordering::SeqCst);
+        let opened = crowd.join().unwrap();
+        assert!(opened >= count as u64, "the crowd was there: {opened} connections opened");
+    }
+    snapshot.healthy.store(true, Ordering::SeqCst);
+    assert_eq!(get(addr, "/health").status, 200);
+}
+
+#[test]
+fn http_absolute_form_targets_and_query_strings_route_by_the_path() {
+    let (server, _) = fixed_server(HttpOptions::default());
+    let addr = server.local_addr();
+    for target in [
+        format!("http://{addr}/health"),
+        "http://127.0.0.1/health".to_string(),
+        "HTTP://localhost:9464/health?x=1".to_string(),
+        "/health?verbose=1&y".to_string(),
+    ] {
+        let r = request(addr, format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+        assert_eq!(r.status, 200, "{target}: {}", r.body);
+        assert!(r.body.contains("\"healthy\":true"), "{target}: {}", r.body);
+    }
+    let r = request(addr, format!("GET http://{addr}/metrics HTTP/1.1\r\n\r\n").as_bytes());
+    assert!(r.body.contains("vram_monitor_healthy 1"), "{}", r.body);
+    let r = request(addr, format!("GET http://{addr}/nope HTTP/1.1\r\n\r\n").as_bytes());
+    assert_eq!(r.status, 404);
+    let r = request(addr, format!("GET http://{addr} HTTP/1.1\r\n\r\n").as_bytes());
+    assert_eq!(r.status, 200, "an absolute target without a path is /");
+}
+
+#[test]
+fn http_livez_and_readyz_carry_their_meaning_in_the_status() {
+    let (server, snapshot) = fixed_server(HttpOptions::default());
+    let addr = server.local_addr();
+    assert_eq!(get(addr, "/livez").status, 200);
+    assert_eq!(get(addr, "/readyz").status, 200);
+    snapshot.healthy.store(false, Ordering::SeqCst);
+    assert_eq!(get(addr, "/readyz").status, 503, "readyz = health");
+    assert_eq!(get(addr, "/livez").status, 200, "unhealthy but checking is alive");
+    snapshot.live.store(false, Ordering::SeqCst);
+    let r = get(addr, "/livez");
+    assert_eq!(r.status, 503);
+    assert!(r.body.contains("stalled"), "{}", r.body);
+    let r = request(addr, b"HEAD /livez HTTP/1.1\r\n\r\n");
+    assert_eq!(r.status, 503);
+    assert!(r.body.is_empty());
+    assert_eq!(request(addr, b"POST /readyz HTTP/1.1\r\nContent-Length: 0\r\n\r\n").status, 405);
+    // The default of the trait: a snapshot that does not know about stalls is live.
+    struct Plain;
+    impl Snapshot for Plain {
+        fn health(&self) -> Health {
+            Fixed { healthy: AtomicBool::new(true), live: AtomicBool::new(false) }.health()
+        }
+        fn devices(&self) -> Vec<DeviceHealth> {
+            Vec::new()
+        }
+        fn figures(&self) -> Vec<vram_monitor::prometheus::RegistrationFigures> {
+            Vec::new()
+        }
+    }
+    let plain = HttpServer::start("127.0.0.1:0".parse().unwrap(), HttpOptions::default(), Arc::new(Plain)).unwrap();
+    assert_eq!(get(plain.local_addr(), "/livez").status, 200);
+}
+
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}
+
+fn set_descriptor_limit(soft: u64) -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+    let old = limit.rlim_cur;
+    limit.rlim_cur = soft.min(limit.rlim_max);
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+    old
+}
+
+/// A TCP socket made now and connected later, when the process may have no descriptor left.
+fn unconnected_socket() -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0);
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
+fn connect_socket(fd: std::os::fd::OwnedFd, addr: SocketAddr) -> TcpStream {
+    use std::os::fd::AsRawFd;
+    let SocketAddr::V4(v4) = addr else { panic!("IPv4 only") };
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*v4.ip()).to_be() },
+        sin_zero: [0; 8],
+    };
+    let rc = unsafe {
+        libc::connect(fd.as_raw_fd(), (&sin as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
+    };
+    assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+    let stream = TcpStream::from(fd);
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stream
+}
+
+#[test]
+fn out_of_file_descriptors_the_endpoint_still_answers_and_free_joins_it_and_frees_the_port() {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
+        for round in 0..20 {
+            let mut handle: *mut VramMonitor = std::ptr::null_mut();
+            assert_eq!(unsafe { vram_monitor_new(60_000, &mut handle) }, VramMonitorResult::Ok);
+            let mut port = 0u16;
+            let address = CString::new("127.0.0.1:0").unwrap();
+            assert_eq!(unsafe { vram_monitor_serve_http(handle, address.as_ptr(), &mut port) }, VramMonitorResult::Ok);
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let probe = unconnected_socket();
+            // Served once, so the thread runs (and has its name) before counting it.
+            assert_eq!(get(addr, "/livez").status, 200, "round {round}: before exhaustion");
+            assert_eq!(threads_named("vram-monitor-ht"), 1);
+            let old_limit = set_descriptor_limit(open_descriptors() as u64 + 48);
+            // Connections that send nothing (some in the listen queue, the server having
+            // no descriptor to accept them), then files until the process has none left.
+            let mut idle = Vec::new();
+            while idle.len() < 40 {
+                match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+                    Ok(s) => idle.push(s),
+                    Err(_) => break,
+                }
+            }
+            let mut files = Vec::new();
+            let full = loop {
+                match std::fs::File::open("/dev/null") {
+                    Ok(f) => files.push(f),
+                    Err(e) => break e,
+                }
+            };
+            assert_eq!(full.raw_os_error(), Some(libc::EMFILE), "round {round}: the process ran out of descriptors");
+            let exhausted_with = idle.len();
+            // A probe still gets its answer: the endpoint closes its own idle connections, or
+            // gives up its reserve descriptor, to accept it.
+            let mut probe = connect_socket(probe, addr);
+            probe.write_all(b"GET /livez HTTP/1.1\r\n\r\n").unwrap();
+            let mut raw = Vec::new();
+            probe.read_to_end(&mut raw).expect("read the probe's answer");
+            assert!(!raw.is_empty(), "round {round}: the probe got no answer ({exhausted_with} idle, {} files)", files.len());
+            let r = parse_response(&raw);
+            assert_eq!(r.status, 200, "round {round}: {}", r.body);
+            // Freed while the process is still out of descriptors: joins the HTTP thread.
+            assert_eq!(unsafe { vram_monitor_free(handle) }, VramMonitorResult::Ok);
+            // Counting threads needs a descriptor: counted once some are back, after free returned.
+            drop(files);
+            drop(idle);
+            set_descriptor_limit(old_limit);
+            assert_eq!(threads_named("vram-monitor-ht"), 0, "round {round}: free joined the HTTP thread");
+            assert!(exhausted_with > 0, "round {round}: idle connections were open");
+            // The port is free: it can be bound again.
+            let again = std::net::TcpListener::bind(addr);
+            assert!(again.is_ok(), "round {round}: the port is released: {again:?}");
+        }
+    });
 }
 
 #[test]
 fn http_listening_twice_on_one_port_is_a_bind_error() {
     let (server, _) = fixed_server(HttpOptions::default());
-    let snapshot = Arc::new(Fixed { healthy: AtomicBool::new(true) });
+    let snapshot = Arc::new(Fixed { healthy: AtomicBool::new(true), live: AtomicBool::new(true) });
     match HttpServer::start(server.local_addr(), HttpOptions::default(), snapshot) {
         Err(vram_monitor::Error::HttpBind(why)) => assert!(why.contains(&server.local_addr().to_string()), "{why}"),
         Err(other) => panic!("expected HttpBind, got {other:?}"),

@@ -83,7 +83,7 @@ pub unsafe extern "C" fn vram_monitor_new(interval_ms: u32, out_monitor: *mut *m
 /// calls already in progress to return (each is bounded: a register by its driver queries,
 /// a `check_now` by one check, a report by its rendering). After free returns, a call with
 /// the same handle returns `CLOSED`, also a second free: the handle is never deallocated
-/// (a tombstone of about 100 bytes stays per freed monitor), so it never reads freed memory.
+/// (a tombstone of about 2 KiB stays per freed monitor), so it never reads freed memory.
 ///
 /// From inside a callback (or from a user-data finaliser that runs inside a call on this
 /// monitor) it returns `CALLED_FROM_CALLBACK` and frees nothing.
