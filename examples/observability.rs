@@ -21,6 +21,8 @@
 //! | `free` | frees the second buffer behind the monitor's back, then checks (a violation) |
 //! | `restore` | unregisters it, allocates and registers a new buffer, then checks |
 //! | `devices` | prints the GPUs' memory health (JSON array, one line) |
+//! | `hang` | fake driver only: queries block until `unhang`, checks every 1 ms, stall deadline 200 ms (the monitor stalls) |
+//! | `unhang` | releases the queries; interval back to 60 s (the monitor recovers) |
 //! | `report text\|json\|prometheus` | prints the report |
 //! | `quit` (or end of input) | frees the monitor (stops the endpoint) and exits |
 //!
@@ -80,6 +82,17 @@ impl Memory {
         match self {
             Memory::Gpu => "the real CUDA driver (GPU 0)",
             Memory::Fake(_) => "the fake CUDA driver of the tests",
+        }
+    }
+
+    /// Makes the fake driver's queries block (`true`) or releases them; false on a GPU.
+    fn hold_queries(&self, hold: bool) -> bool {
+        match self {
+            Memory::Fake(lib) => unsafe {
+                lib.get::<unsafe extern "C" fn(i32)>(b"fake_cuda_hold_queries").unwrap()(i32::from(hold));
+                true
+            },
+            Memory::Gpu => false,
         }
     }
 
@@ -174,6 +187,21 @@ fn main() {
                 second = memory.alloc();
                 second_id = monitor.register(second, BUFFER as u64, "weights.1").expect("device memory registers");
                 say(&check(&monitor));
+            }
+            ["hang"] => {
+                let limits = vram_monitor::StallLimits { deadline: std::time::Duration::from_millis(200), ..Default::default() };
+                monitor.set_stall_limits(limits).expect("stall limits");
+                if memory.hold_queries(true) {
+                    monitor.set_interval(std::time::Duration::from_millis(1)).expect("interval");
+                    say("queries held");
+                } else {
+                    say("hang needs the fake driver");
+                }
+            }
+            ["unhang"] => {
+                memory.hold_queries(false);
+                monitor.set_interval(std::time::Duration::from_secs(60)).expect("interval");
+                say("queries released");
             }
             ["devices"] => {
                 let mut json = String::new();

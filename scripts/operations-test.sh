@@ -9,6 +9,9 @@
 #     error or an empty answer fails;
 #   - the documented dcgm join (`... * on(UUID) group_left ... DCGM_FI_DEV_FB_USED`)
 #     returning the joined series;
+#   - /readyz and /livez with curl: 200 while healthy; a driver query held in the fake driver
+#     stalls the monitor: /livez and /readyz 503, vram_monitor_stalled 1, VramMonitorStalled
+#     firing; both 200 again once released;
 #   - no alert firing while healthy, VramMonitorResidencyViolation firing after a buffer is
 #     freed behind the monitor's back.
 # Called by scripts/observability-test.sh (which installs prometheus, curl and python3 as
@@ -159,6 +162,29 @@ check "vram_monitor_device_info * on(UUID) group_left(modelName, Hostname) DCGM_
 check "the share of used memory (registered bytes / FB used) is the registered 128 MiB over 1024 MiB" \
   query_check 'vram_monitor_device_tracked_bytes{job="vram-monitor"} / on(UUID) group_left(modelName, Hostname) (DCGM_FI_DEV_FB_USED * 1024 * 1024)' \
   'len(r) == 1 and r[0]["value"][1] == "0.125" and r[0]["metric"]["Hostname"] == "node-1"'
+
+echo "== the probes with curl: /readyz (= healthy) and /livez (503 only when stalled)"
+code() { curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port$1"; }
+code_until() { # PATH WANT: polls up to 30 s
+  local deadline=$((SECONDS + 30)) got
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    got=$(code "$1")
+    [ "$got" = "$2" ] && return 0
+    sleep 0.2
+  done
+  echo "     GET $1: $got, not $2"
+  return 1
+}
+check "GET /readyz is 200 while healthy" [ "$(code /readyz)" = 200 ]
+check "GET /livez is 200 while checking" [ "$(code /livez)" = 200 ]
+cmd hang
+check "GET /livez turns 503 once a held driver query stalls the monitor" code_until /livez 503
+check "GET /readyz is 503 while stalled" [ "$(code /readyz)" = 503 ]
+check "Prometheus sees vram_monitor_stalled 1" query_check 'vram_monitor_stalled{job="vram-monitor"}' 'len(r) == 1 and r[0]["value"][1] == "1"'
+check "VramMonitorStalled fires" query_check 'ALERTS{alertname="VramMonitorStalled",alertstate="firing"}' 'len(r) == 1'
+cmd unhang
+check "GET /livez is 200 again once the query returns" code_until /livez 200
+check "GET /readyz is 200 again" code_until /readyz 200
 
 echo "== the alerts on live data"
 check "no alert fires while healthy" query_check 'count(ALERTS{alertstate="firing"}) or vector(0)' 'r[0]["value"][1] == "0"'
