@@ -562,8 +562,10 @@ typedef struct VramMonitorEvent {
 } VramMonitorEvent;
 
 /**
- * Receives events. Runs on the monitor's thread only ("vram-monitor"), one event at a time,
- * never concurrently with itself. `event` and its strings are valid only during the call.
+ * Receives events. Runs on the monitor's thread ("vram-monitor"), except the
+ * `HEALTH_CHANGED` events of a stall, which the watchdog thread ("vram-monitor-watchdog")
+ * delivers when the monitor thread is stuck outside the callback (when it is stuck inside,
+ * they wait until it returns); one event at a time, never concurrently with itself. `event` and its strings are valid only during the call.
  * It may call any function of the monitor: `vram_monitor_check_now` and `vram_monitor_free`
  * return `VRAM_MONITOR_RESULT_CALLED_FROM_CALLBACK` there instead of deadlocking. A slow
  * callback delays the next check. It must not throw a C++ exception or `longjmp` out: nothing
@@ -907,7 +909,8 @@ VramMonitorResult vram_monitor_new(uint32_t interval_ms, struct VramMonitor **ou
  * Bound: the thread checks a stop flag before every driver query and before each event, so
  * this waits for at most the driver query in progress plus the callback call in progress
  * (and the HTTP endpoint's threads, if one was started), after the calls in progress on
- * other threads. Events not yet delivered are dropped.
+ * other threads. The watchdog thread is woken and joined too; it waits on nothing, so this
+ * adds at most the callback call it may be running. Events not yet delivered are dropped.
  *
  * In a child process forked after `vram_monitor_new`, returns `FORKED` at once: the monitor
  * thread does not exist there, so nothing is joined, the user data's finaliser does not run
@@ -1046,8 +1049,8 @@ VramMonitorResult vram_monitor_stall(const struct VramMonitor *monitor,
  * completed check for longer than the interval plus `grace_ms` (defaults
  * `VRAM_MONITOR_DEFAULT_STALL_DEADLINE_MS` and `VRAM_MONITOR_DEFAULT_STALL_GRACE_MS`).
  * A stall makes the health unhealthy, and a watchdog thread ("vram-monitor-watchdog") sends
- * `HEALTH_CHANGED` when it begins and when it ends: that event's callback runs on the
- * watchdog thread, possibly while the monitor thread is inside a callback.
+ * `HEALTH_CHANGED` when it begins and when it ends: that event's callback may run on the
+ * watchdog thread (never concurrently with another callback call).
  *
  * `INVALID_ARGUMENT`, changing nothing, for a value of 0 or over 30 days (2592000000), or a
  * deadline not longer than the pacing's pause (`vram_monitor_set_pacing`). Callable from any

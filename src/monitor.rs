@@ -113,6 +113,12 @@ struct Shared {
     /// Used by the monitor thread only (a Mutex to be shareable).
     plan: Mutex<SweepPlan>,
     callback: Mutex<Option<Callback>>,
+    /// Held while the callback runs: the monitor thread and the watchdog both deliver events,
+    /// and the callback never runs concurrently with itself.
+    delivering: Mutex<()>,
+    /// The watchdog's events not yet delivered (the callback was running): delivered before
+    /// the next event of either thread, so they keep their order.
+    watchdog_events: Mutex<Vec<Event>>,
     stats: Mutex<Stats>,
     total_violations: AtomicU64,
     stopping: AtomicBool,
@@ -181,6 +187,8 @@ impl Monitor {
             pacing: Mutex::new(valid_pacing(options.pacing)?),
             plan: Mutex::new(SweepPlan::default()),
             callback: Mutex::new(None),
+            delivering: Mutex::new(()),
+            watchdog_events: Mutex::new(Vec::new()),
             stats: Mutex::new(Stats::default()),
             total_violations: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
@@ -754,7 +762,10 @@ fn sweep(shared: &Shared) -> CheckSummary {
 
 /// One look of the watchdog (on its own thread): sends a `HEALTH_CHANGED` event when the
 /// monitor becomes stalled, and another when it progresses again before a check completes
-/// (a check that completes after a stall sends it itself; see the end of [`sweep`]).
+/// (a check that completes after a stall sends it itself; see the end of [`sweep`]). The
+/// events are logged at once; the callback gets them as soon as it is not running on the
+/// monitor thread (a callback that never returns may be what stalled it): until then they
+/// wait in `shared.watchdog_events`, in order.
 fn watch(shared: &Shared) {
     if shared.stopping.load(Ordering::Acquire) {
         return;
@@ -780,7 +791,27 @@ fn watch(shared: &Shared) {
         }
     };
     if let Some(event) = event {
-        dispatch(shared, &event, true);
+        let _ = std::panic::catch_unwind(|| event.log());
+        lock(&shared.watchdog_events).push(event);
+    }
+    if lock(&shared.watchdog_events).is_empty() {
+        return;
+    }
+    let one_at_a_time = match shared.delivering.try_lock() {
+        Ok(guard) => guard,
+        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        // The monitor thread is in the callback: try again at the next look.
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
+    deliver_watchdog_events(shared);
+    drop(one_at_a_time);
+}
+
+/// Delivers the watchdog's waiting events; the caller holds `shared.delivering`.
+fn deliver_watchdog_events(shared: &Shared) {
+    let waiting = std::mem::take(&mut *lock(&shared.watchdog_events));
+    for event in waiting {
+        deliver(shared, &event);
     }
 }
 
@@ -850,6 +881,16 @@ fn dispatch(shared: &Shared, event: &Event, log: bool) {
     // A host's logger that panics must not cost the event its callback.
     if log && std::panic::catch_unwind(|| event.log()).is_err() {
         // Nothing more to say: logging itself failed.
+    }
+    let _one_at_a_time = lock(&shared.delivering);
+    deliver_watchdog_events(shared);
+    deliver(shared, event);
+}
+
+/// Runs the callback on `event`; the caller holds `shared.delivering`.
+fn deliver(shared: &Shared, event: &Event) {
+    if shared.stopping.load(Ordering::Acquire) {
+        return;
     }
     let callback = lock(&shared.callback).clone();
     if let Some(callback) = callback {

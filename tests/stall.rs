@@ -180,32 +180,53 @@ fn a_callback_that_never_returns_is_a_stall_after_the_interval_and_grace() {
         m.set_stall_limits(limits(60_000, 100)).unwrap();
         let gone = fake.alloc(Kind::Device, MIB, 0);
         m.register(gone, MIB as u64, "w").unwrap();
-        // The monitor thread's callback blocks (on its violation event) until released; the
-        // watchdog's events are recorded.
+        // The monitor thread's callback blocks (on its violation event) until released. Every
+        // event is recorded, and how many callbacks ran at once.
         let (release, released) = crossbeam_channel::bounded::<()>(1);
         let log: Log = Arc::default();
-        let sink = Arc::clone(&log);
+        let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let most_at_once = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (sink, now, most) = (Arc::clone(&log), Arc::clone(&running), Arc::clone(&most_at_once));
         m.set_callback(Some(Arc::new(move |e: &Event| {
+            use std::sync::atomic::Ordering::SeqCst;
+            most.fetch_max(now.fetch_add(1, SeqCst) + 1, SeqCst);
             let thread = std::thread::current().name().unwrap_or("").to_string();
             sink.lock().unwrap().push((e.clone(), thread));
             if e.kind == EventKind::Violation {
                 let _ = released.recv();
             }
+            now.fetch_sub(1, SeqCst);
         })));
         fake.free(gone);
         wait_for("the health says stalled", || m.health().stalled);
         let h = m.health();
         assert_eq!(h.check_in_progress_ms, None, "stalled between checks, not in one");
-        wait_for("the watchdog's event", || health_changes(&log).iter().any(|(_, message, _)| message.contains("stalled")));
-        let changes = health_changes(&log);
-        let stall = changes.iter().find(|(_, message, _)| message.contains("stalled")).unwrap();
-        assert!(stall.1.contains("no check has completed"), "{changes:?}");
-        assert_eq!(stall.2, "vram-monitor-watchdog");
+        assert!(!h.healthy);
+        // Give the watchdog many looks (its period is 25 ms here): it must not run the
+        // callback while the monitor thread is inside it.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !health_changes(&log).iter().any(|(_, message, _)| message.contains("stalled")),
+            "the watchdog's event waits for the callback in progress: {:?}",
+            health_changes(&log)
+        );
         release.send(()).unwrap();
-        wait_for("checks complete again", || !m.health().stalled);
+        wait_for("the watchdog's event, once the callback returned", || {
+            health_changes(&log).iter().any(|(_, message, _)| message.contains("stalled:"))
+        });
         wait_for("the end of the stall is reported", || {
             health_changes(&log).iter().any(|(_, message, _)| message.contains("no longer stalled"))
         });
+        wait_for("checks complete again", || !m.health().stalled);
+        let changes = health_changes(&log);
+        let stall = changes.iter().position(|(_, message, _)| message.contains("stalled:")).unwrap();
+        let end = changes.iter().position(|(_, message, _)| message.contains("no longer stalled")).unwrap();
+        assert!(stall < end, "{changes:?}");
+        assert!(changes[stall].1.contains("no check has completed"), "{changes:?}");
+        // Made by the watchdog (the stuck thread could not notice), delivered by whichever of
+        // the two threads reached the callback first once it was free.
+        assert!(["vram-monitor", "vram-monitor-watchdog"].contains(&changes[stall].2.as_str()), "{changes:?}");
+        assert_eq!(most_at_once.load(std::sync::atomic::Ordering::SeqCst), 1, "the callback never ran concurrently with itself");
         assert!(!m.health().healthy, "still unhealthy: the buffer is gone");
         m.set_callback(None);
     });
