@@ -106,6 +106,7 @@ class TestLibrary(unittest.TestCase):
         c_types = {
             "bool": ctypes.c_bool,
             "uint64_t": ctypes.c_uint64,
+            "uint32_t": ctypes.c_uint32,
             "int32_t": ctypes.c_int32,
             "size_t": ctypes.c_size_t,
             "const char *": ctypes.c_char_p,

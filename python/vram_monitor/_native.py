@@ -122,7 +122,7 @@ class VramMonitorRegistrationInfo(ctypes.Structure):
         ("device", ctypes.c_int32),
         ("verdict", ctypes.c_int32),
         ("pieces", ctypes.c_uint32),
-        ("reserved", ctypes.c_uint32),
+        ("check_failing", ctypes.c_uint32),
     ]
 
 

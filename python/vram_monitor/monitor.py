@@ -37,6 +37,8 @@ class RegistrationInfo:
     verdict: Union[Verdict, int]
     pieces: int
     label: str
+    #: The driver query for it failed in the last check (its verdict is the last one known).
+    check_failing: bool = False
 
 
 class EntriesFailed(VramMonitorError):
@@ -317,6 +319,7 @@ class Monitor:
             verdict=enum_or_int(Verdict, info.verdict),
             pieces=info.pieces,
             label=label,
+            check_failing=bool(info.check_failing),
         )
 
     def _registration_from_report(self, rid: int) -> Optional[RegistrationInfo]:
