@@ -18,8 +18,9 @@
  *    same monitor: CALLED_FROM_CALLBACK, nothing freed.
  *  - process exit: free your monitors before exit() or returning from main. If you do not,
  *    the library's exit hook (registered with atexit on every vram_monitor_new and
- *    set_callback / set_log_callback) stops all checks and callbacks when it runs, and waits
- *    up to 2 s for a callback in progress; atexit hooks run in reverse order, so it runs
+ *    set_callback / set_log_callback) stops every callback (event and log) when it runs and
+ *    waits up to 2 s for one in progress; checks go on, their results reach only the
+ *    snapshot, reports and check_now's summary. atexit hooks run in reverse order, so it runs
  *    before the destructors of statics constructed before the latest of those calls, not
  *    before those constructed later. In a Python process nothing is delivered once the
  *    interpreter finalises (the Python package closes its monitors in its own atexit hook).

@@ -638,9 +638,8 @@ fn sweep(shared: &Shared) -> CheckSummary {
         {
             // Checked before every query (one relaxed load), so that freeing waits for at
             // most the query in progress, however slow the driver is.
-            if shared.stopping.load(Ordering::Acquire) || crate::process_exit::exiting() {
-                // Shutting down (or the process is exiting, and the driver may be tearing
-                // itself down): a partial check is not a result.
+            if shared.stopping.load(Ordering::Acquire) {
+                // Shutting down: a partial check is not a result.
                 return CheckSummary::default();
             }
             if queries_in_slice >= pacing.slice_queries {

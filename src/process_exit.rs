@@ -4,8 +4,10 @@
 //! the monitor's included, keeps running. A callback that fires after the host's statics were
 //! destroyed writes into freed memory (a C++ callback filling a static `std::map` crashed 11
 //! runs in 20). So the library registers an exit hook of its own; from the moment it runs no
-//! callback (event or log) starts, no check queries the driver any more, and the hook waits
-//! for callbacks already running to return.
+//! callback (event or log) starts, and the hook waits for callbacks already running to
+//! return. Checks go on (the driver answers `CUDA_ERROR_DEINITIALIZED` once its own exit
+//! handlers ran, which is harmless): what they find reaches the snapshot, the reports and
+//! `check_now`'s summary, never the host's code.
 //!
 //! `atexit` handlers run in the reverse order of registration, so the hook is registered again
 //! each time a monitor is created or a callback is set (at most [`MAX_HOOKS`] times): it runs

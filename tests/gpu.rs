@@ -2269,11 +2269,26 @@ fn judge_attempt(name: &'static str, what: &'static str, run: &ChildRun) -> Atte
         attempt.detail = format!("callback message: {message}");
     }
     let failed_health = "healthy false, last_check_failed true";
-    let check_now_reported = code("check_failures").unwrap_or(0) >= 1
-        && get("a_events").is_some_and(|e| e.split(',').any(|x| x == "check_failed:CHECK_FAILED"))
-        && get("a_health") == Some(failed_health);
-    let periodic_reported = get("b_events").is_some_and(|e| e.split(',').any(|x| x == "check_failed:CHECK_FAILED"))
-        && get("b_health") == Some(failed_health);
+    // Once the library's exit hook has run (the process is exiting), no callback may run:
+    // there CHECK_FAILED must reach the summary and the snapshots, and no event the host.
+    let exiting = get("exiting") == Some("yes");
+    let reported_to = |events: Option<&str>| {
+        if exiting {
+            events == Some("none")
+        } else {
+            events.is_some_and(|e| e.split(',').any(|x| x == "check_failed:CHECK_FAILED"))
+        }
+    };
+    let check_now_reported =
+        code("check_failures").unwrap_or(0) >= 1 && reported_to(get("a_events")) && get("a_health") == Some(failed_health);
+    let periodic_reported = reported_to(get("b_events")) && get("b_health") == Some(failed_health);
+    if exiting {
+        let _ = write!(
+            attempt.detail,
+            "{}during exit, after the library's exit hook: reported by the summary and both snapshots, no callback (the exit contract)",
+            if attempt.detail.is_empty() { "" } else { "; " }
+        );
+    }
     // The monitor thread has no context current: the query that matters is the one from a
     // thread without one.
     let driver_failed = thread != 0;
@@ -2686,6 +2701,7 @@ fn observe(s: &Staged) {
     let h = s.b.health();
     child_field("b_health", format!("healthy {}, last_check_failed {}", h.healthy, h.last_check_failed));
     child_field("b_verdict", name_of(verdict_of(&s.b, s.idb)));
+    child_field("exiting", if vram_monitor::process_exit::exiting() { "yes" } else { "no" });
     println!("CHILD-RESULT done");
     let _ = std::io::stdout().flush();
 }
@@ -3072,7 +3088,7 @@ fn report(
     if attempts.is_empty() {
         let _ = writeln!(md, "Not attempted (see the scenario `check-failed-real-driver`).\n");
     } else {
-        let _ = writeln!(md, "Each attempt ran in a child process of its own: GPU 0's context current, `cuMemAlloc_v2` 2 MiB registered in two monitors (one driven by `check_now`, one periodic at 50 ms, paused during the change) and found RESIDENT; then the driver was broken as described; then `cuPointerGetAttributes` with the library's 8 attributes was called on the buffer from the thread that broke it and from a new thread with no context (as the monitor's thread is), then `check_now`, then the periodic thread resumed. CHECK_FAILED counts as produced only when both monitors reported it (a `check_failed` event and an unhealthy snapshot whose last check failed).\n");
+        let _ = writeln!(md, "Each attempt ran in a child process of its own: GPU 0's context current, `cuMemAlloc_v2` 2 MiB registered in two monitors (one driven by `check_now`, one periodic at 50 ms, paused during the change) and found RESIDENT; then the driver was broken as described; then `cuPointerGetAttributes` with the library's 8 attributes was called on the buffer from the thread that broke it and from a new thread with no context (as the monitor's thread is), then `check_now`, then the periodic thread resumed. CHECK_FAILED counts as produced only when both monitors reported it (a `check_failed` event and an unhealthy snapshot whose last check failed; during exit, after the library's exit hook, the snapshot and the summary with no callback, as the exit contract says).\n");
         let _ = writeln!(md, "| attempt | what was done | the driver's answers to it | cuPointerGetAttributes on the buffer afterwards | library `pointer_info` | check_now | periodic thread | outcome |");
         let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
         for a in attempts.iter() {

@@ -35,6 +35,12 @@ elif ! { "$sys_py" -m venv --system-site-packages "$venv" >>"$log" 2>&1 ||
   rc=1
 else
   py="$venv/bin/python"
+  # The machine's python3 may itself be a virtual environment (its torch and cupy in that
+  # venv's site-packages, which --system-site-packages does not reach): a .pth file in the
+  # fresh venv appends the interpreter's own site folders, after the venv's, so the wheel
+  # just installed is the vram_monitor found and torch is found too.
+  "$sys_py" -c 'import site, sys; print("\n".join(site.getsitepackages() + [site.getusersitepackages()]))' \
+    >"$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_machine_site.pth" 2>>"$log" || true
   echo "== $py $tests (installed: $wheel)"
   (cd "$venv" && env -u VRAM_MONITOR_LIBRARY -u PYTHONPATH VRAM_MONITOR_TEST_INSTALLED=1 \
     VRAM_MONITOR_GPU_REQUIRED=1 VRAM_MONITOR_LOG=warn \
