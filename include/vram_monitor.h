@@ -899,16 +899,22 @@ VramMonitorResult vram_monitor_device_health(const struct VramMonitor *monitor,
  * loopback), or an IP literal with a port (`"127.0.0.1:9464"`, `"0.0.0.0:9464"` for every
  * interface, `"[::1]:9464"`); NULL or `""` means `"127.0.0.1:9464"`. Host names are not
  * resolved. Serves, read-only, one request per connection:
- *  - `GET /health`: the JSON `{"health": {...}, "devices": [...]}` (docs/health-schema.md),
- *    status 200 when healthy and 503 when not;
+ *  - `GET /health` and `GET /readyz`: the JSON `{"health": {...}, "devices": [...]}`
+ *    (docs/health-schema.md), status 200 when healthy and 503 when not;
+ *  - `GET /livez`: 200 while the monitor is alive and checking, 503 when it has stalled;
  *  - `GET /metrics`: the Prometheus text format (version 0.0.4);
- *  - `HEAD` of either; other methods 405, other paths 404, malformed requests 400, a
- *    request head over 8 KiB 431, one not complete within 5 s 408, and beyond 8
- *    connections at once 503.
+ *  - `HEAD` of these; other methods 405, other paths 404, malformed requests 400, a
+ *    request head over 8 KiB 431, no first byte within 1 s or no whole head within 5 s
+ *    408. Absolute-form targets (`http://host/health`) route by their path.
  *
- * Runs on its own threads ("vram-monitor-http"), never on the monitor thread; a request
- * reads a snapshot and never waits for a check. Stops when `vram_monitor_stop_http` or
- * `vram_monitor_free` is called (both join its threads). Returns `INVALID_ARGUMENT` for an
+ * Load never turns into a 503 (which means "unhealthy"): beyond 128 connections, or when
+ * the process is out of file descriptors, the oldest connection that has sent nothing is
+ * closed to make room, and new connections are still accepted and answered.
+ *
+ * Runs on one thread of its own ("vram-monitor-http") that no client can hold up, never on
+ * the monitor thread; a request reads a snapshot and never waits for a check. Stops when
+ * `vram_monitor_stop_http` or `vram_monitor_free` is called (both join its thread, also
+ * when the process is out of file descriptors). Returns `INVALID_ARGUMENT` for an
  * address that does not parse, `HTTP_BIND_FAILED` when it cannot listen there (the reason
  * is logged), `HTTP_ALREADY_SERVING` if it is already serving, `FORKED` in a forked child.
  * Callable from any thread, also from a callback.
@@ -921,9 +927,9 @@ VramMonitorResult vram_monitor_serve_http(struct VramMonitor *monitor,
                                           uint16_t *out_port);
 
 /**
- * Stops the built-in HTTP endpoint, if it is serving, and joins its threads (at most the
- * requests in progress, each bounded by the 5 s request time). `OK` whether or not it was
- * serving. Callable from any thread, also from a callback.
+ * Stops the built-in HTTP endpoint, if it is serving, and joins its thread (which waits
+ * for no client: at most a quarter of a second); when it returns, the port is closed.
+ * `OK` whether or not it was serving. Callable from any thread, also from a callback.
  *
  * # Safety
  * Pointer arguments must be NULL or valid as documented above.
