@@ -269,7 +269,11 @@ pub(super) fn run(listener: TcpListener, wakee: UnixStream, options: HttpOptions
         let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
         if ready < 0 {
             let e = std::io::Error::last_os_error();
-            if e.kind() != ErrorKind::Interrupted {
+            // More descriptors polled than RLIMIT_NOFILE now allows (the limit was lowered
+            // under us): nobody can be served until fewer are polled, so close one, even
+            // within its grace.
+            let shed = e.raw_os_error() == Some(libc::EINVAL) && server.evict(4, Instant::now() + GRACE);
+            if !shed && e.kind() != ErrorKind::Interrupted {
                 // ENOMEM and the like: wait a little rather than spin, then try again.
                 log::debug!(target: "vram_monitor", "HTTP poll failed: {e}");
                 std::thread::sleep(ACCEPT_BACKOFF);
