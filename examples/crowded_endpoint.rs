@@ -6,8 +6,8 @@
 //! status, or no answer, and how many idle connections were opened.
 //!
 //! Serves a fixed healthy snapshot: no driver is needed, and every answer must be 200.
-//! Uses only the endpoint's public API, so it also builds against older versions of it
-//! (docs/reliability.md compares). Not a test: timings depend on the machine.
+//! Uses only the endpoint's public API, so a copy builds against older versions of it too,
+//! once the `Health` fields they lack are dropped (docs/reliability.md compares with one). Not a test: timings depend on the machine.
 //!
 //! ```text
 //! cargo run --release --example crowded_endpoint -- --idle 100 [--churn] [--seconds 10]
@@ -40,6 +40,11 @@ impl Snapshot for Healthy {
             process_vram: ProcessVram::UNKNOWN,
             interval_ms: 1000,
             device_faults: 0,
+            stalled: false,
+            last_check_started_unix_ms: 1_699_999_999_999,
+            check_in_progress_ms: None,
+            stall_deadline_ms: 30_000,
+            stall_grace_ms: 30_000,
         }
     }
     fn devices(&self) -> Vec<DeviceHealth> {

@@ -7,7 +7,11 @@
 //!
 //! ```text
 //! observability [--address ADDR] [--request-timeout-ms N] [--port-file PATH]
+//!               [--device-health-fixture UUID]
 //! ```
+//! `--device-health-fixture` reads device health from a fixed source instead of NVML: every
+//! GPU is NVML index = CUDA ordinal, with that UUID and no fault (scripts/operations-test.sh
+//! joins our series with a dcgm-exporter file by it on a machine without a GPU).
 //! Prints `listening <port>` once serving, then for each command line on stdin prints its
 //! output and a line `done <command>`:
 //!
@@ -17,6 +21,8 @@
 //! | `free` | frees the second buffer behind the monitor's back, then checks (a violation) |
 //! | `restore` | unregisters it, allocates and registers a new buffer, then checks |
 //! | `devices` | prints the GPUs' memory health (JSON array, one line) |
+//! | `hang` | fake driver only: queries block until `unhang`, checks every 1 ms, stall deadline 200 ms (the monitor stalls) |
+//! | `unhang` | releases the queries; interval back to 60 s (the monitor recovers) |
 //! | `report text\|json\|prometheus` | prints the report |
 //! | `quit` (or end of input) | frees the monitor (stops the endpoint) and exits |
 //!
@@ -27,7 +33,24 @@
 use std::io::{BufRead, Write};
 
 use vram_monitor::http::HttpOptions;
-use vram_monitor::{Monitor, MonitorOptions, ReportFormat};
+use vram_monitor::{Driver, DeviceHealthSource, DeviceReading, Monitor, MonitorOptions, RemappedRows, ReportFormat, Signal};
+
+/// Device health as a healthy GPU with a known UUID would give it (see the options above).
+struct Fixture(String);
+
+impl DeviceHealthSource for Fixture {
+    fn read(&mut self, _driver: &dyn Driver, device: i32) -> Result<DeviceReading, String> {
+        Ok(DeviceReading {
+            index: u32::try_from(device).ok(),
+            uuid: Some(self.0.clone()),
+            name: Some("fixture GPU".into()),
+            ecc_uncorrected_volatile: Signal::Value(0),
+            retired_pages_pending: Signal::Unsupported,
+            remapped_rows: Signal::Value(RemappedRows::default()),
+            new_critical_xids: Signal::Value(Vec::new()),
+        })
+    }
+}
 
 const MIB: usize = 1 << 20;
 const BUFFER: usize = 64 * MIB;
@@ -59,6 +82,17 @@ impl Memory {
         match self {
             Memory::Gpu => "the real CUDA driver (GPU 0)",
             Memory::Fake(_) => "the fake CUDA driver of the tests",
+        }
+    }
+
+    /// Makes the fake driver's queries block (`true`) or releases them; false on a GPU.
+    fn hold_queries(&self, hold: bool) -> bool {
+        match self {
+            Memory::Fake(lib) => unsafe {
+                lib.get::<unsafe extern "C" fn(i32)>(b"fake_cuda_hold_queries").unwrap()(i32::from(hold));
+                true
+            },
+            Memory::Gpu => false,
         }
     }
 
@@ -107,6 +141,9 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if let Some(uuid) = arg(&args, "--device-health-fixture") {
+        monitor.set_device_health_source(Box::new(Fixture(uuid)));
+    }
     let memory = Memory::detect();
     eprintln!("observability example on {}", memory.name());
     let first = memory.alloc();
@@ -150,6 +187,21 @@ fn main() {
                 second = memory.alloc();
                 second_id = monitor.register(second, BUFFER as u64, "weights.1").expect("device memory registers");
                 say(&check(&monitor));
+            }
+            ["hang"] => {
+                let limits = vram_monitor::StallLimits { deadline: std::time::Duration::from_millis(200), ..Default::default() };
+                monitor.set_stall_limits(limits).expect("stall limits");
+                if memory.hold_queries(true) {
+                    monitor.set_interval(std::time::Duration::from_millis(1)).expect("interval");
+                    say("queries held");
+                } else {
+                    say("hang needs the fake driver");
+                }
+            }
+            ["unhang"] => {
+                memory.hold_queries(false);
+                monitor.set_interval(std::time::Duration::from_secs(60)).expect("interval");
+                say("queries released");
             }
             ["devices"] => {
                 let mut json = String::new();

@@ -9,6 +9,27 @@
  *    vram_monitor_free return VRAM_MONITOR_RESULT_CALLED_FROM_CALLBACK instead of deadlocking;
  *  - after vram_monitor_free returns, no callback runs and the user data has been released.
  *
+ * Lifetime contract (docs/reliability.md, section 5, has the test for each line):
+ *  - vram_monitor_free may run while other threads are inside calls on the same monitor: it
+ *    waits for those calls to return; every call that begins once free has begun returns
+ *    VRAM_MONITOR_RESULT_CLOSED, and so does every call with the handle after free returned
+ *    (a second free included): handles are never deallocated, a freed one answers CLOSED.
+ *  - free from inside a callback, or from a user-data finaliser that runs inside a call on the
+ *    same monitor: CALLED_FROM_CALLBACK, nothing freed.
+ *  - process exit: free your monitors before exit() or returning from main. If you do not,
+ *    the library's exit hook (registered with atexit on every vram_monitor_new and
+ *    set_callback / set_log_callback) stops all checks and callbacks when it runs, and waits
+ *    up to 2 s for a callback in progress; atexit hooks run in reverse order, so it runs
+ *    before the destructors of statics constructed before the latest of those calls, not
+ *    before those constructed later. In a Python process nothing is delivered once the
+ *    interpreter finalises (the Python package closes its monitors in its own atexit hook).
+ *  - fork: in the child every call on a monitor created before the fork returns FORKED.
+ *  - dlclose: the library marks itself RTLD_NODELETE when it creates its first monitor, so
+ *    a dlclose never unmaps code a monitor thread runs; free the monitors to stop them.
+ *  - two copies of the library in one process (say a Python wheel beside an engine's own) are
+ *    independent; their ids never collide, and an id of one is UNKNOWN_REGISTRATION to the
+ *    other.
+ *
  * Bad input (each tested from C: tests/c/test_api_contract.c, test_bad_input.c; the full table
  * with the test for each row is in docs/reliability.md). A rejected call changes nothing and
  * writes no out-parameter.
@@ -37,6 +58,12 @@
 #define VRAM_MONITOR_REPORT_FORMAT_JSON 1
 #define VRAM_MONITOR_REPORT_FORMAT_PROMETHEUS 2
 
+
+/**
+ * `vram_monitor_register_many` flag: a failed entry stops the call and nothing is
+ * registered.
+ */
+#define VRAM_MONITOR_REGISTER_ALL_OR_NOTHING 1
 
 /**
  * The default check interval in milliseconds (60 s).
@@ -74,10 +101,26 @@
 #define VRAM_MONITOR_VERSION_PATCH 0
 
 /**
+ * The default stall deadline in milliseconds (30 s; see `vram_monitor_set_stall_limits`).
+ */
+#define VRAM_MONITOR_DEFAULT_STALL_DEADLINE_MS 30000
+
+/**
+ * The default stall grace in milliseconds (30 s; see `vram_monitor_set_stall_limits`).
+ */
+#define VRAM_MONITOR_DEFAULT_STALL_GRACE_MS 30000
+
+/**
  * Bytes of `VramMonitorDeviceHealth::uuid` and `::name`, the NUL included (NVML's own
  * buffer size for both).
  */
 #define VRAM_MONITOR_DEVICE_STRING_BYTES 96
+
+/**
+ * A check leaves a progress mark at least every this many driver queries (and after every
+ * slice), so an unpaced check ([`crate::Pacing::FLAT_OUT`]) progresses too.
+ */
+#define PROGRESS_QUERIES 256
 
 /**
  * The result of every fallible function. Values are grouped by range and never reused:
@@ -118,6 +161,17 @@ enum VramMonitorResult
    * The report format is not one of `VramMonitorReportFormat`.
    */
   VRAM_MONITOR_RESULT_UNKNOWN_FORMAT = 105,
+  /**
+   * `vram_monitor_register_many`: the same `[ptr, ptr + size)` appears earlier in the
+   * same call (the earlier entry is judged; this one is not registered).
+   */
+  VRAM_MONITOR_RESULT_DUPLICATE_RANGE = 106,
+  /**
+   * `vram_monitor_register_many`: at least one entry failed (each entry's own code is in
+   * `out_results`). As an entry's own code: not registered because another entry of an
+   * all-or-nothing call failed.
+   */
+  VRAM_MONITOR_RESULT_ENTRIES_FAILED = 107,
   /**
    * Registration refused: unified (managed) memory.
    */
@@ -400,6 +454,60 @@ typedef int32_t VramMonitorSignalStatus;
 typedef struct VramMonitor VramMonitor;
 
 /**
+ * One entry of `vram_monitor_register_many`: `[ptr, ptr + size)` under `label` (UTF-8, at
+ * most `VRAM_MONITOR_MAX_LABEL_BYTES`, copied).
+ */
+typedef struct VramMonitorRegion {
+  /**
+   * First byte of the range.
+   */
+  const void *ptr;
+  /**
+   * Length in bytes (non-zero).
+   */
+  size_t size;
+  /**
+   * The engine's name for it, NUL-terminated.
+   */
+  const char *label;
+} VramMonitorRegion;
+
+/**
+ * One registration as it stands now (`vram_monitor_registration`).
+ */
+typedef struct VramMonitorRegistrationInfo {
+  /**
+   * Its id.
+   */
+  uint64_t id;
+  /**
+   * First byte.
+   */
+  const void *ptr;
+  /**
+   * Length in bytes.
+   */
+  size_t size;
+  /**
+   * The device that held it when registered.
+   */
+  int32_t device;
+  /**
+   * Its verdict from the last check that could judge it (`VramMonitorVerdict`).
+   */
+  int32_t verdict;
+  /**
+   * The allocations or VMM mappings that hold it (1 for nearly every range).
+   */
+  uint32_t pieces;
+  /**
+   * 1 when the driver query for it failed in the last check (the verdict is then the
+   * last one known), else 0.
+   */
+  uint32_t check_failing;
+} VramMonitorRegistrationInfo;
+
+/**
  * An event, passed to the callback. Valid only during the callback: copy what you keep
  * (the strings included).
  */
@@ -454,8 +562,10 @@ typedef struct VramMonitorEvent {
 } VramMonitorEvent;
 
 /**
- * Receives events. Runs on the monitor's thread only ("vram-monitor"), one event at a time,
- * never concurrently with itself. `event` and its strings are valid only during the call.
+ * Receives events. Runs on the monitor's thread ("vram-monitor"), except the
+ * `HEALTH_CHANGED` events of a stall, which the watchdog thread ("vram-monitor-watchdog")
+ * delivers when the monitor thread is stuck outside the callback (when it is stuck inside,
+ * they wait until it returns); one event at a time, never concurrently with itself. `event` and its strings are valid only during the call.
  * It may call any function of the monitor: `vram_monitor_check_now` and `vram_monitor_free`
  * return `VRAM_MONITOR_RESULT_CALLED_FROM_CALLBACK` there instead of deadlocking. A slow
  * callback delays the next check. It must not throw a C++ exception or `longjmp` out: nothing
@@ -507,8 +617,9 @@ typedef struct VramMonitorCheckSummary {
  */
 typedef struct VramMonitorHealth {
   /**
-   * True when no registration is in violation, the last check did not fail, and no GPU
-   * that holds registrations reports a memory fault.
+   * True when no registration is in violation, the last check did not fail, no GPU that
+   * holds registrations reports a memory fault, and the monitor is not stalled
+   * (`vram_monitor_stall`).
    */
   bool healthy;
   /**
@@ -566,6 +677,39 @@ typedef struct VramMonitorHealth {
    */
   uint64_t device_faults;
 } VramMonitorHealth;
+
+/**
+ * The stall state, filled by `vram_monitor_stall` (a struct of its own: `VramMonitorHealth`
+ * is part of the ABI and does not grow). docs/health-schema.md, "Stalls", gives the rule.
+ */
+typedef struct VramMonitorStall {
+  /**
+   * True when the monitor stopped checking: the check in progress made no progress for
+   * longer than `deadline_ms`, or no check completed for longer than the interval plus
+   * `grace_ms`. A stalled monitor's `VramMonitorHealth.healthy` is false.
+   */
+  bool stalled;
+  /**
+   * True while a full check is in progress.
+   */
+  bool check_in_progress;
+  /**
+   * How long the check in progress has run, in milliseconds (0 when none is).
+   */
+  uint64_t check_in_progress_ms;
+  /**
+   * When the last full check started, milliseconds since the Unix epoch (0: none yet).
+   */
+  uint64_t last_check_started_unix_ms;
+  /**
+   * The stall deadline in force, in milliseconds.
+   */
+  uint64_t deadline_ms;
+  /**
+   * The stall grace in force, in milliseconds.
+   */
+  uint64_t grace_ms;
+} VramMonitorStall;
 
 /**
  * Receives one log record: `target` is the module ("vram_monitor"), `message` the sentence
@@ -672,6 +816,66 @@ extern "C" {
 #endif // __cplusplus
 
 /**
+ * Registers `count` ranges in one call (a whole model), as `vram_monitor_register` would
+ * each, but asking the driver once per distinct allocation or mapping instead of once per
+ * entry, and judging every entry from the answers of this one call (one consistent
+ * snapshot).
+ *
+ * For entry `i`, `out_results[i]` receives its own code (`OK`, or what
+ * `vram_monitor_register` would return for it: `INVALID_ARGUMENT` for size 0 or a range that
+ * wraps, `NULL_ARGUMENT` for a NULL ptr or label, `INVALID_LABEL`, `REFUSED_<VERDICT>`,
+ * `DRIVER_ERROR`; `DUPLICATE_RANGE` when the same ptr and size appear earlier in this call)
+ * and `out_ids[i]` its id, or 0 when it was not registered.
+ *
+ * A failed entry fails only itself, unless `flags` has
+ * `VRAM_MONITOR_REGISTER_ALL_OR_NOTHING`: then, when any entry fails, nothing is registered,
+ * every `out_ids[i]` is 0, and the entries that did not fail themselves get
+ * `ENTRIES_FAILED`. (An entry with a NULL ptr or label, or a label that is not UTF-8, then
+ * stops the call before the others are judged: they all get `ENTRIES_FAILED`.)
+ *
+ * Returns `OK` when every entry was registered, `ENTRIES_FAILED` when at least one was not
+ * (read `out_results`), `NULL_ARGUMENT` for a NULL monitor, a NULL `regions` with `count`
+ * > 0, or a NULL `out_ids` / `out_results` (nothing is done, nothing written),
+ * `INVALID_ARGUMENT` for `count` 0 or unknown flag bits. `out_registered` may be NULL; if not,
+ * it receives how many entries were registered (on `OK` and `ENTRIES_FAILED`). May be called
+ * from any thread, also from a callback; never waits for a check.
+ *
+ * # Safety
+ * `regions`, `out_ids` and `out_results` must point to `count` elements each; labels must
+ * be NUL-terminated.
+ */
+VramMonitorResult vram_monitor_register_many(struct VramMonitor *monitor,
+                                             const struct VramMonitorRegion *regions,
+                                             size_t count,
+                                             uint32_t flags,
+                                             uint64_t *out_ids,
+                                             VramMonitorResult *out_results,
+                                             size_t *out_registered);
+
+/**
+ * Reads one registration: fills `*out_info` and copies its label, NUL-terminated, into
+ * `label_buf` (no JSON, no copy of other registrations).
+ *
+ * `UNKNOWN_REGISTRATION` for an id this monitor does not hold. `label_buf` may be NULL with
+ * `label_buf_len` 0: then only `*out_info` is filled (`OK`) and, if `out_label_len` is not
+ * NULL, it receives the label's size with the NUL. If `label_buf_len` is non-zero but too
+ * small, `*out_info` is filled, nothing is written to `label_buf`, `*out_label_len` is the
+ * size needed with the NUL, and the result is `BUFFER_TOO_SMALL`. On `OK` with a buffer,
+ * `*out_label_len` (if not NULL) is the label's length without the NUL. `NULL_ARGUMENT` for
+ * a NULL monitor or `out_info`, or `label_buf` NULL with `label_buf_len` > 0. Cheap (no
+ * driver query); callable from any thread, also from a callback.
+ *
+ * # Safety
+ * `label_buf` must have `label_buf_len` writable bytes.
+ */
+VramMonitorResult vram_monitor_registration(const struct VramMonitor *monitor,
+                                            uint64_t id,
+                                            struct VramMonitorRegistrationInfo *out_info,
+                                            char *label_buf,
+                                            size_t label_buf_len,
+                                            size_t *out_label_len);
+
+/**
  * Creates a monitor and starts its background thread ("vram-monitor"), which checks every
  * registration every `interval_ms` milliseconds (`VRAM_MONITOR_DEFAULT_INTERVAL_MS` is the
  * usual choice). Loads the CUDA driver on first use; creates no CUDA context.
@@ -697,7 +901,7 @@ VramMonitorResult vram_monitor_new(uint32_t interval_ms, struct VramMonitor **ou
  * calls already in progress to return (each is bounded: a register by its driver queries,
  * a `check_now` by one check, a report by its rendering). After free returns, a call with
  * the same handle returns `CLOSED`, also a second free: the handle is never deallocated
- * (a tombstone of about 100 bytes stays per freed monitor), so it never reads freed memory.
+ * (a tombstone of about 2 KiB stays per freed monitor), so it never reads freed memory.
  *
  * From inside a callback (or from a user-data finaliser that runs inside a call on this
  * monitor) it returns `CALLED_FROM_CALLBACK` and frees nothing.
@@ -705,7 +909,8 @@ VramMonitorResult vram_monitor_new(uint32_t interval_ms, struct VramMonitor **ou
  * Bound: the thread checks a stop flag before every driver query and before each event, so
  * this waits for at most the driver query in progress plus the callback call in progress
  * (and the HTTP endpoint's threads, if one was started), after the calls in progress on
- * other threads. Events not yet delivered are dropped.
+ * other threads. The watchdog thread is woken and joined too; it waits on nothing, so this
+ * adds at most the callback call it may be running. Events not yet delivered are dropped.
  *
  * In a child process forked after `vram_monitor_new`, returns `FORKED` at once: the monitor
  * thread does not exist there, so nothing is joined, the user data's finaliser does not run
@@ -790,7 +995,8 @@ VramMonitorResult vram_monitor_set_interval_ms(struct VramMonitor *monitor, uint
  * to the engine; the defaults (`VRAM_MONITOR_DEFAULT_SLICE_QUERIES` queries, then
  * `VRAM_MONITOR_DEFAULT_PAUSE_US` µs) keep that small (docs/performance.md has the
  * measurements). Takes effect from the next check. `INVALID_ARGUMENT` for `slice_queries`
- * 0 or a pause over 1 s. Callable from any thread, also from a callback.
+ * 0, a pause over 1 s, or a pause not shorter than the stall deadline
+ * (`vram_monitor_set_stall_limits`). Callable from any thread, also from a callback.
  *
  * In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
  */
@@ -823,6 +1029,41 @@ VramMonitorResult vram_monitor_check_now(struct VramMonitor *monitor,
  */
 VramMonitorResult vram_monitor_health(const struct VramMonitor *monitor,
                                       struct VramMonitorHealth *out_health);
+
+/**
+ * Fills `*out_stall` with the stall state: whether the monitor stopped checking, whether a
+ * check is in progress and for how long, when the last one started, and the limits in
+ * force. Cheap (no driver query); callable from any thread, also from a callback.
+ *
+ * In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
+ *
+ * # Safety
+ * Pointer arguments must be NULL or valid as documented above.
+ */
+VramMonitorResult vram_monitor_stall(const struct VramMonitor *monitor,
+                                     struct VramMonitorStall *out_stall);
+
+/**
+ * Sets when the monitor counts as stalled, effective at once: a check in progress that
+ * makes no progress (a completed slice of queries) for longer than `deadline_ms`, or no
+ * completed check for longer than the interval plus `grace_ms` (defaults
+ * `VRAM_MONITOR_DEFAULT_STALL_DEADLINE_MS` and `VRAM_MONITOR_DEFAULT_STALL_GRACE_MS`).
+ * A stall makes the health unhealthy, and a watchdog thread ("vram-monitor-watchdog") sends
+ * `HEALTH_CHANGED` when it begins and when it ends: that event's callback may run on the
+ * watchdog thread (never concurrently with another callback call).
+ *
+ * `INVALID_ARGUMENT`, changing nothing, for a value of 0 or over 30 days (2592000000), or a
+ * deadline not longer than the pacing's pause (`vram_monitor_set_pacing`). Callable from any
+ * thread, also from a callback.
+ *
+ * In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
+ *
+ * # Safety
+ * Pointer arguments must be NULL or valid as documented above.
+ */
+VramMonitorResult vram_monitor_set_stall_limits(struct VramMonitor *monitor,
+                                                uint64_t deadline_ms,
+                                                uint64_t grace_ms);
 
 /**
  * Writes a report (`format`: `VRAM_MONITOR_REPORT_FORMAT_TEXT` or `..._JSON`) into `buf`,

@@ -17,12 +17,16 @@ if ! command -v cc >/dev/null 2>&1; then
 fi
 cargo build --release --example demo
 demo=target/release/examples/demo
-if ldconfig -p 2>/dev/null | grep -q 'libcuda\.so' || [ -e /dev/nvidiactl ]; then
+# A GPU, not only a driver library (a CUDA toolkit's stub libcuda has no device behind it).
+if [ -e /dev/nvidiactl ] || { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; }; then
+  echo "== vram-monitor demo on this machine's GPU (the real CUDA driver)"
   exec "$demo"
 fi
 fake=target/fake-cuda/demo
 mkdir -p "$fake"
 cc -std=c11 -O2 -shared -fPIC -pthread -Wl,-soname,libcuda.so.1 -o "$fake/libcuda.so.1" tests/fake_cuda/fake_cuda.c
 ln -sf libcuda.so.1 "$fake/libcuda.so"
-echo "(no CUDA driver on this machine: the demo runs against the fake driver from tests/fake_cuda)"
+echo "== vram-monitor demo on the FAKE CUDA driver (tests/fake_cuda): this machine has no GPU."
+echo "   Every verdict below is what the monitor says on a real GPU for the same memory; the"
+echo "   addresses are the fake driver's. On a GPU machine this runs on the real driver."
 LD_LIBRARY_PATH="$PWD/$fake${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "$demo"

@@ -128,6 +128,9 @@ PY
   fi
   if [ -d python ]; then
     copy_tree python "$carry/python"
+    # The Python suite installs the package from this wheel (pip builds the library into it
+    # with cargo); the GPU machine reaches no package index.
+    python3 -m pip wheel -q --no-deps -w "$carry/python-dist" ./python || die "pip wheel ./python failed"
   fi
   cp "$script" "$carry/gpu-test.sh"
   chmod +x "$carry/gpu-test.sh" "$carry/gpu" "$carry"/tests/* 2>/dev/null

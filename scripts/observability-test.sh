@@ -10,7 +10,8 @@
 #   - `promtool check metrics` on the exposition (Debian's prometheus package);
 #   - a real Prometheus server (same package) scraping the endpoint on loopback every second,
 #     queried through its HTTP API for the scraped values, healthy and then unhealthy;
-#   - the port is closed once the monitor is freed.
+#   - the port is closed once the monitor is freed;
+#   - deploy/'s rules, dashboard and the dcgm join (scripts/operations-test.sh).
 # Installs curl, python3 and prometheus with apt-get when run as root; otherwise names them.
 # Where Debian's prometheus package cannot be installed, the exposition is validated with the
 # Python prometheus_client parser instead and the scrape is reported skipped.
@@ -354,6 +355,15 @@ s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", int(sys.argv[1])))
 s.listen()' "$port2"
+
+# ---- operations: deploy/'s alert and recording rules (promtool), the Grafana dashboard's
+# queries and the dcgm-exporter join against a real Prometheus: scripts/operations-test.sh.
+if [ "$validator" = promtool ]; then
+  echo "== operations (scripts/operations-test.sh)"
+  check "operations: rules, dashboard queries and the dcgm join" bash scripts/operations-test.sh
+else
+  echo "== operations: skipped (needs Debian's prometheus package for promtool and a real Prometheus)"
+fi
 
 if [ "$failed" -gt 0 ]; then
   echo "--- example log:"

@@ -11,7 +11,7 @@
 #      metrics` and a real Prometheus server scraping it (scripts/observability-test.sh).
 #   6. scripts/install.sh to a temporary prefix, then C and C++ consumers built through
 #      find_package and pkg-config (shared and static) and run (tests/install/test_install.sh);
-#   7. the Python package (python/) against the fake driver.
+#   7. the Python package (python/), pip-installed into a fresh virtual environment, against the fake driver.
 # Installs the C toolchain and CMake with apt-get when run as root; otherwise says what to
 # install. The GPU suite runs on a GPU machine: see scripts/gpu-test.sh.
 set -euo pipefail
@@ -98,10 +98,26 @@ bash scripts/observability-test.sh
 echo "== install to a temporary prefix; C and C++ consumers through find_package and pkg-config"
 bash tests/install/test_install.sh --profile debug
 
-echo "== Python package (ctypes) against the fake driver"
-# The fake driver folder was built by the Rust tests; LD_LIBRARY_PATH is read at process start.
-env LD_LIBRARY_PATH="$root/target/fake-cuda/complete" VRAM_MONITOR_LIBRARY="$root/target/debug/libvram_monitor.so" \
-  VRAM_MONITOR_TEST_REQUIRE_FAKE=1 VRAM_MONITOR_LOG=off PYTHONDONTWRITEBYTECODE=1 \
-  python3 -m unittest discover -s python/tests -p 'test_*.py' -v
+echo "== Python package: pip install into a fresh virtual environment, its tests against the fake driver"
+# pip builds the library with cargo (setuptools-rust, fetched from PyPI) and puts it inside the
+# package: the tests run with no VRAM_MONITOR_LIBRARY, from outside the checkout, on the
+# installed copy. LD_LIBRARY_PATH only points at the fake libcuda (read at process start).
+if ! python3 -c "import ensurepip, venv" 2>/dev/null; then
+  if [ "$(id -u)" = 0 ] && have apt-get; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+  else
+    echo "error: python3 -m venv is needed: run 'sudo apt-get install -y python3-venv' and run this again." >&2
+    exit 1
+  fi
+fi
+rm -rf target/python-venv
+python3 -m venv target/python-venv
+target/python-venv/bin/python -m pip install -q ./python mypy
+# Type hints are part of the package (py.typed): they must hold under mypy --strict.
+target/python-venv/bin/python -m mypy --strict --no-incremental python/vram_monitor
+(cd target && env -u VRAM_MONITOR_LIBRARY LD_LIBRARY_PATH="$root/target/fake-cuda/complete" \
+  VRAM_MONITOR_TEST_INSTALLED=1 VRAM_MONITOR_TEST_REQUIRE_FAKE=1 VRAM_MONITOR_LOG=off PYTHONDONTWRITEBYTECODE=1 \
+  python-venv/bin/python -m unittest discover -s "$root/python/tests" -t "$root/python/tests" -p 'test_*.py' -v)
 
 echo "== all tests passed"

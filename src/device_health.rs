@@ -16,6 +16,7 @@
 //! CUDA device ordinals are matched to NVML devices by PCI bus id, so `CUDA_VISIBLE_DEVICES`
 //! and CUDA's device order cannot point the figures at the wrong GPU.
 
+use crate::sync::lock;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -103,6 +104,9 @@ pub struct RemappedRows {
 /// What a [`DeviceHealthSource`] read from one device, once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceReading {
+    /// The GPU's NVML index (`nvmlDeviceGetIndex`), if known: how `nvidia-smi` and
+    /// dcgm-exporter (its `gpu` label) number GPUs, which is not always the CUDA ordinal.
+    pub index: Option<u32>,
     /// The GPU's UUID, if known.
     pub uuid: Option<String>,
     /// The GPU's product name, if known.
@@ -155,6 +159,8 @@ pub struct DeviceHealth {
     /// Why not, when it could not, followed by the faults kept from the last successful
     /// reading, if any (empty otherwise).
     pub detail: String,
+    /// The GPU's NVML index, if known (see [`DeviceReading::index`]).
+    pub nvml_index: Option<u32>,
     /// The GPU's UUID, if known.
     pub uuid: Option<String>,
     /// The GPU's product name, if known.
@@ -232,6 +238,7 @@ struct Published {
 /// fault as new.
 #[derive(Debug, Default)]
 struct Known {
+    index: Option<u32>,
     uuid: Option<String>,
     name: Option<String>,
     /// The last value read of each fault signal (`None`: never read, or unsupported).
@@ -275,9 +282,6 @@ fn remember<T: Copy>(signal: &Signal<T>, known: &mut Option<T>) {
     }
 }
 
-fn lock<T: ?Sized>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 impl DeviceHealthMonitor {
     /// Reads through NVML.
@@ -405,6 +409,7 @@ fn assemble(
                 device,
                 available: false,
                 detail,
+                nvml_index: known.index,
                 uuid: known.uuid.clone(),
                 name: known.name.clone(),
                 ecc_uncorrected_volatile: Signal::Unavailable,
@@ -458,6 +463,9 @@ fn assemble(
     if reading.uuid.is_some() {
         known.uuid.clone_from(&reading.uuid);
     }
+    if reading.index.is_some() {
+        known.index = reading.index;
+    }
     if reading.name.is_some() {
         known.name.clone_from(&reading.name);
     }
@@ -465,6 +473,7 @@ fn assemble(
         device,
         available: true,
         detail: String::new(),
+        nvml_index: reading.index.or(known.index),
         uuid: reading.uuid,
         name: reading.name,
         ecc_uncorrected_volatile: reading.ecc_uncorrected_volatile,
@@ -515,6 +524,7 @@ pub struct NvmlSource {
 
 struct NvmlDevice {
     device: Device<'static>,
+    index: Option<u32>,
     uuid: Option<String>,
     name: Option<String>,
     xids: XidWatch,
@@ -542,6 +552,7 @@ impl NvmlSource {
         let device = nvml
             .device_by_pci_bus_id(bus_id.as_str())
             .map_err(|e| format!("NVML has no device at PCI bus id {bus_id} (CUDA device {ordinal}): {e}"))?;
+        let index = device.index().ok();
         let uuid = device.uuid().ok();
         let name = device.name().ok();
         let xids = match device.supported_event_types() {
@@ -565,7 +576,7 @@ impl NvmlSource {
                 XidWatch::Unavailable
             }
         };
-        Ok(NvmlDevice { device, uuid, name, xids })
+        Ok(NvmlDevice { device, index, uuid, name, xids })
     }
 }
 
@@ -630,6 +641,7 @@ impl DeviceHealthSource for NvmlSource {
             std::collections::hash_map::Entry::Vacant(entry) => entry.insert(NvmlSource::open(nvml, driver, device)?),
         };
         Ok(DeviceReading {
+            index: d.index,
             uuid: d.uuid.clone(),
             name: d.name.clone(),
             ecc_uncorrected_volatile: signal(d.device.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile)),
@@ -650,6 +662,7 @@ mod tests {
 
     fn reading() -> DeviceReading {
         DeviceReading {
+            index: Some(3),
             uuid: Some("GPU-test".into()),
             name: Some("Test GPU".into()),
             ecc_uncorrected_volatile: Signal::Value(0),
@@ -750,6 +763,7 @@ mod tests {
         assert!(failed.memory_fault);
         assert_eq!(failed.fault_reasons, first.fault_reasons);
         assert_eq!(failed.uuid, first.uuid);
+        assert_eq!(failed.nvml_index, Some(3), "the index is kept from the last successful reading");
         assert!(new_reasons.is_empty());
 
         // Only the signal NVML could not read keeps its old value; the others are replaced.

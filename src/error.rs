@@ -32,6 +32,10 @@ pub enum Error {
     HttpBind(String),
     /// The built-in HTTP endpoint is already serving; stop it first.
     AlreadyServing,
+    /// The same range appears twice in one `register_many` call (this is the later entry).
+    DuplicateRange,
+    /// Not registered: another entry of an all-or-nothing `register_many` call failed.
+    EntriesFailed,
 }
 
 impl std::fmt::Display for Error {
@@ -50,6 +54,8 @@ impl std::fmt::Display for Error {
             Error::Forked => f.write_str("called in a forked child process, where the monitor's thread does not exist"),
             Error::HttpBind(why) => write!(f, "HTTP endpoint: {why}"),
             Error::AlreadyServing => f.write_str("the HTTP endpoint is already serving"),
+            Error::DuplicateRange => f.write_str("the same range appears earlier in this register_many call"),
+            Error::EntriesFailed => f.write_str("not registered: another entry of this all-or-nothing call failed"),
         }
     }
 }

@@ -6,8 +6,8 @@ use crate::process_vram::ProcessVram;
 /// The monitor's state, read at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Health {
-    /// No registration is in violation, the last check did not fail, and no GPU that holds
-    /// registrations reports a memory fault.
+    /// No registration is in violation, the last check did not fail, no GPU that holds
+    /// registrations reports a memory fault, and the monitor is not stalled.
     pub healthy: bool,
     /// Number of registrations.
     pub registrations: u64,
@@ -34,6 +34,18 @@ pub struct Health {
     /// GPUs holding registrations that report a memory fault (see
     /// [`crate::Monitor::device_health`]).
     pub device_faults: u64,
+    /// The monitor stopped checking: the check in progress made no progress for longer than
+    /// the stall deadline, or no check completed for longer than the interval plus the grace
+    /// (see [`crate::watchdog`]). Cleared as soon as checks progress again.
+    pub stalled: bool,
+    /// When the last full check started, ms since the Unix epoch (0: none yet).
+    pub last_check_started_unix_ms: u64,
+    /// How long the check in progress has run, in ms (`None`: no check in progress).
+    pub check_in_progress_ms: Option<u64>,
+    /// The stall deadline in force, in ms (see [`crate::watchdog::StallLimits`]).
+    pub stall_deadline_ms: u64,
+    /// The stall grace in force, in ms.
+    pub stall_grace_ms: u64,
 }
 
 /// The result of one full check.

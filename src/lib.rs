@@ -9,6 +9,7 @@
 //! thin skin over it.
 #![deny(missing_docs)]
 
+pub mod batch;
 pub mod clock;
 pub mod device_health;
 pub mod driver;
@@ -26,10 +27,13 @@ pub mod prometheus;
 pub mod registration_guard;
 pub mod registry;
 pub mod report;
+mod sync;
 #[cfg(feature = "cudarc")]
 pub mod cudarc_buffers;
 pub mod verdict;
+pub mod watchdog;
 
+pub use batch::{Region, Registered};
 pub use device_health::{DeviceHealth, DeviceHealthSource, DeviceReading, RemappedRows, Signal, SignalStatus};
 pub use driver::{CudaDriver, Driver, DriverError, MemoryType, PointerInfo};
 pub use error::Error;
@@ -41,6 +45,7 @@ pub use registration_guard::Registration;
 pub use registry::{RegistrationId, RegistrationInfo};
 pub use report::ReportFormat;
 pub use verdict::Verdict;
+pub use watchdog::StallLimits;
 
 /// This library's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,6 +1,7 @@
 //! The monitor: the registrations, one named background thread that checks them every
 //! interval, the commands that wake it, and the callback it runs.
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,6 +20,7 @@ use crate::process_vram::{self, ProcessVram};
 use crate::registry::{Change, RegistrationId, RegistrationInfo, Registry};
 use crate::report::{self, ReportFormat};
 use crate::verdict::Verdict;
+use crate::watchdog::{StallClock, StallLimits, Watchdog, PROGRESS_QUERIES};
 
 /// The default check interval: 60 seconds.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
@@ -111,6 +113,12 @@ struct Shared {
     /// Used by the monitor thread only (a Mutex to be shareable).
     plan: Mutex<SweepPlan>,
     callback: Mutex<Option<Callback>>,
+    /// Held while the callback runs: the monitor thread and the watchdog both deliver events,
+    /// and the callback never runs concurrently with itself.
+    delivering: Mutex<()>,
+    /// The watchdog's events not yet delivered (the callback was running): delivered before
+    /// the next event of either thread, so they keep their order.
+    watchdog_events: Mutex<Vec<Event>>,
     stats: Mutex<Stats>,
     total_violations: AtomicU64,
     stopping: AtomicBool,
@@ -120,6 +128,8 @@ struct Shared {
     reported_healthy: AtomicBool,
     /// The GPUs' own memory health (src/device_health.rs).
     device_health: DeviceHealthMonitor,
+    /// The marks the monitor thread leaves for the watchdog (src/watchdog.rs).
+    stall: StallClock,
 }
 
 /// Watches registered device buffers and reports when they stop being resident in VRAM.
@@ -130,6 +140,9 @@ pub struct Monitor {
     commands: Sender<Command>,
     thread: Option<JoinHandle<()>>,
     thread_id: ThreadId,
+    /// The thread that notices when the monitor thread stalls (src/watchdog.rs).
+    watchdog: Option<Watchdog>,
+    watchdog_id: Option<ThreadId>,
     /// The process that created the monitor. After `fork()` the child has a copy of the
     /// monitor but not its thread: see [`Monitor::in_forked_child`].
     origin: crate::fork::Origin,
@@ -137,10 +150,6 @@ pub struct Monitor {
     http: Mutex<Option<crate::http::HttpServer>>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every critical section here leaves its data consistent, so a poisoned lock is usable.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn interval_ms(interval: Duration) -> Result<u64, Error> {
     let ms = interval.as_millis();
@@ -178,12 +187,15 @@ impl Monitor {
             pacing: Mutex::new(valid_pacing(options.pacing)?),
             plan: Mutex::new(SweepPlan::default()),
             callback: Mutex::new(None),
+            delivering: Mutex::new(()),
+            watchdog_events: Mutex::new(Vec::new()),
             stats: Mutex::new(Stats::default()),
             total_violations: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             reschedule_queued: AtomicBool::new(false),
             reported_healthy: AtomicBool::new(true),
             device_health: DeviceHealthMonitor::new(),
+            stall: StallClock::new(),
         });
         crate::process_exit::arm();
         let (commands, inbox) = crossbeam_channel::unbounded();
@@ -193,7 +205,22 @@ impl Monitor {
             .spawn(move || run(thread_shared, inbox))
             .map_err(|e| Error::ThreadSpawn(e.to_string()))?;
         let thread_id = thread.thread().id();
-        Ok(Monitor { shared, commands, thread: Some(thread), thread_id, origin: crate::fork::Origin::here(), http: Mutex::new(None) })
+        let mut monitor = Monitor {
+            shared,
+            commands,
+            thread: Some(thread),
+            thread_id,
+            watchdog: None,
+            watchdog_id: None,
+            origin: crate::fork::Origin::here(),
+            http: Mutex::new(None),
+        };
+        // On failure, dropping `monitor` stops and joins the thread started above.
+        let (period, watched) = (Arc::clone(&monitor.shared), Arc::clone(&monitor.shared));
+        let watchdog = Watchdog::spawn(move || period.stall.watch_period(), move || watch(&watched))?;
+        monitor.watchdog_id = Some(watchdog.thread_id());
+        monitor.watchdog = Some(watchdog);
+        Ok(monitor)
     }
 
     /// Whether this is a child process forked after the monitor was created. Only the thread
@@ -215,9 +242,11 @@ impl Monitor {
         }
     }
 
-    /// Whether the calling thread is this monitor's thread (that is, inside a callback).
+    /// Whether the calling thread is this monitor's thread or its watchdog thread (that is,
+    /// inside a callback).
     pub fn is_monitor_thread(&self) -> bool {
-        std::thread::current().id() == self.thread_id
+        let current = std::thread::current().id();
+        current == self.thread_id || Some(current) == self.watchdog_id
     }
 
     /// Checks `[ptr, ptr + size)` at once and registers it if it is resident; otherwise
@@ -226,20 +255,44 @@ impl Monitor {
     /// Registering the same memory twice gives two independent registrations.
     pub fn register(&self, ptr: u64, size: u64, label: &str) -> Result<RegistrationId, Error> {
         self.not_forked()?;
-        if size == 0 {
-            return Err(Error::InvalidArgument("size must be non-zero"));
-        }
-        if ptr.checked_add(size).is_none() {
-            return Err(Error::InvalidArgument("ptr + size wraps the address space"));
-        }
-        if label.len() > MAX_LABEL_BYTES {
-            return Err(Error::InvalidLabel("longer than 4096 bytes"));
-        }
+        crate::batch::validate(ptr, size, label)?;
         let inspection = inspect(&*self.shared.driver, ptr, size)?;
         if inspection.verdict != Verdict::Resident {
             return Err(Error::Refused(inspection.verdict));
         }
         Ok(self.shared.registry.insert(label, inspection.device, inspection.pieces(), inspection.answers()))
+    }
+
+    /// Registers many ranges in one call (a whole model): each entry is checked as
+    /// [`Monitor::register`] checks one, but the driver is asked once per distinct allocation
+    /// or mapping, not once per entry, and every entry is judged from the answers of this one
+    /// call. The same range twice is [`Error::DuplicateRange`] from its second occurrence.
+    ///
+    /// A failed entry fails only itself, unless `all_or_nothing`: then nothing is registered
+    /// when any entry fails, and the entries that did not fail themselves hold
+    /// [`Error::EntriesFailed`].
+    pub fn register_many(&self, regions: &[crate::batch::Region<'_>], all_or_nothing: bool) -> Result<crate::batch::Registered, Error> {
+        self.not_forked()?;
+        let (inspections, queries) = crate::batch::inspect_all(&*self.shared.driver, regions);
+        let any_failed = inspections.iter().any(Result::is_err);
+        let results = if any_failed && all_or_nothing {
+            inspections.into_iter().map(|r| Err(r.err().unwrap_or(Error::EntriesFailed))).collect()
+        } else {
+            inspections
+                .into_iter()
+                .zip(regions)
+                .map(|(r, region)| {
+                    r.map(|found| self.shared.registry.insert(region.label, found.device, found.pieces(), found.answers()))
+                })
+                .collect()
+        };
+        Ok(crate::batch::Registered { results, queries })
+    }
+
+    /// One registration as it stands now (its verdict, pieces and label), or `None` for an
+    /// id this monitor does not hold.
+    pub fn registration(&self, id: RegistrationId) -> Option<RegistrationInfo> {
+        self.shared.registry.get(id)
     }
 
     /// Stops watching a registration.
@@ -272,11 +325,36 @@ impl Monitor {
         self.commands.send(Command::Reschedule).map_err(|_| Error::Stopped)
     }
 
-    /// Changes how checks pace their driver queries (from the next check on).
+    /// Changes how checks pace their driver queries (from the next check on). A pause not
+    /// shorter than the stall deadline is refused ([`Monitor::set_stall_limits`]).
     pub fn set_pacing(&self, pacing: Pacing) -> Result<(), Error> {
         self.not_forked()?;
-        *lock(&self.shared.pacing) = valid_pacing(pacing)?;
+        let mut current = lock(&self.shared.pacing);
+        let pacing = valid_pacing(pacing)?;
+        if Duration::from_millis(self.shared.stall.limits_ms().0) <= pacing.pause {
+            return Err(Error::InvalidArgument("the pause between slices must be shorter than the stall deadline"));
+        }
+        *current = pacing;
         Ok(())
+    }
+
+    /// Changes when the monitor counts as stalled (see [`crate::watchdog`]); effective at
+    /// once. Refused with [`Error::InvalidArgument`], changing nothing, when a limit is
+    /// under 1 ms or over [`crate::watchdog::MAX_STALL_LIMIT`], or the deadline is not
+    /// longer than the pacing's pause.
+    pub fn set_stall_limits(&self, limits: StallLimits) -> Result<(), Error> {
+        self.not_forked()?;
+        // The pacing's lock keeps set_pacing from slipping a longer pause in meanwhile.
+        let pacing = lock(&self.shared.pacing);
+        let (deadline_ms, grace_ms) = crate::watchdog::validate(limits, pacing.pause)?;
+        self.shared.stall.set_limits(deadline_ms, grace_ms);
+        Ok(())
+    }
+
+    /// The stall limits in force.
+    pub fn stall_limits(&self) -> StallLimits {
+        let (deadline, grace) = self.shared.stall.limits_ms();
+        StallLimits { deadline: Duration::from_millis(deadline), grace: Duration::from_millis(grace) }
     }
 
     /// The current pacing.
@@ -356,9 +434,12 @@ impl Shared {
     fn health(&self) -> Health {
         let counts = self.registry.counts();
         let device_faults = self.device_health.faulted();
+        let interval_ms = self.interval_ms.load(Ordering::Relaxed);
+        let stall = self.stall.state(interval_ms);
+        let (stall_deadline_ms, stall_grace_ms) = self.stall.limits_ms();
         let stats = lock(&self.stats);
         Health {
-            healthy: counts.violating == 0 && !stats.last_check_failed && device_faults == 0,
+            healthy: counts.violating == 0 && !stats.last_check_failed && device_faults == 0 && !stall.stalled,
             registrations: counts.registrations,
             tracked_bytes: counts.tracked_bytes,
             current_violations: counts.violating,
@@ -369,8 +450,13 @@ impl Shared {
             last_check_unix_ms: stats.last_check_unix_ms,
             last_check_duration_us: stats.last_check_duration_us,
             process_vram: stats.process_vram.unwrap_or(ProcessVram::UNKNOWN),
-            interval_ms: self.interval_ms.load(Ordering::Relaxed),
+            interval_ms,
             device_faults,
+            stalled: stall.stalled,
+            last_check_started_unix_ms: self.stall.last_started_unix_ms(),
+            check_in_progress_ms: stall.in_progress_ms,
+            stall_deadline_ms,
+            stall_grace_ms,
         }
     }
 }
@@ -384,6 +470,9 @@ impl crate::http::Snapshot for Shared {
     }
     fn figures(&self) -> Vec<crate::prometheus::RegistrationFigures> {
         self.registry.tally().into_iter().map(Into::into).collect()
+    }
+    fn live(&self) -> bool {
+        !Shared::health(self).stalled
     }
 }
 
@@ -427,6 +516,7 @@ impl Monitor {
             std::mem::forget(Arc::clone(&self.shared));
             std::mem::forget(self.commands.clone());
             std::mem::forget(self.thread.take());
+            std::mem::forget(self.watchdog.take());
             // Nor is the HTTP thread: forget the server rather than join a thread that is gone.
             std::mem::forget(self.http.get_mut().unwrap_or_else(|e| e.into_inner()).take());
             return;
@@ -434,6 +524,9 @@ impl Monitor {
         // Stop the check in progress first (it looks at this flag between slices), then the
         // HTTP endpoint, which reads what the monitor thread writes.
         self.shared.stopping.store(true, Ordering::Release);
+        // The watchdog first: it waits on nothing the monitor thread holds, so this waits for
+        // at most the callback it may be running.
+        drop(self.watchdog.take());
         drop(self.http.get_mut().unwrap_or_else(|e| e.into_inner()).take());
         let _ = self.commands.send(Command::Stop);
         if let Some(thread) = self.thread.take() {
@@ -488,7 +581,11 @@ fn run(shared: Arc<Shared>, inbox: Receiver<Command>) {
 /// A panic in a sweep (a bug, or a Rust callback that panicked) must not kill the thread or
 /// reach the host: it counts as a failed check.
 fn guarded_sweep(shared: &Shared) -> CheckSummary {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sweep(shared))) {
+    shared.stall.begin();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sweep(shared)));
+    // A check that ended early (freeing, a panic) ends here; a complete one already did.
+    shared.stall.end();
+    match result {
         Ok(summary) => summary,
         Err(_) => {
             // Logging may be what panicked: guard it too.
@@ -532,6 +629,7 @@ fn sweep(shared: &Shared) -> CheckSummary {
     let started = Instant::now();
     let pacing = *lock(&shared.pacing);
     let mut queries_in_slice = 0u32;
+    let mut since_mark = 0u32;
     let mut changed: HashMap<RegistrationId, Merged> = HashMap::new();
     let mut plan = lock(&shared.plan);
     plan.refresh(&shared.registry);
@@ -547,9 +645,16 @@ fn sweep(shared: &Shared) -> CheckSummary {
             }
             if queries_in_slice >= pacing.slice_queries {
                 queries_in_slice = 0;
+                since_mark = 0;
+                // A slice completed: progress (the watchdog's rule; see src/watchdog.rs).
+                shared.stall.progress();
                 pacing.pause();
+            } else if since_mark >= PROGRESS_QUERIES {
+                since_mark = 0;
+                shared.stall.progress();
             }
             queries_in_slice += 1;
+            since_mark += 1;
             let answer = shared.driver.pointer_info(address);
             if Registry::is_unchanged(last_fingerprint, &answer) {
                 continue;
@@ -575,11 +680,18 @@ fn sweep(shared: &Shared) -> CheckSummary {
         return CheckSummary::default();
     }
     let mut events = merged_events(shared, changed);
+    // The NVML reads below can hang on a sick GPU: measured from here.
+    shared.stall.progress();
     // Process VRAM costs an NVML call per GPU (about 30 us): at most once per
     // PROCESS_VRAM_PERIOD, not on every check of a 1 ms interval. Not part of the check's time.
     let read_vram = lock(&shared.stats).process_vram_read_at.is_none_or(|at| at.elapsed() >= PROCESS_VRAM_PERIOD);
     let process_vram = read_vram.then(|| process_vram::read(&*shared.driver, &shared.registry.devices()));
     let device_faults = shared.device_health.refresh(&*shared.driver, || shared.registry.devices(), &mut events);
+    // The check's results are in: it ends here, where the health it reports is judged, with
+    // the watchdog kept out (src/watchdog.rs) so that a stall reported by it is ended by
+    // exactly one event.
+    let reported = lock(&shared.stall.reported);
+    shared.stall.end();
     let counts = shared.registry.counts();
     let check_failed = counts.failing > 0;
     let healthy = counts.violating == 0 && !check_failed && device_faults == 0;
@@ -616,9 +728,16 @@ fn sweep(shared: &Shared) -> CheckSummary {
             "check passed: {} registrations resident in {} allocations ({} us)", counts.registrations, counts.allocations, duration_us
         );
     }
-    if shared.reported_healthy.swap(healthy, Ordering::AcqRel) != healthy {
-        events.push(Event::health_changed(healthy, counts.violating, check_failed));
+    let mut reported = reported;
+    let was_stalled = std::mem::replace(&mut *reported, false);
+    if shared.reported_healthy.swap(healthy, Ordering::AcqRel) != healthy || was_stalled {
+        let mut event = Event::health_changed(healthy, counts.violating, check_failed);
+        if was_stalled {
+            event.message.push_str(" (no longer stalled: a check completed)");
+        }
+        events.push(event);
     }
+    drop(reported);
     let mut logged = 0usize;
     let total = events.len();
     for mut event in events {
@@ -639,6 +758,61 @@ fn sweep(shared: &Shared) -> CheckSummary {
         });
     }
     summary
+}
+
+/// One look of the watchdog (on its own thread): sends a `HEALTH_CHANGED` event when the
+/// monitor becomes stalled, and another when it progresses again before a check completes
+/// (a check that completes after a stall sends it itself; see the end of [`sweep`]). The
+/// events are logged at once; the callback gets them as soon as it is not running on the
+/// monitor thread (a callback that never returns may be what stalled it): until then they
+/// wait in `shared.watchdog_events`, in order.
+fn watch(shared: &Shared) {
+    if shared.stopping.load(Ordering::Acquire) {
+        return;
+    }
+    let event = {
+        let mut reported = lock(&shared.stall.reported);
+        let state = shared.stall.state(shared.interval_ms.load(Ordering::Acquire));
+        if state.stalled && !*reported {
+            *reported = true;
+            shared.reported_healthy.store(false, Ordering::Release);
+            let mut event = Event::health_changed(false, 0, false);
+            event.message = format!("unhealthy: stalled: {}", state.why);
+            Some(event)
+        } else if !state.stalled && *reported {
+            *reported = false;
+            let health = shared.health();
+            shared.reported_healthy.store(health.healthy, Ordering::Release);
+            let mut event = Event::health_changed(health.healthy, health.current_violations, health.last_check_failed);
+            event.message.push_str(" (no longer stalled: checks progress again)");
+            Some(event)
+        } else {
+            None
+        }
+    };
+    if let Some(event) = event {
+        let _ = std::panic::catch_unwind(|| event.log());
+        lock(&shared.watchdog_events).push(event);
+    }
+    if lock(&shared.watchdog_events).is_empty() {
+        return;
+    }
+    let one_at_a_time = match shared.delivering.try_lock() {
+        Ok(guard) => guard,
+        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        // The monitor thread is in the callback: try again at the next look.
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
+    deliver_watchdog_events(shared);
+    drop(one_at_a_time);
+}
+
+/// Delivers the watchdog's waiting events; the caller holds `shared.delivering`.
+fn deliver_watchdog_events(shared: &Shared) {
+    let waiting = std::mem::take(&mut *lock(&shared.watchdog_events));
+    for event in waiting {
+        deliver(shared, &event);
+    }
 }
 
 /// Log records per check, at most (events beyond are delivered, not logged one by one).
@@ -707,6 +881,16 @@ fn dispatch(shared: &Shared, event: &Event, log: bool) {
     // A host's logger that panics must not cost the event its callback.
     if log && std::panic::catch_unwind(|| event.log()).is_err() {
         // Nothing more to say: logging itself failed.
+    }
+    let _one_at_a_time = lock(&shared.delivering);
+    deliver_watchdog_events(shared);
+    deliver(shared, event);
+}
+
+/// Runs the callback on `event`; the caller holds `shared.delivering`.
+fn deliver(shared: &Shared, event: &Event) {
+    if shared.stopping.load(Ordering::Acquire) {
+        return;
     }
     let callback = lock(&shared.callback).clone();
     if let Some(callback) = callback {

@@ -7,6 +7,12 @@
 //! (device, verdict, source) is a label, never part of a name; a figure the GPU cannot give is
 //! absent, not zero, and `vram_monitor_device_signal_status` says why. docs/health-schema.md
 //! lists every family.
+//!
+//! Every per-GPU series carries, besides `device` (the CUDA ordinal, as registrations name
+//! it), `gpu` (the NVML index) and `UUID` (NVML's "GPU-..." UUID), spelt as dcgm-exporter
+//! spells them, so that `... * on(UUID) group_left ... DCGM_FI_DEV_FB_USED` joins without
+//! relabelling. Both are empty (as good as absent to Prometheus) while NVML has not named the
+//! GPU.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -112,20 +118,35 @@ pub fn render(
     out.family(
         "vram_monitor_healthy",
         "gauge",
-        "1 when no registration is in violation, the last check did not fail and no GPU that holds registrations reports a memory fault; else 0.",
+        "1 when no registration is in violation, the last check did not fail, no GPU that holds registrations reports a memory fault and the monitor is not stalled; else 0.",
     );
     out.sample("vram_monitor_healthy", &[], bool01(health.healthy));
+    out.family(
+        "vram_monitor_stalled",
+        "gauge",
+        "1 when the monitor stopped checking: the check in progress made no progress for longer than the stall deadline, or no check completed for longer than the interval plus the grace; else 0.",
+    );
+    out.sample("vram_monitor_stalled", &[], bool01(health.stalled));
     out.family("vram_monitor_registrations", "gauge", "Registered device buffers.");
     out.sample("vram_monitor_registrations", &[], health.registrations);
     out.family("vram_monitor_tracked_bytes", "gauge", "Sum of the registered buffers' sizes in bytes.");
     out.sample("vram_monitor_tracked_bytes", &[], health.tracked_bytes);
+    let names = |device: i32| -> (String, String) {
+        let d = devices.iter().find(|d| d.device == device);
+        (
+            d.and_then(|d| d.nvml_index).map(|i| i.to_string()).unwrap_or_default(),
+            d.and_then(|d| d.uuid.clone()).unwrap_or_default(),
+        )
+    };
     out.family("vram_monitor_device_registrations", "gauge", "Registered device buffers per GPU they were registered on.");
     for (device, (count, _)) in &per_device {
-        out.sample("vram_monitor_device_registrations", &[("device", &device.to_string())], count);
+        let (gpu, uuid) = names(*device);
+        out.sample("vram_monitor_device_registrations", &[("device", &device.to_string()), ("gpu", &gpu), ("UUID", &uuid)], count);
     }
     out.family("vram_monitor_device_tracked_bytes", "gauge", "Sum of the registered buffers' sizes in bytes per GPU.");
     for (device, (_, bytes)) in &per_device {
-        out.sample("vram_monitor_device_tracked_bytes", &[("device", &device.to_string())], bytes);
+        let (gpu, uuid) = names(*device);
+        out.sample("vram_monitor_device_tracked_bytes", &[("device", &device.to_string()), ("gpu", &gpu), ("UUID", &uuid)], bytes);
     }
     out.family(
         "vram_monitor_current_violations",
@@ -153,8 +174,22 @@ pub fn render(
     if health.last_check_unix_ms > 0 {
         out.sample("vram_monitor_last_check_timestamp_seconds", &[], seconds_from_ms(health.last_check_unix_ms));
     }
+    out.family(
+        "vram_monitor_last_check_start_timestamp_seconds",
+        "gauge",
+        "When the last full check started, in seconds since the Unix epoch (absent before the first check).",
+    );
+    if health.last_check_started_unix_ms > 0 {
+        out.sample("vram_monitor_last_check_start_timestamp_seconds", &[], seconds_from_ms(health.last_check_started_unix_ms));
+    }
+    out.family("vram_monitor_check_in_progress_seconds", "gauge", "How long the full check in progress has run, in seconds; 0 when none is in progress.");
+    out.sample("vram_monitor_check_in_progress_seconds", &[], seconds_from_ms(health.check_in_progress_ms.unwrap_or(0)));
     out.family("vram_monitor_check_interval_seconds", "gauge", "The interval between full checks, in seconds.");
     out.sample("vram_monitor_check_interval_seconds", &[], seconds_from_ms(health.interval_ms));
+    out.family("vram_monitor_stall_deadline_seconds", "gauge", "A check making no progress for longer than this is a stall.");
+    out.sample("vram_monitor_stall_deadline_seconds", &[], seconds_from_ms(health.stall_deadline_ms));
+    out.family("vram_monitor_stall_grace_seconds", "gauge", "No check completed for longer than the interval plus this is a stall.");
+    out.sample("vram_monitor_stall_grace_seconds", &[], seconds_from_ms(health.stall_grace_ms));
     out.family(
         "vram_monitor_process_vram_bytes",
         "gauge",
@@ -176,28 +211,51 @@ pub fn render(
     out.text
 }
 
+/// The labels naming one GPU in every per-GPU series: CUDA ordinal, NVML index, UUID.
+struct GpuLabels {
+    device: String,
+    gpu: String,
+    uuid: String,
+}
+
+impl GpuLabels {
+    fn of(d: &DeviceHealth) -> GpuLabels {
+        GpuLabels {
+            device: d.device.to_string(),
+            gpu: d.nvml_index.map(|i| i.to_string()).unwrap_or_default(),
+            uuid: d.uuid.clone().unwrap_or_default(),
+        }
+    }
+
+    /// These labels followed by `more`.
+    fn with<'a>(&'a self, more: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut labels = vec![("device", self.device.as_str()), ("gpu", self.gpu.as_str()), ("UUID", self.uuid.as_str())];
+        labels.extend_from_slice(more);
+        labels
+    }
+}
+
 fn device_metrics(out: &mut Out, devices: &[DeviceHealth]) {
-    let ids: Vec<String> = devices.iter().map(|d| d.device.to_string()).collect();
+    let ids: Vec<GpuLabels> = devices.iter().map(GpuLabels::of).collect();
     out.family(
         "vram_monitor_device_info",
         "gauge",
-        "Always 1, for each GPU that holds registrations; labels: CUDA ordinal, NVML UUID and name (empty when unknown), nvml (available or unavailable).",
+        "Always 1, for each GPU that holds registrations; labels: CUDA ordinal, NVML index and UUID (as dcgm-exporter's gpu and UUID), NVML UUID and name (empty when unknown), nvml (available or unavailable).",
     );
     for (d, id) in devices.iter().zip(&ids) {
         out.sample(
             "vram_monitor_device_info",
-            &[
-                ("device", id),
+            &id.with(&[
                 ("uuid", d.uuid.as_deref().unwrap_or("")),
                 ("name", d.name.as_deref().unwrap_or("")),
                 ("nvml", if d.available { "available" } else { "unavailable" }),
-            ],
+            ]),
             1,
         );
     }
     out.family("vram_monitor_device_memory_fault", "gauge", "1 when the GPU reports a memory fault (see the JSON health's fault_reasons); else 0.");
     for (d, id) in devices.iter().zip(&ids) {
-        out.sample("vram_monitor_device_memory_fault", &[("device", id)], bool01(d.memory_fault));
+        out.sample("vram_monitor_device_memory_fault", &id.with(&[]), bool01(d.memory_fault));
     }
     out.family(
         "vram_monitor_device_signal_status",
@@ -215,7 +273,7 @@ fn device_metrics(out: &mut Out, devices: &[DeviceHealth]) {
             for s in [SignalStatus::Supported, SignalStatus::Unsupported, SignalStatus::Unavailable] {
                 out.sample(
                     "vram_monitor_device_signal_status",
-                    &[("device", id), ("signal", signal), ("status", s.name())],
+                    &id.with(&[("signal", signal), ("status", s.name())]),
                     bool01(s == status),
                 );
             }
@@ -228,32 +286,32 @@ fn device_metrics(out: &mut Out, devices: &[DeviceHealth]) {
     );
     for (d, id) in devices.iter().zip(&ids) {
         if let Signal::Value(count) = d.ecc_uncorrected_volatile {
-            out.sample("vram_monitor_device_ecc_uncorrected_volatile_errors_total", &[("device", id)], count);
+            out.sample("vram_monitor_device_ecc_uncorrected_volatile_errors_total", &id.with(&[]), count);
         }
     }
     out.family("vram_monitor_device_retired_pages_pending", "gauge", "1 when pages are pending retirement (a GPU reset retires them); else 0.");
     for (d, id) in devices.iter().zip(&ids) {
         if let Signal::Value(pending) = d.retired_pages_pending {
-            out.sample("vram_monitor_device_retired_pages_pending", &[("device", id)], bool01(pending));
+            out.sample("vram_monitor_device_retired_pages_pending", &id.with(&[]), bool01(pending));
         }
     }
     out.family("vram_monitor_device_remapped_rows_pending", "gauge", "1 when a row remapping is pending (a GPU reset applies it); else 0.");
     for (d, id) in devices.iter().zip(&ids) {
         if let Signal::Value(rows) = d.remapped_rows {
-            out.sample("vram_monitor_device_remapped_rows_pending", &[("device", id)], bool01(rows.pending));
+            out.sample("vram_monitor_device_remapped_rows_pending", &id.with(&[]), bool01(rows.pending));
         }
     }
     out.family("vram_monitor_device_remapped_rows_failed", "gauge", "1 when a row remapping failed (no spare rows left); else 0.");
     for (d, id) in devices.iter().zip(&ids) {
         if let Signal::Value(rows) = d.remapped_rows {
-            out.sample("vram_monitor_device_remapped_rows_failed", &[("device", id)], bool01(rows.failed));
+            out.sample("vram_monitor_device_remapped_rows_failed", &id.with(&[]), bool01(rows.failed));
         }
     }
     out.family("vram_monitor_device_remapped_rows", "gauge", "Rows remapped, by the kind of error that caused it (correctable, uncorrectable).");
     for (d, id) in devices.iter().zip(&ids) {
         if let Signal::Value(rows) = d.remapped_rows {
-            out.sample("vram_monitor_device_remapped_rows", &[("device", id), ("cause", "correctable")], rows.correctable);
-            out.sample("vram_monitor_device_remapped_rows", &[("device", id), ("cause", "uncorrectable")], rows.uncorrectable);
+            out.sample("vram_monitor_device_remapped_rows", &id.with(&[("cause", "correctable")]), rows.correctable);
+            out.sample("vram_monitor_device_remapped_rows", &id.with(&[("cause", "uncorrectable")]), rows.uncorrectable);
         }
     }
     out.family(
@@ -263,13 +321,13 @@ fn device_metrics(out: &mut Out, devices: &[DeviceHealth]) {
     );
     for (d, id) in devices.iter().zip(&ids) {
         if let Signal::Value(count) = d.critical_xid_events {
-            out.sample("vram_monitor_device_critical_xid_events_total", &[("device", id)], count);
+            out.sample("vram_monitor_device_critical_xid_events_total", &id.with(&[]), count);
         }
     }
     out.family("vram_monitor_device_last_critical_xid", "gauge", "The code of the last critical XID event seen (absent when none).");
     for (d, id) in devices.iter().zip(&ids) {
         if let Some(xid) = d.last_critical_xid {
-            out.sample("vram_monitor_device_last_critical_xid", &[("device", id)], xid);
+            out.sample("vram_monitor_device_last_critical_xid", &id.with(&[]), xid);
         }
     }
 }

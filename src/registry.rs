@@ -11,11 +11,12 @@
 //! ten thousand queries). Locks are per shard and held only to copy or update a few entries,
 //! never while the driver is asked, so registering never waits for a check to finish.
 
+use crate::sync::lock;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 
 use crate::driver::{DriverError, PointerInfo};
 use crate::verdict::{classify_piece, Piece, Verdict};
@@ -505,10 +506,6 @@ impl Default for Registry {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section leaves its shard consistent, so a poisoned lock is usable.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn shard_of_id(id: RegistrationId) -> usize {
     // A thread's block of ids stays in one shard: consecutive registrations on one thread

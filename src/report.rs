@@ -63,6 +63,10 @@ pub fn health_document(health: &Health, devices: &[DeviceHealth]) -> String {
 }
 
 fn text(health: &Health, registrations: &[RegistrationInfo], devices: &[DeviceHealth]) -> String {
+    text_at(health, registrations, devices, crate::clock::unix_ms())
+}
+
+fn text_at(health: &Health, registrations: &[RegistrationInfo], devices: &[DeviceHealth], now_ms: u64) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -74,15 +78,35 @@ fn text(health: &Health, registrations: &[RegistrationInfo], devices: &[DeviceHe
         health.current_violations,
         health.total_violations
     );
+    let last = if health.last_check_unix_ms == 0 {
+        "none yet".to_string()
+    } else {
+        format!(
+            "last ended {} ({}) taking {} us{}",
+            iso8601_utc(health.last_check_unix_ms),
+            ago(health.last_check_unix_ms, now_ms),
+            health.last_check_duration_us,
+            if health.last_check_failed { " (FAILED)" } else { "" }
+        )
+    };
     let _ = writeln!(
         out,
-        "checks: {} completed, {} failed, last {} ms after epoch taking {} us{}; interval {} ms",
-        health.checks_completed,
-        health.checks_failed,
-        health.last_check_unix_ms,
-        health.last_check_duration_us,
-        if health.last_check_failed { " (FAILED)" } else { "" },
-        health.interval_ms
+        "checks: {} completed, {} failed, {last}; interval {} ms",
+        health.checks_completed, health.checks_failed, health.interval_ms
+    );
+    let running = match health.check_in_progress_ms {
+        Some(ms) => format!(
+            "a check in progress since {} ({ms} ms)",
+            iso8601_utc(health.last_check_started_unix_ms)
+        ),
+        None => "no check in progress".to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "{}: {running}; stall deadline {} ms, grace {} ms",
+        if health.stalled { "STALLED" } else { "not stalled" },
+        health.stall_deadline_ms,
+        health.stall_grace_ms
     );
     let _ = writeln!(
         out,
@@ -106,6 +130,46 @@ fn text(health: &Health, registrations: &[RegistrationInfo], devices: &[DeviceHe
         );
     }
     out
+}
+
+/// `ms` since the Unix epoch as ISO 8601 in UTC, to the millisecond:
+/// "2026-12-02T08:01:56.123Z".
+pub fn iso8601_utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let of_day = secs % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60,
+        ms % 1000
+    )
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`, valid for every day a u64 of milliseconds can name).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // day of the era, [0, 146096]
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
+    let mp = (5 * doy + 2) / 153; // March-based month, [0, 11]
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// "12 s ago" (whole seconds, rounded down); "in 3 s" for a time ahead of `now_ms` (the
+/// wall clock stepped back).
+fn ago(then_ms: u64, now_ms: u64) -> String {
+    if then_ms > now_ms {
+        format!("in {} s", (then_ms - now_ms) / 1000)
+    } else {
+        format!("{} s ago", (now_ms - then_ms) / 1000)
+    }
 }
 
 fn signal_text<T>(signal: &Signal<T>, value: impl FnOnce(&T) -> String) -> String {
@@ -176,7 +240,8 @@ pub fn health_json(out: &mut String, health: &Health) {
         "{{\"version\":\"{}\",\"healthy\":{},\"registrations\":{},\"tracked_bytes\":{},\"current_violations\":{},\
 \"total_violations\":{},\"checks_completed\":{},\"checks_failed\":{},\"last_check_failed\":{},\
 \"last_check_unix_ms\":{},\"last_check_duration_us\":{},\"process_vram_bytes\":{},\"process_vram_source\":\"{}\",\
-\"interval_ms\":{},\"device_faults\":{}}}",
+\"interval_ms\":{},\"device_faults\":{},\"stalled\":{},\"last_check_started_unix_ms\":{},\"check_in_progress_ms\":{},\
+\"stall_deadline_ms\":{},\"stall_grace_ms\":{}}}",
         crate::VERSION,
         health.healthy,
         health.registrations,
@@ -191,7 +256,12 @@ pub fn health_json(out: &mut String, health: &Health) {
         health.process_vram.bytes,
         health.process_vram.source.name(),
         health.interval_ms,
-        health.device_faults
+        health.device_faults,
+        health.stalled,
+        health.last_check_started_unix_ms,
+        health.check_in_progress_ms.map_or_else(|| "null".to_string(), |ms| ms.to_string()),
+        health.stall_deadline_ms,
+        health.stall_grace_ms
     );
 }
 
@@ -214,6 +284,13 @@ pub fn devices_json(out: &mut String, devices: &[DeviceHealth]) {
         }
         let _ = write!(out, "{{\"device\":{},\"nvml\":\"{}\",\"detail\":", d.device, if d.available { "available" } else { "unavailable" });
         json_string(out, &d.detail);
+        out.push_str(",\"nvml_index\":");
+        match d.nvml_index {
+            Some(index) => {
+                let _ = write!(out, "{index}");
+            }
+            None => out.push_str("null"),
+        }
         out.push_str(",\"uuid\":");
         optional_json_string(out, d.uuid.as_deref());
         out.push_str(",\"name\":");
@@ -294,6 +371,57 @@ pub fn json_string(out: &mut String, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_iso_8601_utc() {
+        assert_eq!(iso8601_utc(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso8601_utc(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(iso8601_utc(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(iso8601_utc(1_709_251_199_999), "2024-02-29T23:59:59.999Z");
+        assert_eq!(iso8601_utc(4_102_444_800_000), "2100-01-01T00:00:00.000Z");
+        // Every day of four centuries round-trips through the civil date (leap years by the
+        // Gregorian rule, 2000 leap, 2100 not).
+        let mut expected = (1970i64, 1u32, 1u32);
+        for days in 0..146_097i64 {
+            assert_eq!(civil_from_days(days), expected, "day {days}");
+            let (y, m, d) = expected;
+            let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+            let month_days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][m as usize - 1];
+            expected = if d < month_days { (y, m, d + 1) } else if m < 12 { (y, m + 1, 1) } else { (y + 1, 1, 1) };
+        }
+    }
+
+    #[test]
+    fn the_text_report_gives_times_in_utc_and_how_long_ago() {
+        let health = Health {
+            healthy: true,
+            registrations: 0,
+            tracked_bytes: 0,
+            current_violations: 0,
+            total_violations: 0,
+            checks_completed: 3,
+            checks_failed: 0,
+            last_check_failed: false,
+            last_check_unix_ms: 1_700_000_000_123,
+            last_check_duration_us: 42,
+            process_vram: crate::ProcessVram::UNKNOWN,
+            interval_ms: 60_000,
+            device_faults: 0,
+            stalled: false,
+            last_check_started_unix_ms: 1_700_000_000_100,
+            check_in_progress_ms: None,
+            stall_deadline_ms: 30_000,
+            stall_grace_ms: 30_000,
+        };
+        let text = text_at(&health, &[], &[], 1_700_000_012_999);
+        assert!(text.contains("last ended 2023-11-14T22:13:20.123Z (12 s ago) taking 42 us"), "{text}");
+        assert!(!text.contains("after epoch"), "{text}");
+        let none = text_at(&Health { last_check_unix_ms: 0, ..health }, &[], &[], 5);
+        assert!(none.contains("checks: 3 completed, 0 failed, none yet;"), "{none}");
+        let stalled = text_at(&Health { stalled: true, healthy: false, check_in_progress_ms: Some(31_000), ..health }, &[], &[], 5);
+        assert!(stalled.contains("STALLED: a check in progress since 2023-11-14T22:13:20.100Z (31000 ms)"), "{stalled}");
+        assert!(ago(10_000, 7_000).starts_with("in 3 s"));
+    }
 
     #[test]
     fn json_strings_escape_quotes_backslashes_and_control_characters() {

@@ -438,3 +438,41 @@ fn a_driver_that_failed_to_initialise_is_tried_again() {
         assert!(Monitor::new(MonitorOptions::default()).is_ok(), "a later attempt loads the driver");
     });
 }
+
+#[test]
+fn register_many_asks_once_per_allocation_and_reads_back_one_registration() {
+    fake_driver_test("register_many_asks_once_per_allocation_and_reads_back_one_registration", FakeDriverVariant::Complete, &[], || {
+        let fake = Fake::get();
+        let m = monitor();
+        let bases: Vec<u64> = (0..10).map(|_| fake.alloc(Kind::Device, 100 * 4096, 0)).collect();
+        let labels: Vec<String> = (0..1000).map(|i| format!("layers.{}.w{}", i % 10, i / 10)).collect();
+        let regions: Vec<vram_monitor::Region<'_>> = (0..1000)
+            .map(|i| vram_monitor::Region { ptr: bases[i % 10] + (i / 10) as u64 * 4096, size: 4096, label: &labels[i] })
+            .collect();
+        let before = fake.pointer_queries();
+        let done = m.register_many(&regions, false).unwrap();
+        assert_eq!(fake.pointer_queries() - before, 10, "one query per distinct allocation");
+        assert_eq!(done.queries, 10);
+        assert_eq!(done.registered(), 1000);
+        let id = *done.results[123].as_ref().unwrap();
+        let info = m.registration(id).expect("registered");
+        assert_eq!((info.ptr, info.size, info.label.as_str(), info.verdict), (regions[123].ptr, 4096, "layers.3.w12", Verdict::Resident));
+        assert!(m.registration(0).is_none());
+
+        // All or nothing: one managed entry, nothing registered; the others say why not.
+        let managed = fake.alloc(Kind::Managed, 4096, 0);
+        let mixed = [
+            vram_monitor::Region { ptr: bases[0], size: 8, label: "a" },
+            vram_monitor::Region { ptr: managed, size: 4096, label: "m" },
+            vram_monitor::Region { ptr: bases[0], size: 8, label: "dup" },
+        ];
+        let done = m.register_many(&mixed, true).unwrap();
+        assert_eq!(done.registered(), 0);
+        assert_eq!(done.results, vec![Err(Error::EntriesFailed), Err(Error::Refused(Verdict::Managed)), Err(Error::DuplicateRange)]);
+        assert_eq!(m.health().registrations, 1000);
+        // Each alone: the good one registered, the others refused.
+        let done = m.register_many(&mixed, false).unwrap();
+        assert_eq!(done.registered(), 1);
+        assert_eq!(m.health().registrations, 1001);
+    });
+}

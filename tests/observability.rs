@@ -105,6 +105,11 @@ impl Snapshot for Fixed {
             process_vram: ProcessVram::UNKNOWN,
             interval_ms: 60_000,
             device_faults: 0,
+            stalled: false,
+            last_check_started_unix_ms: 1_699_999_999_999,
+            check_in_progress_ms: None,
+            stall_deadline_ms: 30_000,
+            stall_grace_ms: 30_000,
         }
     }
     fn devices(&self) -> Vec<DeviceHealth> {
@@ -590,6 +595,7 @@ impl DeviceHealthSource for Script {
 
 fn clean_reading() -> DeviceReading {
     DeviceReading {
+        index: Some(0),
         uuid: Some("GPU-00000000-1111-2222-3333-444444444444".into()),
         name: Some("Scripted \"GPU\"".into()),
         ecc_uncorrected_volatile: Signal::Value(0),
@@ -601,6 +607,7 @@ fn clean_reading() -> DeviceReading {
 
 fn unsupported_reading() -> DeviceReading {
     DeviceReading {
+        index: None,
         uuid: None,
         name: None,
         ecc_uncorrected_volatile: Signal::Unsupported,
@@ -650,10 +657,10 @@ fn a_device_memory_fault_fires_an_event_and_makes_health_503() {
         assert_eq!(json["devices"][1]["ecc_uncorrected_volatile"], "unsupported");
         assert_eq!(json["devices"][1]["critical_xid_events"], "unsupported");
         let metrics = get(addr, "/metrics").body;
-        assert_eq!(metric_line(&metrics, "vram_monitor_device_ecc_uncorrected_volatile_errors_total{device=\"0\"}"), Some("vram_monitor_device_ecc_uncorrected_volatile_errors_total{device=\"0\"} 0"));
-        assert_eq!(metric_line(&metrics, "vram_monitor_device_ecc_uncorrected_volatile_errors_total{device=\"1\"}"), None, "no sample for an unsupported figure");
-        assert!(metrics.contains("vram_monitor_device_signal_status{device=\"1\",signal=\"ecc_uncorrected_volatile\",status=\"unsupported\"} 1"), "{metrics}");
-        assert!(metrics.contains("vram_monitor_device_signal_status{device=\"1\",signal=\"ecc_uncorrected_volatile\",status=\"supported\"} 0"));
+        assert_eq!(metric_line(&metrics, "vram_monitor_device_ecc_uncorrected_volatile_errors_total{device=\"0\",gpu=\"0\",UUID=\"GPU-00000000-1111-2222-3333-444444444444\"}"), Some("vram_monitor_device_ecc_uncorrected_volatile_errors_total{device=\"0\",gpu=\"0\",UUID=\"GPU-00000000-1111-2222-3333-444444444444\"} 0"));
+        assert_eq!(metric_line(&metrics, "vram_monitor_device_ecc_uncorrected_volatile_errors_total{device=\"1\","), None, "no sample for an unsupported figure");
+        assert!(metrics.contains("vram_monitor_device_signal_status{device=\"1\",gpu=\"\",UUID=\"\",signal=\"ecc_uncorrected_volatile\",status=\"unsupported\"} 1"), "{metrics}");
+        assert!(metrics.contains("vram_monitor_device_signal_status{device=\"1\",gpu=\"\",UUID=\"\",signal=\"ecc_uncorrected_volatile\",status=\"supported\"} 0"));
         assert!(metrics.contains("name=\"Scripted \\\"GPU\\\"\""), "label values are escaped: {metrics}");
         assert!(events.lock().unwrap().iter().all(|e| e.kind != EventKind::DeviceFault));
 
@@ -698,8 +705,8 @@ fn a_device_memory_fault_fires_an_event_and_makes_health_503() {
         let metrics = get(addr, "/metrics").body;
         assert!(metrics.contains("\nvram_monitor_healthy 0\n"));
         assert!(metrics.contains("\nvram_monitor_faulty_devices 1\n"));
-        assert!(metrics.contains("vram_monitor_device_memory_fault{device=\"1\"} 1"));
-        assert!(metrics.contains("vram_monitor_device_remapped_rows{device=\"1\",cause=\"uncorrectable\"} 1"));
+        assert!(metrics.contains("vram_monitor_device_memory_fault{device=\"1\",gpu=\"0\",UUID=\"GPU-00000000-1111-2222-3333-444444444444\"} 1"));
+        assert!(metrics.contains("vram_monitor_device_remapped_rows{device=\"1\",gpu=\"0\",UUID=\"GPU-00000000-1111-2222-3333-444444444444\",cause=\"uncorrectable\"} 1"));
 
         // The same fault again is not a new event.
         m.check_now().unwrap();
@@ -848,8 +855,8 @@ fn without_nvml_device_health_is_unavailable_not_zero() {
         }
         assert_eq!(json["health"]["healthy"], true);
         let metrics = report(handle, 2);
-        assert!(metrics.contains("vram_monitor_device_info{device=\"0\",uuid=\"\",name=\"\",nvml=\"unavailable\"} 1"), "{metrics}");
-        assert!(metrics.contains("vram_monitor_device_signal_status{device=\"0\",signal=\"ecc_uncorrected_volatile\",status=\"unavailable\"} 1"));
+        assert!(metrics.contains("vram_monitor_device_info{device=\"0\",gpu=\"\",UUID=\"\",uuid=\"\",name=\"\",nvml=\"unavailable\"} 1"), "{metrics}");
+        assert!(metrics.contains("vram_monitor_device_signal_status{device=\"0\",gpu=\"\",UUID=\"\",signal=\"ecc_uncorrected_volatile\",status=\"unavailable\"} 1"));
         assert!(!metrics.contains("vram_monitor_device_ecc_uncorrected_volatile_errors_total{"), "no zero for what was not read");
         let text = report(handle, 0);
         assert!(text.contains("GPU0: memory health unavailable: NVML is not available"), "{text}");

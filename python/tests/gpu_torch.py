@@ -9,7 +9,16 @@
   same address;
 - with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (a child process), a large tensor that
   spans several VMM mappings registers, checks RESIDENT, and is NOT_MAPPED once freed;
-- CuPy: an array registers RESIDENT; an array from a managed-memory pool is refused MANAGED.
+- CuPy: an array registers RESIDENT; an array from a managed-memory pool is refused MANAGED;
+  watch() of CuPy arrays in a dict;
+- the package is the pip-installed one (VRAM_MONITOR_TEST_INSTALLED=1: imported from
+  site-packages, its bundled library loaded);
+- exit: 20 processes, each ending with two live monitors checking every millisecond, event
+  callbacks firing (tensors freed and reallocated under them), a log handler at trace level and
+  a daemon thread calling health(): all 20 exit 0, none prints "FATAL";
+- watch() of a GPT-2-shaped module (124 M parameters, fp16, lm_head tied to wte): every
+  parameter and buffer once, labels by qualified name, all RESIDENT, one call (timed, printed);
+  a meta-device module is refused naming its tensors; closing the watch unregisters all.
 
 Each scenario prints "RESULT | name | expected | saw | PASS/FAIL" (the suite turns those into
 Markdown). Without torch or a GPU every test skips; with VRAM_MONITOR_GPU_REQUIRED=1 that is a
@@ -24,7 +33,9 @@ import threading
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE)))
+INSTALLED = os.environ.get("VRAM_MONITOR_TEST_INSTALLED") == "1"
+if not INSTALLED:
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE)))
 
 import vram_monitor  # noqa: E402
 from vram_monitor import EventKind, Verdict, VramMonitorError  # noqa: E402
@@ -206,6 +217,195 @@ class TestExpandableSegments(GpuTest):
         self.assertEqual(after, Verdict.NOT_MAPPED)
 
 
+class TestInstalled(unittest.TestCase):
+    @unittest.skipUnless(INSTALLED or REQUIRED, "not run on an installed package")
+    def test_the_pip_installed_package_and_its_bundled_library(self):
+        package = os.path.dirname(os.path.abspath(vram_monitor.__file__))
+        loaded = os.path.abspath(vram_monitor.library_path())
+        ok = INSTALLED and "site-packages" in package and os.path.dirname(loaded) == package
+        result("package is the pip-installed one", "site-packages, bundled library", "%s, %s" % (package, loaded), ok)
+        self.assertTrue(INSTALLED, "VRAM_MONITOR_TEST_INSTALLED=1 is not set: the suite must run the installed package")
+        self.assertIn("site-packages", package)
+        self.assertEqual(os.path.dirname(loaded), package)
+
+
+EXIT_RUNS = 20
+
+
+def exit_child():
+    """One process that ends with live monitors, callbacks, a log handler and a daemon thread."""
+    import logging
+    import time
+
+    import torch
+
+    logging.basicConfig(level=5, stream=open(os.devnull, "w"))
+    vram_monitor.log_to_python_logging()
+    monitors = [vram_monitor.Monitor(interval_ms=1) for _ in range(2)]
+    seen = []
+    for m in monitors:
+        m.set_callback(lambda e: seen.append(e.kind) if len(seen) < 10000 else None)
+    keep = [torch.empty(MIB, dtype=torch.uint8, device="cuda") for _ in range(4)]
+    for i, t in enumerate(keep):
+        monitors[i % 2].register(t, "weights.%d" % i)
+
+    stop_churn = threading.Event()
+    import atexit
+
+    # Registered after the package's own exit handler, so it runs first (atexit is LIFO): the
+    # churning thread stops calling into torch before finalisation, which would end it inside
+    # torch's C++ frames (torch's own exit hazard, not this library's). Log records, the
+    # daemon thread's health() calls and callbacks of events already found still run.
+    churner = []
+
+    def stop():
+        stop_churn.set()
+        for thread in churner:
+            thread.join(10)
+
+    atexit.register(stop)
+
+    def churn():
+        # Registers a tensor, frees it: a violation event at the next check, every few ms.
+        while not stop_churn.is_set():
+            t = torch.empty(MIB, dtype=torch.uint8, device="cuda")
+            for m in monitors:
+                try:
+                    m.register(t, "churn")
+                except vram_monitor.VramMonitorError:
+                    pass
+            del t
+            torch.cuda.empty_cache()
+            time.sleep(0.002)
+
+    def poll():
+        while True:
+            for m in monitors:
+                try:
+                    m.health()
+                except vram_monitor.MonitorClosed:
+                    pass
+            time.sleep(0.0005)
+
+    churner.append(threading.Thread(target=churn, daemon=True))
+    churner[0].start()
+    threading.Thread(target=poll, daemon=True).start()
+    deadline = time.time() + 20
+    while not seen and time.time() < deadline:
+        time.sleep(0.005)
+    print("events before exit: %d" % len(seen))
+    print("ok", flush=True)
+    globals()["kept"] = (monitors, keep)  # still live when the interpreter exits
+
+
+class TestExit(unittest.TestCase):
+    def test_exit_with_live_monitors_callbacks_log_handler_and_daemon_thread(self):
+        torch_or_skip(self)
+        def one_run(_):
+            try:
+                p = subprocess.run([sys.executable, os.path.abspath(__file__), "exit-child"], capture_output=True, text=True, timeout=120)
+            except subprocess.TimeoutExpired:
+                return "hang"
+            out = p.stdout + p.stderr
+            if p.returncode != 0 or "FATAL" in out or "ok" not in p.stdout or "events before exit: 0" in out:
+                return "exit %d: %s" % (p.returncode, out[-400:])
+            return None
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(4) as pool:  # four processes at a time: fits the suite's time
+            failures = [f for f in pool.map(one_run, range(EXIT_RUNS)) if f]
+        result(
+            "exit with live monitors, callbacks, log handler, daemon thread (PyTorch)",
+            "%d/%d clean exits" % (EXIT_RUNS, EXIT_RUNS),
+            "%d/%d clean exits" % (EXIT_RUNS - len(failures), EXIT_RUNS),
+            not failures,
+        )
+        self.assertEqual(failures, [])
+
+
+def gpt2_shaped(torch, device):
+    """A GPT-2 (124 M) shaped module: wte, wpe, 12 blocks, ln_f, lm_head tied to wte, and the
+    causal-mask buffer of each attention."""
+    nn = torch.nn
+    d, n_ctx, vocab = 768, 1024, 50257
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c_attn = nn.Linear(d, 3 * d)
+            self.c_proj = nn.Linear(d, d)
+            self.register_buffer("bias", torch.tril(torch.ones(n_ctx, n_ctx, dtype=torch.bool, device=device)).view(1, 1, n_ctx, n_ctx))
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1 = nn.LayerNorm(d)
+            self.attn = Attention()
+            self.ln_2 = nn.LayerNorm(d)
+            self.mlp = nn.Sequential()
+            self.mlp.add_module("c_fc", nn.Linear(d, 4 * d))
+            self.mlp.add_module("c_proj", nn.Linear(4 * d, d))
+
+    class GPT2(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.transformer = nn.Module()
+            self.transformer.wte = nn.Embedding(vocab, d)
+            self.transformer.wpe = nn.Embedding(n_ctx, d)
+            self.transformer.h = nn.ModuleList([Block() for _ in range(12)])
+            self.transformer.ln_f = nn.LayerNorm(d)
+            self.lm_head = nn.Linear(d, vocab, bias=False)
+            self.lm_head.weight = self.transformer.wte.weight
+
+    with torch.device(device):
+        return GPT2().half()
+
+
+class TestWatch(GpuTest):
+    def test_watch_a_gpt2_shaped_module(self):
+        import time
+
+        torch = self.torch
+        model = gpt2_shaped(torch, "cuda")
+        tensors = list(model.named_parameters()) + list(model.named_buffers())
+        storages = {t.untyped_storage().data_ptr() for _, t in tensors}
+        started = time.perf_counter()
+        w = self.monitor.watch(model)
+        took_ms = (time.perf_counter() - started) * 1000
+        summary = self.monitor.check_now()
+        ok = len(w) == len(storages) and summary.resident == len(storages) and summary.healthy
+        result(
+            "watch() of a GPT-2-shaped module (%d tensors, %d storages)" % (len(tensors), len(storages)),
+            "%d registrations, all RESIDENT" % len(storages),
+            "%d registrations, %d resident, watch() %.1f ms" % (len(w), summary.resident, took_ms),
+            ok,
+        )
+        self.assertEqual(len(w), len(storages))
+        self.assertIn("transformer.h.0.attn.c_attn.weight", w.labels)
+        self.assertIn("transformer.h.11.attn.bias", w.labels)
+        self.assertNotIn("lm_head.weight", w.labels)
+        self.assertEqual(summary.resident, len(storages))
+        rid = dict(w)["transformer.h.5.mlp.c_fc.weight"]
+        self.assertEqual(self.monitor.verdict(rid), Verdict.RESIDENT)
+        w.close()
+        self.assertEqual(self.monitor.health().registrations, 0)
+
+    def test_meta_and_cpu_modules_are_refused_naming_them(self):
+        torch = self.torch
+        meta = gpt2_shaped(torch, "meta")
+        with self.assertRaises(ValueError) as raised:
+            self.monitor.watch(meta)
+        named = "transformer.wte.weight (meta" in str(raised.exception)
+        cpu = torch.nn.Linear(4, 4)
+        with self.assertRaises(ValueError) as raised_cpu:
+            self.monitor.watch(cpu, prefix="head")
+        named_cpu = "head.weight (on cpu" in str(raised_cpu.exception)
+        result("watch() of meta / CPU modules", "refused, tensors named, nothing registered", "named=%s/%s, registrations=%d" % (named, named_cpu, self.monitor.health().registrations), named and named_cpu and self.monitor.health().registrations == 0)
+        self.assertTrue(named and named_cpu)
+        self.assertEqual(self.monitor.health().registrations, 0)
+
+
 class TestCupy(unittest.TestCase):
     def setUp(self):
         try:
@@ -245,5 +445,18 @@ class TestCupy(unittest.TestCase):
         self.assertEqual(e.exception.verdict, Verdict.MANAGED)
 
 
+    def test_watch_cupy_arrays(self):
+        arrays = {"k": self.cupy.zeros((256, 1024), dtype=self.cupy.float16), "v": self.cupy.zeros((256, 1024), dtype=self.cupy.float16)}
+        with self.monitor.watch(arrays, prefix="kv.") as w:
+            summary = self.monitor.check_now()
+            ok = w.labels == ["kv.k", "kv.v"] and summary.resident == 2
+            result("watch() of CuPy arrays", "2 RESIDENT", "%d resident" % summary.resident, ok)
+            self.assertTrue(ok)
+        self.assertEqual(self.monitor.health().registrations, 0)
+
+
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    if sys.argv[1:] == ["exit-child"]:
+        exit_child()
+    else:
+        unittest.main(verbosity=2)

@@ -12,10 +12,15 @@ numel * element_size for a contiguous tensor; more (the gaps) for a strided view
 with no elements spans 0 bytes, which registration refuses.
 """
 
+from __future__ import annotations
+
+import operator
+from typing import Any, Sequence, Tuple
+
 __all__ = ["buffer_range", "torch_range", "cupy_range", "cuda_array_interface_range"]
 
 
-def _span(shape, strides_elements, itemsize):
+def _span(shape: Sequence[Any], strides_elements: Sequence[Any], itemsize: int) -> int:
     """Bytes from the first element to one past the last, for non-negative strides."""
     if any(int(n) == 0 for n in shape):
         return 0
@@ -23,11 +28,11 @@ def _span(shape, strides_elements, itemsize):
     return (last + 1) * itemsize
 
 
-def _module_of(obj):
+def _module_of(obj: Any) -> str:
     return type(obj).__module__ or ""
 
 
-def torch_range(tensor, whole_storage=False):
+def torch_range(tensor: Any, whole_storage: bool = False) -> Tuple[int, int]:
     """(ptr, nbytes) of a torch.Tensor: the bytes its elements span, or with whole_storage
     the untyped storage behind it (what the caching allocator handed out for it)."""
     if whole_storage:
@@ -42,7 +47,7 @@ def torch_range(tensor, whole_storage=False):
     return int(tensor.data_ptr()), _span(tuple(tensor.shape), strides, itemsize)
 
 
-def cuda_array_interface_range(obj):
+def cuda_array_interface_range(obj: Any) -> Tuple[int, int]:
     """(ptr, nbytes) from `__cuda_array_interface__` (CuPy, Numba, PyTorch, JAX...)."""
     cai = obj.__cuda_array_interface__
     ptr = int(cai["data"][0])
@@ -62,18 +67,19 @@ def cuda_array_interface_range(obj):
     return ptr, (span - 1 + itemsize) if span else 0
 
 
-def cupy_range(array):
+def cupy_range(array: Any) -> Tuple[int, int]:
     """(ptr, nbytes) of a cupy.ndarray."""
     if array.flags.c_contiguous or array.flags.f_contiguous:
         return int(array.data.ptr), int(array.nbytes)
     return cuda_array_interface_range(array)
 
 
-def buffer_range(obj, whole_storage=False):
+def buffer_range(obj: Any, whole_storage: bool = False) -> Tuple[int, int]:
     """(ptr, nbytes) of a torch tensor, a CuPy array, an object with __cuda_array_interface__,
     or a (ptr, nbytes) pair."""
     if isinstance(obj, tuple) and len(obj) == 2:
-        return int(obj[0]), int(obj[1])
+        # operator.index, not int(): a float size is a mistake, not something to round.
+        return operator.index(obj[0]), operator.index(obj[1])
     module = _module_of(obj)
     if module.startswith("torch") and hasattr(obj, "data_ptr"):
         return torch_range(obj, whole_storage=whole_storage)

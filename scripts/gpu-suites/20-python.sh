@@ -9,7 +9,6 @@ carry=${1:?usage: 20-python.sh CARRY MARKDOWN_FILE}
 md=${2:?usage: 20-python.sh CARRY MARKDOWN_FILE}
 tests="$carry/python/tests/gpu_torch.py"
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
 
 printf '## Python package with PyTorch and CuPy (python/tests/gpu_torch.py)\n\n' >"$md"
 if [ ! -f "$tests" ]; then
@@ -17,13 +16,32 @@ if [ ! -f "$tests" ]; then
   printf '**FAIL**: python/ is not in the carry.\n' >>"$md"
   exit 1
 fi
-py=$(command -v python3 || command -v python)
-echo "== $py $tests"
-env PYTHONPATH="$carry/python${PYTHONPATH:+:$PYTHONPATH}" \
-  VRAM_MONITOR_LIBRARY="$carry/lib/libvram_monitor.so" \
-  VRAM_MONITOR_GPU_REQUIRED=1 VRAM_MONITOR_LOG=warn \
-  timeout 300 "$py" "$tests" 2>&1 | tee "$log"
-rc=${PIPESTATUS[0]}
+sys_py=$(command -v python3 || command -v python)
+# The suite runs the pip-installed package: the wheel built on the development machine (pip
+# built the library into it with cargo), installed without an index into a fresh virtual
+# environment that sees the machine's torch and cupy. No VRAM_MONITOR_LIBRARY, no PYTHONPATH.
+wheel=$(ls "$carry"/python-dist/vram_monitor-*.whl 2>/dev/null | head -n 1)
+venv=$(mktemp -d)
+trap 'rm -f "$log"; rm -rf "$venv"' EXIT
+if [ -z "$wheel" ]; then
+  echo "FAIL: no wheel in $carry/python-dist (gpu-test.sh prepare builds it: pip wheel --no-deps -w .gpu-carry/python-dist ./python)" | tee "$log"
+  rc=1
+elif ! { "$sys_py" -m venv --system-site-packages "$venv" >>"$log" 2>&1 ||
+    # Without ensurepip (Debian's python3 without python3-venv): the system's pip, seen
+    # through the system site-packages, installs into the venv all the same.
+    { rm -rf "$venv" && "$sys_py" -m venv --system-site-packages --without-pip "$venv" >>"$log" 2>&1; }; } ||
+  ! "$venv/bin/python" -m pip install -q --no-index --no-deps "$wheel" >>"$log" 2>&1; then
+  echo "FAIL: installing $wheel into a fresh virtual environment failed" | tee -a "$log"
+  rc=1
+else
+  py="$venv/bin/python"
+  echo "== $py $tests (installed: $wheel)"
+  (cd "$venv" && env -u VRAM_MONITOR_LIBRARY -u PYTHONPATH VRAM_MONITOR_TEST_INSTALLED=1 \
+    VRAM_MONITOR_GPU_REQUIRED=1 VRAM_MONITOR_LOG=warn \
+    timeout 540 "$py" "$tests") 2>&1 | tee -a "$log"
+  rc=${PIPESTATUS[0]}
+fi
+py=${py:-$sys_py}
 echo "exit status: $rc"
 versions=$("$py" -c 'import sys
 parts = ["Python " + sys.version.split()[0]]

@@ -7,8 +7,10 @@ use super::types::VramMonitorEvent;
 use crate::events::Event;
 use crate::monitor::Callback;
 
-/// Receives events. Runs on the monitor's thread only ("vram-monitor"), one event at a time,
-/// never concurrently with itself. `event` and its strings are valid only during the call.
+/// Receives events. Runs on the monitor's thread ("vram-monitor"), except the
+/// `HEALTH_CHANGED` events of a stall, which the watchdog thread ("vram-monitor-watchdog")
+/// delivers when the monitor thread is stuck outside the callback (when it is stuck inside,
+/// they wait until it returns); one event at a time, never concurrently with itself. `event` and its strings are valid only during the call.
 /// It may call any function of the monitor: `vram_monitor_check_now` and `vram_monitor_free`
 /// return `VRAM_MONITOR_RESULT_CALLED_FROM_CALLBACK` there instead of deadlocking. A slow
 /// callback delays the next check. It must not throw a C++ exception or `longjmp` out: nothing

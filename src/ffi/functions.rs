@@ -12,7 +12,7 @@ use super::callback::{self, VramMonitorCallback, VramMonitorUserDataFree};
 use super::handle::{enter, VramMonitor};
 use super::panic::guard;
 use super::result::VramMonitorResult;
-use super::types::{VramMonitorCheckSummary, VramMonitorEvent, VramMonitorHealth};
+use super::types::{VramMonitorCheckSummary, VramMonitorEvent, VramMonitorHealth, VramMonitorStall};
 use crate::monitor::{Monitor, MonitorOptions};
 use crate::report::ReportFormat;
 use crate::verdict::Verdict;
@@ -83,7 +83,7 @@ pub unsafe extern "C" fn vram_monitor_new(interval_ms: u32, out_monitor: *mut *m
 /// calls already in progress to return (each is bounded: a register by its driver queries,
 /// a `check_now` by one check, a report by its rendering). After free returns, a call with
 /// the same handle returns `CLOSED`, also a second free: the handle is never deallocated
-/// (a tombstone of about 100 bytes stays per freed monitor), so it never reads freed memory.
+/// (a tombstone of about 2 KiB stays per freed monitor), so it never reads freed memory.
 ///
 /// From inside a callback (or from a user-data finaliser that runs inside a call on this
 /// monitor) it returns `CALLED_FROM_CALLBACK` and frees nothing.
@@ -91,7 +91,8 @@ pub unsafe extern "C" fn vram_monitor_new(interval_ms: u32, out_monitor: *mut *m
 /// Bound: the thread checks a stop flag before every driver query and before each event, so
 /// this waits for at most the driver query in progress plus the callback call in progress
 /// (and the HTTP endpoint's threads, if one was started), after the calls in progress on
-/// other threads. Events not yet delivered are dropped.
+/// other threads. The watchdog thread is woken and joined too; it waits on nothing, so this
+/// adds at most the callback call it may be running. Events not yet delivered are dropped.
 ///
 /// In a child process forked after `vram_monitor_new`, returns `FORKED` at once: the monitor
 /// thread does not exist there, so nothing is joined, the user data's finaliser does not run
@@ -213,7 +214,8 @@ pub unsafe extern "C" fn vram_monitor_set_interval_ms(monitor: *mut VramMonitor,
 /// to the engine; the defaults (`VRAM_MONITOR_DEFAULT_SLICE_QUERIES` queries, then
 /// `VRAM_MONITOR_DEFAULT_PAUSE_US` µs) keep that small (docs/performance.md has the
 /// measurements). Takes effect from the next check. `INVALID_ARGUMENT` for `slice_queries`
-/// 0 or a pause over 1 s. Callable from any thread, also from a callback.
+/// 0, a pause over 1 s, or a pause not shorter than the stall deadline
+/// (`vram_monitor_set_stall_limits`). Callable from any thread, also from a callback.
 ///
 /// In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
 #[no_mangle]
@@ -265,6 +267,61 @@ pub unsafe extern "C" fn vram_monitor_health(monitor: *const VramMonitor, out_he
         }
         let health = monitor.health();
         unsafe { *out_health = VramMonitorHealth::from(&health) };
+        VramMonitorResult::Ok
+    })
+}
+
+/// The default stall deadline in milliseconds (30 s; see `vram_monitor_set_stall_limits`).
+pub const VRAM_MONITOR_DEFAULT_STALL_DEADLINE_MS: u32 = 30_000;
+/// The default stall grace in milliseconds (30 s; see `vram_monitor_set_stall_limits`).
+pub const VRAM_MONITOR_DEFAULT_STALL_GRACE_MS: u32 = 30_000;
+const _: () = assert!(VRAM_MONITOR_DEFAULT_STALL_DEADLINE_MS as u128 == crate::watchdog::DEFAULT_STALL_DEADLINE.as_millis());
+const _: () = assert!(VRAM_MONITOR_DEFAULT_STALL_GRACE_MS as u128 == crate::watchdog::DEFAULT_STALL_GRACE.as_millis());
+
+/// Fills `*out_stall` with the stall state: whether the monitor stopped checking, whether a
+/// check is in progress and for how long, when the last one started, and the limits in
+/// force. Cheap (no driver query); callable from any thread, also from a callback.
+///
+/// In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
+#[no_mangle]
+///
+/// # Safety
+/// Pointer arguments must be NULL or valid as documented above.
+pub unsafe extern "C" fn vram_monitor_stall(monitor: *const VramMonitor, out_stall: *mut VramMonitorStall) -> VramMonitorResult {
+    guard(|| {
+        let monitor = enter!(monitor);
+        if out_stall.is_null() {
+            return VramMonitorResult::NullArgument;
+        }
+        let health = monitor.health();
+        unsafe { *out_stall = VramMonitorStall::from(&health) };
+        VramMonitorResult::Ok
+    })
+}
+
+/// Sets when the monitor counts as stalled, effective at once: a check in progress that
+/// makes no progress (a completed slice of queries) for longer than `deadline_ms`, or no
+/// completed check for longer than the interval plus `grace_ms` (defaults
+/// `VRAM_MONITOR_DEFAULT_STALL_DEADLINE_MS` and `VRAM_MONITOR_DEFAULT_STALL_GRACE_MS`).
+/// A stall makes the health unhealthy, and a watchdog thread ("vram-monitor-watchdog") sends
+/// `HEALTH_CHANGED` when it begins and when it ends: that event's callback may run on the
+/// watchdog thread (never concurrently with another callback call).
+///
+/// `INVALID_ARGUMENT`, changing nothing, for a value of 0 or over 30 days (2592000000), or a
+/// deadline not longer than the pacing's pause (`vram_monitor_set_pacing`). Callable from any
+/// thread, also from a callback.
+///
+/// In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
+#[no_mangle]
+///
+/// # Safety
+/// Pointer arguments must be NULL or valid as documented above.
+pub unsafe extern "C" fn vram_monitor_set_stall_limits(monitor: *mut VramMonitor, deadline_ms: u64, grace_ms: u64) -> VramMonitorResult {
+    guard(|| {
+        let monitor = enter!(monitor);
+        // Out of Duration's range is out of ours too: from_millis takes any u64.
+        let limits = crate::watchdog::StallLimits { deadline: Duration::from_millis(deadline_ms), grace: Duration::from_millis(grace_ms) };
+        try_ffi!(monitor.set_stall_limits(limits));
         VramMonitorResult::Ok
     })
 }

@@ -4,13 +4,13 @@
 //! monitor (a server shutting down rarely stops its request threads first). So the handle
 //! counts the calls in progress: free marks it closing, refuses every call that begins after
 //! that with `CLOSED`, waits for the calls already inside to return, and only then drops the
-//! monitor. The handle itself is never deallocated: after free it stays as a tombstone of a
-//! few dozen bytes, so a call with a handle that was freed returns `CLOSED` instead of reading
+//! monitor. The handle itself is never deallocated: after free it stays as a tombstone of about
+//! 2 KiB, so a call with a handle that was freed returns `CLOSED` instead of reading
 //! freed memory (a host that creates and frees monitors in a loop keeps one tombstone per
 //! monitor).
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -19,16 +19,30 @@ use crate::monitor::Monitor;
 
 /// A residency monitor: registrations and one background thread. Opaque.
 pub struct VramMonitor {
-    /// Bit 63: free has begun. Below: calls in progress.
-    state: AtomicU64,
+    /// Calls in progress, counted in slots of their own cache line, a thread always in the
+    /// same one: threads registering at once do not all write one shared counter.
+    calls: [CallSlot; CALL_SLOTS],
+    /// Free has begun.
+    closing: AtomicBool,
     /// The monitor; NULL once free has dropped it.
     monitor: AtomicPtr<Monitor>,
     /// Where free waits for the last call in progress to leave.
     drained: (Mutex<()>, Condvar),
 }
 
-const CLOSING: u64 = 1 << 63;
-const CALLS: u64 = CLOSING - 1;
+const CALL_SLOTS: usize = 16;
+
+#[repr(align(128))]
+struct CallSlot(AtomicU64);
+
+/// This thread's call slot (threads take slots in turn).
+fn call_slot() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed) % CALL_SLOTS;
+    }
+    SLOT.try_with(|slot| *slot).unwrap_or(0)
+}
 
 /// Tombstones stay reachable from here, so leak checkers see them as in use, not lost.
 static TOMBSTONES: Mutex<Vec<usize>> = Mutex::new(Vec::new());
@@ -43,6 +57,7 @@ thread_local! {
 pub(crate) struct Call<'a> {
     handle: &'a VramMonitor,
     monitor: &'a Monitor,
+    slot: usize,
 }
 
 impl std::ops::Deref for Call<'_> {
@@ -61,7 +76,7 @@ impl Drop for Call<'_> {
                 inside.remove(i);
             }
         });
-        self.handle.leave();
+        self.handle.leave(self.slot);
     }
 }
 
@@ -69,41 +84,49 @@ impl VramMonitor {
     /// A new handle owning `monitor`.
     pub(crate) fn create(monitor: Monitor) -> *mut VramMonitor {
         let handle = Box::leak(Box::new(VramMonitor {
-            state: AtomicU64::new(0),
+            calls: std::array::from_fn(|_| CallSlot(AtomicU64::new(0))),
+            closing: AtomicBool::new(false),
             monitor: AtomicPtr::new(Box::into_raw(Box::new(monitor))),
             drained: (Mutex::new(()), Condvar::new()),
         }));
         let address = handle as *mut VramMonitor;
-        super::lock(&TOMBSTONES).push(address as usize);
+        crate::sync::lock(&TOMBSTONES).push(address as usize);
         address
     }
 
-    fn leave(&self) {
-        let before = self.state.fetch_sub(1, Ordering::SeqCst);
-        if before & CLOSING != 0 && before & CALLS == 1 {
+    fn leave(&self, slot: usize) {
+        self.calls[slot].0.fetch_sub(1, Ordering::SeqCst);
+        if self.closing.load(Ordering::SeqCst) {
             let (lock, drained) = &self.drained;
-            let _guard = super::lock(lock);
+            let _guard = crate::sync::lock(lock);
             drained.notify_all();
         }
     }
 
+    fn calls_in_progress(&self) -> u64 {
+        self.calls.iter().map(|slot| slot.0.load(Ordering::SeqCst)).sum()
+    }
+
     /// Enters a call: `CLOSED` once free has begun, `FORKED` in a forked child.
     pub(crate) fn enter(&self) -> Result<Call<'_>, VramMonitorResult> {
-        let before = self.state.fetch_add(1, Ordering::SeqCst);
-        if before & CLOSING != 0 {
-            self.leave();
+        let slot = call_slot();
+        // Counted before looking at `closing`, and free sets `closing` before it counts (all
+        // SeqCst): either free sees this call, or this call sees free.
+        self.calls[slot].0.fetch_add(1, Ordering::SeqCst);
+        if self.closing.load(Ordering::SeqCst) {
+            self.leave(slot);
             return Err(VramMonitorResult::Closed);
         }
         let monitor = self.monitor.load(Ordering::SeqCst);
         if monitor.is_null() {
-            // Cannot happen while CLOSING is clear; refuse rather than trust it.
-            self.leave();
+            // Cannot happen while `closing` is clear; refuse rather than trust it.
+            self.leave(slot);
             return Err(VramMonitorResult::Closed);
         }
         let me = self as *const VramMonitor as usize;
         let _ = INSIDE.try_with(|inside| inside.borrow_mut().push(me));
         // SAFETY: not NULL, and free drops it only after every call (this one) has left.
-        let call = Call { handle: self, monitor: unsafe { &*monitor } };
+        let call = Call { handle: self, monitor: unsafe { &*monitor }, slot };
         if call.in_forked_child() {
             return Err(VramMonitorResult::Forked);
         }
@@ -145,15 +168,14 @@ impl VramMonitor {
                 }
             }
         }
-        let before = self.state.fetch_or(CLOSING, Ordering::SeqCst);
-        if before & CLOSING != 0 {
+        if self.closing.swap(true, Ordering::SeqCst) {
             // Another free won the race (or this is a second free).
             return VramMonitorResult::Closed;
         }
         {
             let (lock, drained) = &self.drained;
-            let mut guard = super::lock(lock);
-            while self.state.load(Ordering::SeqCst) & CALLS != 0 {
+            let mut guard = crate::sync::lock(lock);
+            while self.calls_in_progress() != 0 {
                 // A timeout as well as the notification: a wake-up cannot be lost for good.
                 guard = drained.wait_timeout(guard, Duration::from_millis(10)).unwrap_or_else(|e| e.into_inner()).0;
             }
@@ -170,7 +192,7 @@ impl VramMonitor {
     /// threads do not exist here): close without waiting, and leak the monitor (dropping it
     /// there neither joins nor runs finalisers: `Monitor::in_forked_child`).
     fn close_in_forked_child(&self) -> VramMonitorResult {
-        self.state.fetch_or(CLOSING, Ordering::SeqCst);
+        self.closing.store(true, Ordering::SeqCst);
         let monitor = self.monitor.swap(std::ptr::null_mut(), Ordering::SeqCst);
         if !monitor.is_null() {
             // SAFETY: as in close; Monitor's drop in a forked child only forgets its parts.

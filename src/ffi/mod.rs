@@ -2,6 +2,7 @@
 //! the core's types. This layer checks arguments, converts, and guards against panics; the
 //! logic lives in the core.
 
+mod batch;
 mod callback;
 mod functions;
 mod handle;
@@ -12,15 +13,12 @@ mod pin;
 mod result;
 mod types;
 
+pub use batch::{vram_monitor_register_many, vram_monitor_registration, VramMonitorRegion, VramMonitorRegistrationInfo, VRAM_MONITOR_REGISTER_ALL_OR_NOTHING};
 pub use callback::{VramMonitorCallback, VramMonitorUserDataFree};
 pub use functions::*;
 pub use handle::VramMonitor;
 pub use observability::*;
 pub use log_bridge::{vram_monitor_set_log_callback, VramMonitorLogCallback, VramMonitorLogLevel};
 pub use result::VramMonitorResult;
-pub use types::{VramMonitorCheckSummary, VramMonitorEvent, VramMonitorHealth};
+pub use types::{VramMonitorCheckSummary, VramMonitorEvent, VramMonitorHealth, VramMonitorStall};
 
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every critical section here leaves its data consistent, so a poisoned lock is usable.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}

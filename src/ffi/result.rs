@@ -27,6 +27,13 @@ pub enum VramMonitorResult {
     UnknownRegistration = 104,
     /// The report format is not one of `VramMonitorReportFormat`.
     UnknownFormat = 105,
+    /// `vram_monitor_register_many`: the same `[ptr, ptr + size)` appears earlier in the
+    /// same call (the earlier entry is judged; this one is not registered).
+    DuplicateRange = 106,
+    /// `vram_monitor_register_many`: at least one entry failed (each entry's own code is in
+    /// `out_results`). As an entry's own code: not registered because another entry of an
+    /// all-or-nothing call failed.
+    EntriesFailed = 107,
     /// Registration refused: unified (managed) memory.
     RefusedManaged = 201,
     /// Registration refused: host memory.
@@ -95,6 +102,8 @@ impl From<&Error> for VramMonitorResult {
             Error::Forked => VramMonitorResult::Forked,
             Error::HttpBind(_) => VramMonitorResult::HttpBindFailed,
             Error::AlreadyServing => VramMonitorResult::HttpAlreadyServing,
+            Error::DuplicateRange => VramMonitorResult::DuplicateRange,
+            Error::EntriesFailed => VramMonitorResult::EntriesFailed,
         }
     }
 }
@@ -110,6 +119,8 @@ impl VramMonitorResult {
             103 => b"the output buffer is too small\0",
             104 => b"no registration with this id\0",
             105 => b"unknown report format\0",
+            106 => b"the same range appears earlier in this register_many call\0",
+            107 => b"at least one register_many entry failed (or, for an entry: another entry failed)\0",
             201 => b"registration refused: managed (unified) memory\0",
             202 => b"registration refused: host memory\0",
             203 => b"registration refused: not mapped (freed or never CUDA memory)\0",

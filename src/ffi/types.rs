@@ -11,8 +11,9 @@ use crate::verdict::Verdict;
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct VramMonitorHealth {
-    /// True when no registration is in violation, the last check did not fail, and no GPU
-    /// that holds registrations reports a memory fault.
+    /// True when no registration is in violation, the last check did not fail, no GPU that
+    /// holds registrations reports a memory fault, and the monitor is not stalled
+    /// (`vram_monitor_stall`).
     pub healthy: bool,
     /// True when a driver query failed in the last full check.
     pub last_check_failed: bool,
@@ -61,6 +62,40 @@ impl From<&Health> for VramMonitorHealth {
             process_vram_source: h.process_vram.source,
             interval_ms: h.interval_ms,
             device_faults: h.device_faults,
+        }
+    }
+}
+
+/// The stall state, filled by `vram_monitor_stall` (a struct of its own: `VramMonitorHealth`
+/// is part of the ABI and does not grow). docs/health-schema.md, "Stalls", gives the rule.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct VramMonitorStall {
+    /// True when the monitor stopped checking: the check in progress made no progress for
+    /// longer than `deadline_ms`, or no check completed for longer than the interval plus
+    /// `grace_ms`. A stalled monitor's `VramMonitorHealth.healthy` is false.
+    pub stalled: bool,
+    /// True while a full check is in progress.
+    pub check_in_progress: bool,
+    /// How long the check in progress has run, in milliseconds (0 when none is).
+    pub check_in_progress_ms: u64,
+    /// When the last full check started, milliseconds since the Unix epoch (0: none yet).
+    pub last_check_started_unix_ms: u64,
+    /// The stall deadline in force, in milliseconds.
+    pub deadline_ms: u64,
+    /// The stall grace in force, in milliseconds.
+    pub grace_ms: u64,
+}
+
+impl From<&Health> for VramMonitorStall {
+    fn from(h: &Health) -> Self {
+        VramMonitorStall {
+            stalled: h.stalled,
+            check_in_progress: h.check_in_progress_ms.is_some(),
+            check_in_progress_ms: h.check_in_progress_ms.unwrap_or(0),
+            last_check_started_unix_ms: h.last_check_started_unix_ms,
+            deadline_ms: h.stall_deadline_ms,
+            grace_ms: h.stall_grace_ms,
         }
     }
 }

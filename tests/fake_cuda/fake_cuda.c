@@ -98,6 +98,9 @@ static int g_initialized;
 static int g_init_result;
 static int g_query_result;
 static unsigned g_query_delay_us;
+static pthread_cond_t g_hold_cond = PTHREAD_COND_INITIALIZER;
+static int g_hold_queries;        /* nonzero: every pointer query waits until it is cleared */
+static unsigned g_held_queries;   /* queries waiting now */
 static unsigned long long g_context_creations;
 static unsigned long long g_pointer_queries;
 static int g_engine_ctx_off[MAX_DEVICES]; /* zero = the engine holds an active primary context */
@@ -340,6 +343,12 @@ CUresult cuPointerGetAttributes(unsigned num_attributes, int *attributes, void *
         unlock();
         sleep_us(delay);
         lock();
+    }
+    /* A driver that hangs (a GPU falling off the bus): wait, lock released, until released. */
+    if (g_hold_queries) {
+        g_held_queries++;
+        while (g_hold_queries) pthread_cond_wait(&g_hold_cond, &g_lock);
+        g_held_queries--;
     }
     if (!g_initialized) code = CUDA_ERROR_NOT_INITIALIZED;
     else if (g_query_result != 0) code = g_query_result;
@@ -692,6 +701,21 @@ void fake_cuda_set_query_delay_us(unsigned us) {
     unlock();
 }
 
+void fake_cuda_hold_queries(int hold) {
+    lock();
+    g_hold_queries = hold != 0;
+    if (!hold) pthread_cond_broadcast(&g_hold_cond);
+    unlock();
+}
+
+unsigned fake_cuda_held_queries(void) {
+    unsigned v;
+    lock();
+    v = g_held_queries;
+    unlock();
+    return v;
+}
+
 void fake_cuda_set_primary_context_active(int device, int active) {
     if (device < 0 || device >= MAX_DEVICES) return;
     lock();
@@ -734,6 +758,8 @@ void fake_cuda_reset(void) {
     g_init_result = 0;
     g_query_result = 0;
     g_query_delay_us = 0;
+    g_hold_queries = 0;
+    pthread_cond_broadcast(&g_hold_cond);
     g_context_creations = 0;
     g_pointer_queries = 0;
     memset(g_engine_ctx_off, 0, sizeof g_engine_ctx_off);

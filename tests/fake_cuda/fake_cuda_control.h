@@ -59,6 +59,10 @@ void fake_cuda_set_query_result(int code);
 void fake_cuda_fail_query_at(unsigned long long addr, int code);
 /** Each cuPointerGetAttributes call sleeps `us` microseconds (outside the fake's lock); 0 = no delay. */
 void fake_cuda_set_query_delay_us(unsigned us);
+/** Nonzero: every cuPointerGetAttributes from now on blocks (the fake's lock released) until this is called with 0, which releases them all: a driver that hangs. */
+void fake_cuda_hold_queries(int hold);
+/** How many cuPointerGetAttributes calls are blocked by fake_cuda_hold_queries now. */
+unsigned fake_cuda_held_queries(void);
 /** Sets whether `device`'s primary context is active (the engine's reference); 0 also drops any retains (the context is destroyed). */
 void fake_cuda_set_primary_context_active(int device, int active);
 
@@ -70,7 +74,7 @@ unsigned long long fake_cuda_context_creations(void);
 unsigned long long fake_cuda_pointer_queries(void);
 /** Outstanding cuDevicePrimaryCtxRetain references on `device` (not counting the engine's); -1 for a bad device. */
 int fake_cuda_primary_context_retains(int device);
-/** Drops all allocations, reservations, faults and counters; primary contexts back to active with no retains. Keeps a successful cuInit, the buffer-id counter and the address cursor (ids and addresses are never reused in a process). */
+/** Drops all allocations, reservations, faults and counters, and releases held queries; primary contexts back to active with no retains. Keeps a successful cuInit, the buffer-id counter and the address cursor (ids and addresses are never reused in a process). */
 void fake_cuda_reset(void);
 
 #ifdef __cplusplus
