@@ -3,6 +3,10 @@
 #   - curl against the built-in HTTP endpoint (examples/observability.rs): /health 200 and
 #     503, /metrics, HEAD, 405 for other methods, 404 for other paths;
 #   - malformed, oversized and slow requests over raw TCP (400, 431, 408; others still served);
+#   - /livez and /readyz as Kubernetes probes them; an absolute-form request target;
+#   - curl probes answered 200 while 8, then 100 idle connections crowd the endpoint (held
+#     and re-opened); a second endpoint run under `ulimit -n 48` with 100 idle connections:
+#     still answers, stops cleanly, and its port can be bound again;
 #   - `promtool check metrics` on the exposition (Debian's prometheus package);
 #   - a real Prometheus server (same package) scraping the endpoint on loopback every second,
 #     queried through its HTTP API for the scraped values, healthy and then unhealthy;
@@ -11,7 +15,7 @@
 # Installs curl, python3 and prometheus with apt-get when run as root; otherwise names them.
 # Where Debian's prometheus package cannot be installed, the exposition is validated with the
 # Python prometheus_client parser instead and the scrape is reported skipped.
-# Called by scripts/test.sh; takes about 15 seconds.
+# Called by scripts/test.sh; takes about 30 seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,7 +54,7 @@ work=$(mktemp -d)
 example_pid=
 prometheus_pid=
 cleanup() {
-  exec 7>&- 8<&- 2>/dev/null || true
+  exec 7>&- 8<&- 5>&- 6<&- 2>/dev/null || true
   [ -n "$example_pid" ] && kill "$example_pid" 2>/dev/null || true
   [ -n "$prometheus_pid" ] && kill "$prometheus_pid" 2>/dev/null || true
   wait 2>/dev/null || true
@@ -125,6 +129,40 @@ PY
 
 http_code() { curl -s -o "${2:-/dev/null}" -w '%{http_code}' "${@:3}" "$url$1"; }
 
+# Holds $2 connections to port $1 that send nothing, for $3 seconds, re-opening each one the
+# server closes; with $4 = churn, also closes and re-opens them all continuously. Prints how
+# many it opened.
+crowd() {
+  python3 - "$@" <<'PY'
+import select, socket, sys, time
+port, count, seconds, churn = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), len(sys.argv) > 4 and sys.argv[4] == "churn"
+held, opened, end = [None] * count, 0, time.time() + seconds
+while time.time() < end:
+    for i, s in enumerate(held):
+        if s is not None and not churn and not select.select([s], [], [], 0)[0]:
+            continue
+        if s is not None:
+            s.close()
+        try:
+            held[i] = socket.create_connection(("127.0.0.1", port), timeout=5)
+            opened += 1
+        except OSError:
+            held[i] = None
+    time.sleep(0.005)
+print(opened)
+PY
+}
+
+# Probes $1 (a URL) $2 times while a crowd runs; prints how many probes got 200.
+probes_ok() {
+  local ok=0 i
+  for i in $(seq "$2"); do
+    [ "$(curl -s -o /dev/null --max-time 10 -w '%{http_code}' "$1/health")" = 200 ] && ok=$((ok + 1))
+    sleep 0.02
+  done
+  echo "$ok"
+}
+
 json_is() { # FILE PYTHON-EXPRESSION-ON-d
   python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if eval(sys.argv[2]) else 1)' "$1" "$2"
 }
@@ -177,10 +215,32 @@ wait "$slow_pid" || true
 check "the slow client gets 408 after the request time (1 s here)" [ "$(cat "$work/slow.txt")" = 408 ]
 check "the endpoint still serves after all that" [ "$(http_code /health)" = 200 ]
 
+echo "== probes as Kubernetes sends them; absolute-form targets"
+check "GET /livez is 200 while the monitor checks" [ "$(http_code /livez)" = 200 ]
+check "GET /readyz is 200 while healthy" [ "$(http_code /readyz "$work/readyz.json")" = 200 ]
+check "/readyz is the /health JSON" json_is "$work/readyz.json" 'd["health"]["healthy"] is True'
+check "HEAD /livez is 200" [ "$(http_code /livez /dev/null -I)" = 200 ]
+check "an absolute-form target routes by its path" \
+  [ "$(http_code /health /dev/null --request-target "http://127.0.0.1:$port/health")" = 200 ]
+check "a query string is ignored for routing" [ "$(http_code '/readyz?verbose=1')" = 200 ]
+
+echo "== idle connections crowding the endpoint (probes must all be answered 200)"
+for spec in "8 hold" "100 hold" "100 churn"; do
+  set -- $spec
+  crowd "$port" "$1" 6 "$2" >"$work/crowd.txt" &
+  crowd_pid=$!
+  sleep 0.5
+  ok=$(probes_ok "$url" 100)
+  wait "$crowd_pid" || true
+  check "$1 idle connections ($2, $(cat "$work/crowd.txt") opened): 100/100 probes answered 200 (got $ok)" [ "$ok" = 100 ]
+done
+
 echo "== unhealthy: a buffer freed behind the monitor's back"
 cmd free "$work/free.txt"
 check "the check sees it" grep -qx 'healthy=false' "$work/free.txt"
 check "GET /health is 503 while unhealthy" [ "$(http_code /health "$work/health503.json")" = 503 ]
+check "GET /readyz is 503 while unhealthy" [ "$(http_code /readyz)" = 503 ]
+check "GET /livez stays 200 while unhealthy (the monitor is still checking)" [ "$(http_code /livez)" = 200 ]
 check "the 503 body says why" json_is "$work/health503.json" 'd["health"]["healthy"] is False and d["health"]["current_violations"] == 1'
 http_code /metrics "$work/metrics-bad.txt" >/dev/null
 check "/metrics: vram_monitor_healthy 0" grep -qx 'vram_monitor_healthy 0' "$work/metrics-bad.txt"
@@ -260,6 +320,42 @@ curl_rc=$?
 set -e
 check "the port is closed once the monitor is freed (curl: connection refused)" [ "$curl_rc" = 7 ]
 
+echo "== out of file descriptors (ulimit -n 48, 100 idle connections): still answers, stops, frees the port"
+mkfifo "$work/in2" "$work/out2"
+( ulimit -n 48 && LD_LIBRARY_PATH="$fake${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" VRAM_MONITOR_LOG=warn \
+  exec target/debug/examples/observability --address 127.0.0.1:0 <"$work/in2" >"$work/out2" 2>"$work/example2.log" ) &
+example_pid=$!
+exec 5>"$work/in2"
+exec 6<"$work/out2"
+IFS= read -r -t 60 first2 <&6 || { echo "the second example did not start:"; cat "$work/example2.log"; exit 1; }
+port2=${first2#listening }
+crowd "$port2" 100 6 >"$work/crowd2.txt" &
+crowd_pid=$!
+sleep 0.5
+in_use=$(ls "/proc/$example_pid/fd" | wc -l)
+ok=$(probes_ok "http://127.0.0.1:$port2" 50)
+wait "$crowd_pid" || true
+check "the crowd used up the endpoint's descriptors ($in_use of 48 open)" [ "$in_use" -ge 46 ]
+check "50/50 probes answered 200 with 100 idle connections and 48 descriptors (got $ok; $(cat "$work/crowd2.txt") opened)" [ "$ok" = 50 ]
+echo quit >&5
+IFS= read -r -t 30 last2 <&6 || last2=
+exec 5>&- 6<&-
+check "the second example freed its monitor" [ "$last2" = stopped ]
+set +e
+wait "$example_pid" 2>/dev/null
+example_rc=$?
+set -e
+example_pid=
+check "it exited cleanly" [ "$example_rc" = 0 ]
+# SO_REUSEADDR as servers bind (std does): it tolerates the closed connections' TIME_WAIT but
+# not a socket still listening there.
+check "its port can be listened on again at once" python3 -c '
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen()' "$port2"
+
 # ---- operations: deploy/'s alert and recording rules (promtool), the Grafana dashboard's
 # queries and the dcgm-exporter join against a real Prometheus: scripts/operations-test.sh.
 if [ "$validator" = promtool ]; then
@@ -272,6 +368,7 @@ fi
 if [ "$failed" -gt 0 ]; then
   echo "--- example log:"
   cat "$work/example.log"
+  [ -f "$work/example2.log" ] && { echo "--- second example log:"; cat "$work/example2.log"; }
 fi
 echo "observability: $passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -93,12 +93,16 @@ expect_code() { # WHAT PATH WANT OUTFILE
 
 expect_code "healthy" /health 200 "$work/health.json"
 expect_code "healthy" /metrics 200 "$work/metrics.txt"
+expect_code "healthy" /readyz 200 "$work/readyz.json"
+expect_code "healthy" /livez 200 "$work/livez.txt"
 grep -qx 'vram_monitor_registrations 2' "$work/metrics.txt" || note_failure "/metrics lacks 'vram_monitor_registrations 2'"
 cmd devices "$work/devices.json"
 cmd free "$work/free.txt"
 grep -qx 'healthy=false' "$work/free.txt" || note_failure "freeing a registered buffer did not make the check unhealthy: $(cat "$work/free.txt")"
 expect_code "after cuMemFree of a registered buffer" /health 503 "$work/health503.json"
 expect_code "after cuMemFree of a registered buffer" /metrics 200 "$work/metrics503.txt"
+expect_code "after cuMemFree of a registered buffer" /readyz 503 "$work/readyz503.json"
+expect_code "after cuMemFree (the monitor still checks)" /livez 200 "$work/livez-unhealthy.txt"
 grep -qx 'vram_monitor_current_violations{verdict="NOT_MAPPED"} 1' "$work/metrics503.txt" ||
   note_failure "/metrics does not show the NOT_MAPPED violation"
 cmd restore "$work/restore.txt"

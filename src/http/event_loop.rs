@@ -9,7 +9,9 @@
 //!
 //! Room is made, never refused: beyond `max_connections`, and when the process is out of file
 //! descriptors, the oldest connection that has sent nothing is closed first (see
-//! [`Connection::eviction_rank`]). When none of ours can be closed and the process is out of
+//! [`Connection::eviction_rank`]), but none still within its [`GRACE`] of reading its
+//! request: then accepting waits for the grace to end, the new connections queued by the
+//! kernel. When none of ours can be closed and the process is out of
 //! descriptors, one descriptor held back at start (a duplicate of the listener) is given up
 //! so that a waiting connection is still accepted and answered; then accepting pauses for
 //! [`ACCEPT_BACKOFF`] instead of spinning on the failing accept.
@@ -40,6 +42,11 @@ const ACCEPTS_PER_TURN: usize = 32;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Bytes read from a connection per turn.
 const CHUNK: usize = 4096;
+/// Time a new connection has to send its request before it may be closed to make room: a
+/// probe that connected just before a flood of idle connections is still read and answered.
+/// Under such a flood, accepting waits (the connections queue in the kernel) rather than
+/// close a connection younger than this.
+const GRACE: Duration = Duration::from_millis(50);
 /// Least time between two warnings that the process is out of file descriptors.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -77,6 +84,11 @@ impl Connection {
             State::Reading { .. } => 3,
             State::Writing { .. } => 4,
         }
+    }
+
+    /// Within its grace (see [`GRACE`]): still reading its request and accepted just now.
+    fn protected(&self, now: Instant) -> bool {
+        matches!(self.state, State::Reading { .. }) && now < self.accepted + GRACE
     }
 
     /// The next instant something must happen to it without any event from the client.
@@ -257,7 +269,11 @@ pub(super) fn run(listener: TcpListener, wakee: UnixStream, options: HttpOptions
         let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
         if ready < 0 {
             let e = std::io::Error::last_os_error();
-            if e.kind() != ErrorKind::Interrupted {
+            // More descriptors polled than RLIMIT_NOFILE now allows (the limit was lowered
+            // under us): nobody can be served until fewer are polled, so close one, even
+            // within its grace.
+            let shed = e.raw_os_error() == Some(libc::EINVAL) && server.evict(4, Instant::now() + GRACE);
+            if !shed && e.kind() != ErrorKind::Interrupted {
                 // ENOMEM and the like: wait a little rather than spin, then try again.
                 log::debug!(target: "vram_monitor", "HTTP poll failed: {e}");
                 std::thread::sleep(ACCEPT_BACKOFF);
@@ -304,15 +320,35 @@ impl Server {
     }
 
     fn accept_some(&mut self, now: Instant) {
-        for _ in 0..ACCEPTS_PER_TURN {
+        for turn in 0..ACCEPTS_PER_TURN {
+            if self.connections.len() >= self.options.max_connections {
+                // Poll said one waits at the first accept; after that, ask before making room.
+                if turn > 0 && !readable(&self.listener) {
+                    return;
+                }
+                if !self.evict(4, now) {
+                    self.pause(now);
+                    return;
+                }
+            }
             match self.listener.accept() {
                 Ok((stream, _)) => self.admit(stream, false, now),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::ConnectionAborted) => {}
                 Err(e) if out_of_descriptors(&e) => {
+                    // The kernel looks for a free descriptor before it looks for a waiting
+                    // connection: this says nothing about whether one waits. Ask, so that no
+                    // connection is closed to make room for none.
+                    if !readable(&self.listener) {
+                        return;
+                    }
+                    if self.last_fd_warning.is_none_or(|t| now.duration_since(t) >= WARN_EVERY) {
+                        self.last_fd_warning = Some(now);
+                        log::warn!(target: "vram_monitor", "HTTP: the process is out of file descriptors ({e}); closing idle connections to accept new ones");
+                    }
                     // Our own idle connections first: closing one frees the descriptor that
                     // the waiting connection needs. Not one being answered.
-                    if self.evict(3, usize::MAX) {
+                    if self.evict(3, now) {
                         continue;
                     }
                     if let Some(reserve) = self.reserve.take() {
@@ -322,11 +358,8 @@ impl Server {
                             continue;
                         }
                     }
-                    if self.last_fd_warning.is_none_or(|t| now.duration_since(t) >= WARN_EVERY) {
-                        self.last_fd_warning = Some(now);
-                        log::warn!(target: "vram_monitor", "HTTP: the process is out of file descriptors ({e}); connections wait in the listen queue");
-                    }
-                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                    // Nothing to close yet: the waiting connections stay in the listen queue.
+                    self.pause(now);
                     return;
                 }
                 Err(e) => {
@@ -336,6 +369,14 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// Stops accepting until a connection may be closed to make room (its grace ends), or
+    /// [`ACCEPT_BACKOFF`] at most.
+    fn pause(&mut self, now: Instant) {
+        let grace_ends = self.connections.iter().filter(|c| c.protected(now)).map(|c| c.accepted + GRACE).min();
+        let until = grace_ends.unwrap_or(now + ACCEPT_BACKOFF).min(now + ACCEPT_BACKOFF);
+        self.accept_paused_until = Some(until.max(now + Duration::from_millis(1)));
     }
 
     fn admit(&mut self, stream: TcpStream, from_reserve: bool, now: Instant) {
@@ -350,20 +391,16 @@ impl Server {
         // A probe's request is usually there already: read it now rather than a turn later.
         c.serve(now, &self.options, &*self.snapshot);
         self.connections.push(c);
-        if self.connections.len() > self.options.max_connections {
-            // Not the one just admitted: it is the newest, and it is why room is made.
-            self.evict(4, self.connections.len() - 1);
-        }
     }
 
     /// Closes the connection of lowest eviction rank (at most `max_rank`), the oldest first,
-    /// other than the one at `spare`. False when there is none.
-    fn evict(&mut self, max_rank: u8, spare: usize) -> bool {
+    /// that is not within its grace. False when there is none.
+    fn evict(&mut self, max_rank: u8, now: Instant) -> bool {
         let victim = self
             .connections
             .iter()
             .enumerate()
-            .filter(|(i, c)| *i != spare && c.eviction_rank() <= max_rank)
+            .filter(|(_, c)| c.eviction_rank() <= max_rank && !c.protected(now))
             .min_by_key(|(_, c)| (c.eviction_rank(), c.seq))
             .map(|(i, _)| i);
         let Some(victim) = victim else { return false };
@@ -371,6 +408,13 @@ impl Server {
         self.connections.remove(victim).close_cleanly();
         true
     }
+}
+
+/// Whether a connection waits to be accepted (a poll that does not wait).
+fn readable(listener: &TcpListener) -> bool {
+    let mut fd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut fd, 1, 0) == 1 && fd.revents & libc::POLLIN != 0 }
 }
 
 fn out_of_descriptors(e: &std::io::Error) -> bool {

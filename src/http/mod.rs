@@ -7,16 +7,16 @@
 //! otherwise; read-only (GET and HEAD; anything else is 405); one request per connection.
 //!
 //! One thread ("vram-monitor-http") serves every connection from a `poll(2)` loop over
-//! non-blocking sockets ([`event_loop`]), so no client can hold up another: an idle or slow
+//! non-blocking sockets (`event_loop.rs`), so no client can hold up another: an idle or slow
 //! connection costs a slot and a buffer, never a thread, and a probe is read, answered and
 //! written while the others wait for their bytes. The bounds are [`HttpOptions`]: a request
 //! head of at most `max_request_bytes`, a first byte within `first_byte_timeout` and the whole
 //! head within `request_timeout` (else 408), the response written within `request_timeout`,
 //! and at most `max_connections` connections held. Beyond that the endpoint never refuses a
 //! connection and never answers 503 for load (503 means "unhealthy" to a load balancer): it
-//! closes the oldest connection that has sent nothing yet (then the oldest that has sent only
-//! part of a request) to make room. Requests are parsed with `httparse` ([`request`]); the
-//! answers are built in [`routes`].
+//! closes the oldest connection that has sent nothing yet to make room (the order is in
+//! [`HttpOptions::max_connections`]). Requests are parsed with `httparse` (`request.rs`); the
+//! answers are built in `routes.rs`.
 //!
 //! Stopping ([`HttpServer`]'s drop, which the monitor does when it is freed) wakes the loop
 //! through a socket pair made when the server started, so it needs no new file descriptor,
@@ -75,8 +75,10 @@ pub struct HttpOptions {
     /// their request at once; this bounds how long idle connections hold a slot. Default 1 s.
     pub first_byte_timeout: Duration,
     /// Connections held at once. A connection beyond it is still accepted and served: the
-    /// oldest connection that has sent nothing is closed to make room (then the oldest that
-    /// has sent part of a request, then the oldest being answered). Never a 503. Default 128.
+    /// oldest connection that has sent nothing is closed to make room (then the oldest whose
+    /// answer is written, then the oldest that has sent part of a request, then the oldest
+    /// being answered), though none in its first 50 ms (meanwhile new connections wait in
+    /// the kernel's queue). Never a 503. Default 128.
     pub max_connections: usize,
 }
 
