@@ -133,6 +133,8 @@ PY
     python3 -m pip wheel -q --no-deps -w "$carry/python-dist" ./python || die "pip wheel ./python failed"
   fi
   cp "$script" "$carry/gpu-test.sh"
+  # The multi-GPU run (two or more GPUs): the suite twice, in both GPU orders.
+  cp scripts/gpu-multi.sh "$carry/gpu-multi.sh"
   chmod +x "$carry/gpu-test.sh" "$carry/gpu" "$carry"/tests/* 2>/dev/null
 
   {
