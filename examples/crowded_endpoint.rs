@@ -45,6 +45,12 @@ impl Snapshot for Healthy {
             check_in_progress_ms: None,
             stall_deadline_ms: 30_000,
             stall_grace_ms: 30_000,
+            sealed: 0,
+            sealed_bytes: 0,
+            integrity_verified_bytes: 0,
+            integrity_passes: 0,
+            integrity_last_pass_unix_ms: 0,
+            integrity_failed: false,
         }
     }
     fn devices(&self) -> Vec<DeviceHealth> {

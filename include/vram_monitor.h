@@ -112,6 +112,21 @@
 #define VRAM_MONITOR_DEFAULT_STALL_GRACE_MS 30000
 
 /**
+ * Default bytes per background verification slice (64 MiB).
+ */
+#define VRAM_MONITOR_DEFAULT_INTEGRITY_SLICE_BYTES (64 << 20)
+
+/**
+ * Default share of GPU time background verification may take, in parts per million (1%).
+ */
+#define VRAM_MONITOR_DEFAULT_INTEGRITY_GPU_SHARE_PPM 10000
+
+/**
+ * Bytes per fingerprinted chunk (1 MiB): one 64-bit value each.
+ */
+#define VRAM_MONITOR_INTEGRITY_CHUNK_BYTES (1 << 20)
+
+/**
  * Bytes of `VramMonitorDeviceHealth::uuid` and `::name`, the NUL included (NVML's own
  * buffer size for both).
  */
@@ -126,7 +141,8 @@
 /**
  * The result of every fallible function. Values are grouped by range and never reused:
  * 0 success; 1xx bad arguments; 2xx registration refused, by verdict (200 + verdict);
- * 3xx CUDA driver; 4xx threading and state; 5xx internal; 6xx the built-in HTTP endpoint.
+ * 3xx CUDA driver; 4xx threading and state; 5xx internal; 6xx the built-in HTTP endpoint;
+ * 7xx content integrity.
  */
 enum VramMonitorResult
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
@@ -250,6 +266,44 @@ enum VramMonitorResult
    * The HTTP endpoint is already serving: call `vram_monitor_stop_http` first.
    */
   VRAM_MONITOR_RESULT_HTTP_ALREADY_SERVING = 601,
+  /**
+   * Sealing or verifying a registration on a device without `vram_monitor_enable_integrity`.
+   */
+  VRAM_MONITOR_RESULT_INTEGRITY_NOT_ENABLED = 700,
+  /**
+   * `vram_monitor_enable_integrity`: no CUDA context is current on the calling thread.
+   */
+  VRAM_MONITOR_RESULT_NO_CURRENT_CONTEXT = 701,
+  /**
+   * `vram_monitor_enable_integrity`: the current context belongs to another device.
+   */
+  VRAM_MONITOR_RESULT_CONTEXT_WRONG_DEVICE = 702,
+  /**
+   * `vram_monitor_enable_integrity`: already enabled for this device.
+   */
+  VRAM_MONITOR_RESULT_INTEGRITY_ALREADY_ENABLED = 703,
+  /**
+   * `vram_monitor_seal` / `vram_monitor_register_sealed`: already sealed (use reseal).
+   */
+  VRAM_MONITOR_RESULT_ALREADY_SEALED = 704,
+  /**
+   * `vram_monitor_reseal` / `vram_monitor_unseal`: the registration is not sealed.
+   */
+  VRAM_MONITOR_RESULT_NOT_SEALED = 705,
+  /**
+   * Sealing a registration whose verdict is not `RESIDENT` (only resident memory is sealed).
+   */
+  VRAM_MONITOR_RESULT_NOT_RESIDENT = 706,
+  /**
+   * The driver refused the fingerprint kernel (older than the PTX it needs; logged).
+   */
+  VRAM_MONITOR_RESULT_KERNEL_UNAVAILABLE = 707,
+  /**
+   * A launch or copy failed in the lent context (a sticky error, or the context was
+   * destroyed; logged): content unknown, and the monitor is unhealthy until integrity is
+   * disabled for that device.
+   */
+  VRAM_MONITOR_RESULT_INTEGRITY_FAILED = 708,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -289,6 +343,16 @@ enum VramMonitorEventKind
    * event. Not about one registration: `device` names the GPU, the message says what.
    */
   VRAM_MONITOR_EVENT_KIND_DEVICE_FAULT = 5,
+  /**
+   * A sealed registration's bytes differ from its fingerprint (verdict MODIFIED; the
+   * message gives the differing chunks and the first one's offset).
+   */
+  VRAM_MONITOR_EVENT_KIND_MODIFIED = 6,
+  /**
+   * Integrity verification failed in a device's lent context (a sticky error, or the
+   * context was destroyed): content unknown, the monitor unhealthy. `device` names it.
+   */
+  VRAM_MONITOR_EVENT_KIND_INTEGRITY_FAILED = 7,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -342,6 +406,11 @@ enum VramMonitorVerdict
    * The driver query itself failed: nothing is known about where the memory is.
    */
   VRAM_MONITOR_VERDICT_CHECK_FAILED = 7,
+  /**
+   * Resident, but the bytes are no longer those sealed: a content fingerprint differs
+   * (src/integrity). Only sealed registrations can have it; a residency verdict wins.
+   */
+  VRAM_MONITOR_VERDICT_MODIFIED = 8,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -560,6 +629,17 @@ typedef struct VramMonitorEvent {
    * When it was noticed, milliseconds since the Unix epoch.
    */
   uint64_t timestamp_unix_ms;
+  /**
+   * `VRAM_MONITOR_EVENT_KIND_MODIFIED`: 1 MiB chunks found different from the seal so far
+   * (0 for other kinds). Fields appended at the end: hosts built against an older header
+   * read the event as before.
+   */
+  uint64_t modified_chunks;
+  /**
+   * `VRAM_MONITOR_EVENT_KIND_MODIFIED`: byte offset of the first differing chunk from the
+   * registration's first byte (0 for other kinds).
+   */
+  uint64_t first_modified_offset;
 } VramMonitorEvent;
 
 /**
@@ -711,6 +791,130 @@ typedef struct VramMonitorStall {
    */
   uint64_t grace_ms;
 } VramMonitorStall;
+
+/**
+ * How background verification is paced. Zero in any field means its default.
+ */
+typedef struct VramMonitorIntegrityOptions {
+  /**
+   * Bytes one background slice verifies, rounded up to whole 1 MiB chunks (0: 64 MiB; at
+   * most 1 TiB).
+   */
+  uint64_t slice_bytes;
+  /**
+   * The most GPU time verification may take, in parts per million of wall time: after a
+   * slice that took t, the next waits at least t * (1e6 / ppm - 1) (0: 10000 = 1%; at
+   * most 1000000).
+   */
+  uint32_t max_gpu_share_ppm;
+  /**
+   * Every sealed byte is verified at least once per this many milliseconds, unless the
+   * share cap forbids it (the cap wins; 0: the check interval).
+   */
+  uint64_t period_ms;
+} VramMonitorIntegrityOptions;
+
+/**
+ * What `vram_monitor_verify_now` did.
+ */
+typedef struct VramMonitorVerifySummary {
+  /**
+   * Sealed registrations verified (those whose memory was not resident are skipped:
+   * their residency verdict says why).
+   */
+  uint64_t registrations;
+  /**
+   * Bytes verified.
+   */
+  uint64_t bytes;
+  /**
+   * Sealed registrations MODIFIED (found now or before, not yet resealed).
+   */
+  uint64_t modified;
+  /**
+   * Wall time, microseconds.
+   */
+  uint64_t duration_us;
+} VramMonitorVerifySummary;
+
+/**
+ * One registration's integrity state, filled by `vram_monitor_seal_info`.
+ */
+typedef struct VramMonitorSealInfo {
+  /**
+   * Whether it is sealed (false: every other field is 0).
+   */
+  bool sealed;
+  /**
+   * True when verification on its device failed (the lent context has a sticky error):
+   * its content is unknown, not modified.
+   */
+  bool integrity_failing;
+  /**
+   * 1 MiB chunks fingerprinted (the last may be partial).
+   */
+  uint64_t chunks;
+  /**
+   * When every chunk was last verified, ms since the Unix epoch (the seal's time until
+   * the first full verification).
+   */
+  uint64_t last_verified_unix_ms;
+  /**
+   * Chunks found different from the seal (0: unchanged). They stay counted until reseal.
+   */
+  uint64_t modified_chunks;
+  /**
+   * Byte offset of the first differing chunk from the registration's first byte.
+   */
+  uint64_t first_modified_offset;
+} VramMonitorSealInfo;
+
+/**
+ * The monitor-wide integrity state, filled by `vram_monitor_integrity`.
+ */
+typedef struct VramMonitorIntegrity {
+  /**
+   * Devices with integrity enabled.
+   */
+  uint32_t devices_enabled;
+  /**
+   * True when verification failed in a lent context (`failed_device`, `failed_code`):
+   * the monitor is unhealthy until integrity is disabled for that device.
+   */
+  bool failed;
+  /**
+   * The device whose context failed (-1: none).
+   */
+  int32_t failed_device;
+  /**
+   * The driver's `CUresult` (0: none).
+   */
+  int32_t failed_code;
+  /**
+   * Sealed registrations.
+   */
+  uint64_t sealed;
+  /**
+   * Their bytes.
+   */
+  uint64_t sealed_bytes;
+  /**
+   * Sealed registrations MODIFIED.
+   */
+  uint64_t modified;
+  /**
+   * Bytes verified since the monitor was created.
+   */
+  uint64_t verified_bytes_total;
+  /**
+   * Full passes over a device's sealed bytes completed.
+   */
+  uint64_t passes_completed;
+  /**
+   * When the last pass completed, ms since the Unix epoch (0: none yet).
+   */
+  uint64_t last_pass_unix_ms;
+} VramMonitorIntegrity;
 
 /**
  * Receives one log record: `target` is the module ("vram_monitor"), `message` the sentence
@@ -1105,6 +1309,139 @@ const char *vram_monitor_verdict_str(int32_t verdict);
  * `VRAM_MONITOR_VERSION_*` macros of the header you compiled against). Static; do not free.
  */
 const char *vram_monitor_version(void);
+
+/**
+ * Enables content integrity for CUDA device `device`, borrowing the CUDA context that is
+ * current on the calling thread: call it where the engine's context for that device is
+ * current (after the engine's first CUDA call on that thread). The library creates no
+ * context.
+ *
+ * If the current context is the device's primary context, the monitor takes a reference to
+ * it here (it cannot race the engine's teardown: the engine is inside this call) and gives
+ * it back at `vram_monitor_disable_integrity` or `vram_monitor_free`. For a context the
+ * engine created itself (`cuCtxCreate`), the contract is: disable integrity (or free the
+ * monitor) before destroying that context.
+ *
+ * Costs, exactly: the fingerprint kernel's module, one non-blocking stream and a 128 KiB
+ * scratch buffer in that context; nothing else on the GPU. `options` may be NULL (defaults).
+ *
+ * `NO_CURRENT_CONTEXT` when no context is current; `CONTEXT_WRONG_DEVICE` when it is
+ * another device's; `INTEGRITY_ALREADY_ENABLED`; `INVALID_ARGUMENT` for options out of
+ * range; `KERNEL_UNAVAILABLE` when the driver refuses the kernel (older than the PTX);
+ * `INTEGRITY_FAILED` when the context cannot take it (logged).
+ *
+ * # Safety
+ * `options` must be NULL or point to a `VramMonitorIntegrityOptions`.
+ */
+VramMonitorResult vram_monitor_enable_integrity(struct VramMonitor *monitor,
+                                                int32_t device,
+                                                const struct VramMonitorIntegrityOptions *options);
+
+/**
+ * Disables integrity for `device`: its seals are dropped (the registrations stay,
+ * residency only; a MODIFIED one returns to its residency verdict), the kernel unloaded,
+ * the context reference given back. Waits for a verification slice in progress (tens of
+ * microseconds). May be called from any thread (the context need not be current).
+ * `INTEGRITY_NOT_ENABLED` when it was not enabled.
+ *
+ * # Safety
+ * `monitor` must be NULL or a handle from `vram_monitor_new`.
+ */
+VramMonitorResult vram_monitor_disable_integrity(struct VramMonitor *monitor, int32_t device);
+
+/**
+ * Changes the pacing of background verification on every enabled device (zero fields:
+ * their defaults). `NULL_ARGUMENT` for a NULL `options`; `INVALID_ARGUMENT` out of range.
+ *
+ * # Safety
+ * `options` must be NULL or point to a `VramMonitorIntegrityOptions`.
+ */
+VramMonitorResult vram_monitor_set_integrity_options(struct VramMonitor *monitor,
+                                                     const struct VramMonitorIntegrityOptions *options);
+
+/**
+ * Seals registration `id`: its bytes are fingerprinted on its GPU now (at full speed, on
+ * the calling thread, with the lent context pushed and popped) and verified in the
+ * background from then on; a difference makes its verdict `MODIFIED`.
+ *
+ * Seal only bytes that are final: weights. Never seal a KV cache, activations or anything
+ * the engine writes while serving: they would read as MODIFIED.
+ *
+ * `UNKNOWN_REGISTRATION`; `INTEGRITY_NOT_ENABLED` for its device; `ALREADY_SEALED`;
+ * `NOT_RESIDENT` when its verdict is not RESIDENT (a fresh driver query decides);
+ * `INTEGRITY_FAILED` when the kernel failed in the lent context.
+ *
+ * # Safety
+ * `monitor` must be NULL or a handle from `vram_monitor_new`.
+ */
+VramMonitorResult vram_monitor_seal(struct VramMonitor *monitor, uint64_t id);
+
+/**
+ * Takes a new fingerprint of a sealed registration after an intentional change (a LoRA
+ * swap, an RL weight sync, a wake from sleep) and clears `MODIFIED`. `NOT_SEALED` when it
+ * is not sealed; otherwise the codes of `vram_monitor_seal`.
+ *
+ * # Safety
+ * `monitor` must be NULL or a handle from `vram_monitor_new`.
+ */
+VramMonitorResult vram_monitor_reseal(struct VramMonitor *monitor, uint64_t id);
+
+/**
+ * Stops verifying a registration's content; it stays registered (residency only) and
+ * `MODIFIED` is cleared. `UNKNOWN_REGISTRATION`; `NOT_SEALED`.
+ *
+ * # Safety
+ * `monitor` must be NULL or a handle from `vram_monitor_new`.
+ */
+VramMonitorResult vram_monitor_unseal(struct VramMonitor *monitor, uint64_t id);
+
+/**
+ * `vram_monitor_register` and `vram_monitor_seal` in one call: registered and sealed, or
+ * neither (a failed seal unregisters). Codes of both.
+ *
+ * # Safety
+ * `label` must be NULL or NUL-terminated; `out_id` NULL or writable.
+ */
+VramMonitorResult vram_monitor_register_sealed(struct VramMonitor *monitor,
+                                               const void *ptr,
+                                               size_t size,
+                                               const char *label,
+                                               uint64_t *out_id);
+
+/**
+ * Verifies every sealed byte now at full speed (after loading, after a wake from sleep)
+ * on the monitor thread, and waits for it; MODIFIED events are delivered as usual. Fills
+ * `*out_summary` if not NULL. `INTEGRITY_NOT_ENABLED` when no device has integrity;
+ * `INTEGRITY_FAILED` when a lent context failed (the other devices are verified all the
+ * same); `CALLED_FROM_CALLBACK` from a callback.
+ *
+ * # Safety
+ * `out_summary` must be NULL or writable.
+ */
+VramMonitorResult vram_monitor_verify_now(struct VramMonitor *monitor,
+                                          struct VramMonitorVerifySummary *out_summary);
+
+/**
+ * Fills `*out_info` with registration `id`'s integrity state (`sealed` false when it is
+ * registered but not sealed). `UNKNOWN_REGISTRATION`; `NULL_ARGUMENT`. Cheap; callable
+ * from any thread, also from a callback.
+ *
+ * # Safety
+ * `out_info` must be NULL or writable.
+ */
+VramMonitorResult vram_monitor_seal_info(const struct VramMonitor *monitor,
+                                         uint64_t id,
+                                         struct VramMonitorSealInfo *out_info);
+
+/**
+ * Fills `*out` with the monitor-wide integrity state. `NULL_ARGUMENT`. Cheap; callable from
+ * any thread, also from a callback.
+ *
+ * # Safety
+ * `out` must be NULL or writable.
+ */
+VramMonitorResult vram_monitor_integrity(const struct VramMonitor *monitor,
+                                         struct VramMonitorIntegrity *out);
 
 /**
  * Sets (or with NULL removes) the process-wide function that receives the library's log

@@ -36,6 +36,28 @@ pub enum Error {
     DuplicateRange,
     /// Not registered: another entry of an all-or-nothing `register_many` call failed.
     EntriesFailed,
+    /// Sealing or verifying needs integrity enabled for this device first
+    /// ([`crate::Monitor::enable_integrity`]).
+    IntegrityNotEnabled(i32),
+    /// `enable_integrity` was called on a thread where no CUDA context is current: the
+    /// library creates none, it borrows the engine's.
+    NoCurrentContext,
+    /// `enable_integrity` for one device on a thread whose current context is another
+    /// device's (that device is given).
+    ContextWrongDevice(i32),
+    /// Integrity is already enabled for this device.
+    IntegrityAlreadyEnabled(i32),
+    /// The registration is sealed already (reseal to take a new fingerprint).
+    AlreadySealed,
+    /// The registration is not sealed.
+    NotSealed,
+    /// Only resident memory can be sealed: this registration's verdict is given.
+    NotResident(Verdict),
+    /// The driver refused the fingerprint kernel (a driver older than the PTX, or no JIT).
+    KernelUnavailable(DriverError),
+    /// A launch or copy failed in the lent context (a sticky error such as an illegal
+    /// address, or the context was destroyed): content unknown, the monitor is unhealthy.
+    IntegrityFailed(DriverError),
 }
 
 impl std::fmt::Display for Error {
@@ -56,6 +78,15 @@ impl std::fmt::Display for Error {
             Error::AlreadyServing => f.write_str("the HTTP endpoint is already serving"),
             Error::DuplicateRange => f.write_str("the same range appears earlier in this register_many call"),
             Error::EntriesFailed => f.write_str("not registered: another entry of this all-or-nothing call failed"),
+            Error::IntegrityNotEnabled(device) => write!(f, "integrity is not enabled for device {device}"),
+            Error::NoCurrentContext => f.write_str("no CUDA context is current on this thread (make the engine's context current first)"),
+            Error::ContextWrongDevice(device) => write!(f, "the current CUDA context belongs to device {device}"),
+            Error::IntegrityAlreadyEnabled(device) => write!(f, "integrity is already enabled for device {device}"),
+            Error::AlreadySealed => f.write_str("the registration is already sealed (reseal takes a new fingerprint)"),
+            Error::NotSealed => f.write_str("the registration is not sealed"),
+            Error::NotResident(verdict) => write!(f, "only resident memory can be sealed: this registration is {}", verdict.name()),
+            Error::KernelUnavailable(error) => write!(f, "the driver refused the fingerprint kernel: {error}"),
+            Error::IntegrityFailed(error) => write!(f, "verification failed in the lent context: {error}"),
         }
     }
 }

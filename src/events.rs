@@ -19,6 +19,12 @@ pub enum EventKind {
     /// pending retirement, remapped rows pending or failed, a memory XID) or a critical XID
     /// event. Not about one registration: `device` names the GPU, the message says what.
     DeviceFault = 5,
+    /// A sealed registration's bytes differ from its fingerprint (verdict MODIFIED; the
+    /// message gives the differing chunks and the first one's offset).
+    Modified = 6,
+    /// Integrity verification failed in a device's lent context (a sticky error, or the
+    /// context was destroyed): content unknown, the monitor unhealthy. `device` names it.
+    IntegrityFailed = 7,
 }
 
 impl EventKind {
@@ -30,6 +36,8 @@ impl EventKind {
             EventKind::HealthChanged => "health_changed",
             EventKind::CheckFailed => "check_failed",
             EventKind::DeviceFault => "device_fault",
+            EventKind::Modified => "modified",
+            EventKind::IntegrityFailed => "integrity_failed",
         }
     }
 }
@@ -61,6 +69,10 @@ pub struct Event {
     pub message: String,
     /// When it was noticed, in milliseconds since the Unix epoch.
     pub timestamp_unix_ms: u64,
+    /// [`EventKind::Modified`]: chunks (of 1 MiB) found different from the seal so far.
+    pub modified_chunks: u64,
+    /// [`EventKind::Modified`]: byte offset of the first differing chunk in the registration.
+    pub first_modified_offset: u64,
 }
 
 impl Event {
@@ -87,7 +99,15 @@ impl Event {
                 "'{}' ({} bytes at {:#x}, GPU{}) is resident again (was {})",
                 registration.label, registration.size, registration.ptr, registration.device, previous_verdict.name()
             ),
-            EventKind::CheckFailed | EventKind::HealthChanged | EventKind::DeviceFault => format!(
+            EventKind::Modified => format!(
+                "'{}' ({} bytes at {:#x}, GPU{}) is MODIFIED: {}",
+                registration.label,
+                registration.size,
+                registration.ptr,
+                registration.device,
+                detail.unwrap_or("its bytes differ from the sealed fingerprint")
+            ),
+            EventKind::CheckFailed | EventKind::HealthChanged | EventKind::DeviceFault | EventKind::IntegrityFailed => format!(
                 "could not check '{}' ({} bytes at {:#x}, GPU{}): {}",
                 registration.label,
                 registration.size,
@@ -108,6 +128,8 @@ impl Event {
             healthy,
             message,
             timestamp_unix_ms: crate::clock::unix_ms(),
+            modified_chunks: 0,
+            first_modified_offset: 0,
         }
     }
 
@@ -142,6 +164,8 @@ impl Event {
             healthy,
             message,
             timestamp_unix_ms: crate::clock::unix_ms(),
+            modified_chunks: 0,
+            first_modified_offset: 0,
         }
     }
 
@@ -160,6 +184,39 @@ impl Event {
             healthy,
             message,
             timestamp_unix_ms: crate::clock::unix_ms(),
+            modified_chunks: 0,
+            first_modified_offset: 0,
+        }
+    }
+
+    /// The event for a sealed registration whose bytes differ from the seal.
+    pub(crate) fn modified(registration: &RegistrationInfo, previous_verdict: Verdict, chunks: u64, first_offset: u64) -> Event {
+        let detail = format!(
+            "{chunks} of its 1 MiB chunks differ from the sealed fingerprint, the first at byte offset {first_offset} ({:#x})",
+            registration.ptr.wrapping_add(first_offset)
+        );
+        let mut event = Event::about(EventKind::Modified, registration, previous_verdict, Verdict::Modified, Some(&detail), false);
+        event.modified_chunks = chunks;
+        event.first_modified_offset = first_offset;
+        event
+    }
+
+    /// The event for a device whose lent context failed during verification.
+    pub(crate) fn integrity_failed(device: i32, error: &crate::driver::DriverError) -> Event {
+        Event {
+            kind: EventKind::IntegrityFailed,
+            registration_id: 0,
+            label: String::new(),
+            ptr: 0,
+            size: 0,
+            device,
+            verdict: Verdict::CheckFailed,
+            previous_verdict: Verdict::Resident,
+            healthy: false,
+            message: format!("integrity verification on GPU{device} failed in the lent context: {error}; content unknown"),
+            timestamp_unix_ms: crate::clock::unix_ms(),
+            modified_chunks: 0,
+            first_modified_offset: 0,
         }
     }
 
@@ -180,6 +237,21 @@ impl Event {
                 target: "vram_monitor",
                 actor = "vram-residency", action = "verify", target = label, device = device,
                 error_kind = "check_failed", verdict = verdict;
+                "{}", self.message
+            ),
+            EventKind::Modified => {
+                let (chunks, offset) = (self.modified_chunks, self.first_modified_offset);
+                log::error!(
+                    target: "vram_monitor",
+                    actor = "vram-integrity", action = "verify", target = label, device = device,
+                    error_kind = "content_modified", verdict = verdict, modified_chunks = chunks, first_modified_offset = offset;
+                    "CRITICAL: {}", self.message
+                )
+            }
+            EventKind::IntegrityFailed => log::error!(
+                target: "vram_monitor",
+                actor = "vram-integrity", action = "verify", device = device,
+                error_kind = "integrity_failed";
                 "{}", self.message
             ),
             EventKind::DeviceFault => log::error!(

@@ -6,8 +6,9 @@ use crate::process_vram::ProcessVram;
 /// The monitor's state, read at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Health {
-    /// No registration is in violation, the last check did not fail, no GPU that holds
-    /// registrations reports a memory fault, and the monitor is not stalled.
+    /// No registration is in violation (MODIFIED included), the last check did not fail, no
+    /// GPU that holds registrations reports a memory fault, the monitor is not stalled, and
+    /// no lent context failed integrity verification.
     pub healthy: bool,
     /// Number of registrations.
     pub registrations: u64,
@@ -46,6 +47,19 @@ pub struct Health {
     pub stall_deadline_ms: u64,
     /// The stall grace in force, in ms.
     pub stall_grace_ms: u64,
+    /// Sealed registrations (content integrity; see [`crate::Monitor::seal`]).
+    pub sealed: u64,
+    /// Their bytes.
+    pub sealed_bytes: u64,
+    /// Bytes integrity verification has read since the monitor started.
+    pub integrity_verified_bytes: u64,
+    /// Full verification passes over a device's sealed bytes completed.
+    pub integrity_passes: u64,
+    /// When the last full pass completed, ms since the Unix epoch (0: none yet).
+    pub integrity_last_pass_unix_ms: u64,
+    /// Integrity verification failed in a device's lent context (a sticky error, or the
+    /// context destroyed): content unknown. Unhealthy until integrity is disabled there.
+    pub integrity_failed: bool,
 }
 
 /// The result of one full check.

@@ -46,8 +46,15 @@ impl From<crate::registry::Tally> for RegistrationFigures {
 
 /// The violation verdicts, each a value of the `verdict` label (a failed query is not a
 /// verdict a registration keeps: see `vram_monitor_last_check_failed`).
-const VIOLATION_VERDICTS: [Verdict; 6] =
-    [Verdict::Managed, Verdict::Host, Verdict::NotMapped, Verdict::Replaced, Verdict::OutOfRange, Verdict::WrongDevice];
+const VIOLATION_VERDICTS: [Verdict; 7] = [
+    Verdict::Managed,
+    Verdict::Host,
+    Verdict::NotMapped,
+    Verdict::Replaced,
+    Verdict::OutOfRange,
+    Verdict::WrongDevice,
+    Verdict::Modified,
+];
 
 struct Out {
     text: String,
@@ -118,7 +125,7 @@ pub fn render(
     out.family(
         "vram_monitor_healthy",
         "gauge",
-        "1 when no registration is in violation, the last check did not fail, no GPU that holds registrations reports a memory fault and the monitor is not stalled; else 0.",
+        "1 when no registration is in violation (MODIFIED included), the last check did not fail, no GPU that holds registrations reports a memory fault, the monitor is not stalled and no lent context failed verification; else 0.",
     );
     out.sample("vram_monitor_healthy", &[], bool01(health.healthy));
     out.family(
@@ -151,11 +158,33 @@ pub fn render(
     out.family(
         "vram_monitor_current_violations",
         "gauge",
-        "Registrations whose last verdict is a violation, by verdict (MANAGED, HOST, NOT_MAPPED, REPLACED, OUT_OF_RANGE, WRONG_DEVICE).",
+        "Registrations whose last verdict is a violation, by verdict (MANAGED, HOST, NOT_MAPPED, REPLACED, OUT_OF_RANGE, WRONG_DEVICE, MODIFIED).",
     );
     for (verdict, count) in VIOLATION_VERDICTS.iter().zip(by_verdict) {
         out.sample("vram_monitor_current_violations", &[("verdict", verdict.name())], count);
     }
+    out.family("vram_monitor_sealed_registrations", "gauge", "Sealed registrations: their content is verified against a fingerprint.");
+    out.sample("vram_monitor_sealed_registrations", &[], health.sealed);
+    out.family("vram_monitor_sealed_bytes", "gauge", "Bytes of the sealed registrations.");
+    out.sample("vram_monitor_sealed_bytes", &[], health.sealed_bytes);
+    out.family("vram_monitor_integrity_verified_bytes_total", "counter", "Bytes integrity verification has read on the GPU.");
+    out.sample("vram_monitor_integrity_verified_bytes_total", &[], health.integrity_verified_bytes);
+    out.family("vram_monitor_integrity_passes_total", "counter", "Full verification passes over a GPU's sealed bytes.");
+    out.sample("vram_monitor_integrity_passes_total", &[], health.integrity_passes);
+    out.family(
+        "vram_monitor_integrity_last_pass_timestamp_seconds",
+        "gauge",
+        "When the last full verification pass ended, in seconds since the Unix epoch (absent before the first).",
+    );
+    if health.integrity_last_pass_unix_ms > 0 {
+        out.sample("vram_monitor_integrity_last_pass_timestamp_seconds", &[], seconds_from_ms(health.integrity_last_pass_unix_ms));
+    }
+    out.family(
+        "vram_monitor_integrity_failed",
+        "gauge",
+        "1 when verification failed in a GPU's lent context (a sticky error or a destroyed context): content unknown; else 0.",
+    );
+    out.sample("vram_monitor_integrity_failed", &[], bool01(health.integrity_failed));
     out.family("vram_monitor_violations_total", "counter", "Violation events since the monitor started.");
     out.sample("vram_monitor_violations_total", &[], health.total_violations);
     out.family("vram_monitor_checks_total", "counter", "Full checks completed since the monitor started.");

@@ -109,6 +109,8 @@ pub struct RegistrationInfo {
     pub check_failing: bool,
     /// The allocations or mappings that held it when registered.
     pub pieces: Vec<Piece>,
+    /// Its content-integrity state when sealed (`None`: not sealed, residency only).
+    pub seal: Option<crate::integrity::SealInfo>,
 }
 
 impl RegistrationInfo {
@@ -179,6 +181,21 @@ struct Registration {
     device: i32,
     verdict: u8,
     failing: bool,
+    /// Sealed and found with bytes that differ from the fingerprint (src/integrity): the
+    /// verdict is MODIFIED while the memory is otherwise resident.
+    modified: bool,
+}
+
+impl Registration {
+    /// The verdict its pieces and its content give: a residency verdict wins over MODIFIED.
+    fn judged(&self) -> Verdict {
+        let residency = self.pieces.as_slice().iter().fold(Verdict::Resident, |v, t| v.worst(verdict_of(t.verdict)));
+        if residency == Verdict::Resident && self.modified {
+            Verdict::Modified
+        } else {
+            residency
+        }
+    }
 }
 
 impl Registration {
@@ -195,6 +212,7 @@ impl Registration {
             verdict: verdict_of(self.verdict),
             check_failing: self.failing,
             pieces,
+            seal: None,
         }
     }
 
@@ -542,7 +560,7 @@ impl Registry {
             _ => Pieces::Many(pieces.iter().map(track).collect()),
         };
         let registration =
-            Registration { label: label.into(), device, verdict: Verdict::Resident as u8, failing: false, pieces: pieces_field };
+            Registration { label: label.into(), device, verdict: Verdict::Resident as u8, failing: false, modified: false, pieces: pieces_field };
         let size = registration.size();
         // The registration exists before any allocation names it, so a check that finds it
         // through an allocation can always read it.
@@ -785,11 +803,46 @@ impl Registry {
                     Err(_) => tracked.failing = true,
                 }
             }
-            let verdict = registration.pieces.as_slice().iter().fold(Verdict::Resident, |v, t| v.worst(verdict_of(t.verdict)));
+            let verdict = registration.judged();
             let failing = registration.pieces.as_slice().iter().any(|t| t.failing);
             let (old_verdict, old_failing) = (verdict_of(registration.verdict), registration.failing);
             registration.verdict = verdict as u8;
             registration.failing = failing;
+            self.recount(old_verdict, old_failing, verdict, failing);
+            if !old_failing && failing {
+                if let Err(error) = answer {
+                    changes.push(Change::CheckFailed { registration: registration.info(id), error: error.clone() });
+                }
+            }
+            if old_verdict != verdict {
+                changes.push(Change::Verdict { registration: registration.info(id), from: old_verdict });
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Marks a sealed registration's content as modified (or, at reseal, as matching again)
+    /// and returns the change of verdict it makes, if any; `None` for an unknown id.
+    pub fn set_modified(&self, id: RegistrationId, modified: bool) -> Option<Option<Change>> {
+        let mut shard = lock(&self.registrations[shard_of_id(id)]);
+        let registration = shard.get_mut(id)?;
+        registration.modified = modified;
+        let old_verdict = verdict_of(registration.verdict);
+        let verdict = registration.judged();
+        registration.verdict = verdict as u8;
+        let failing = registration.failing;
+        self.recount(old_verdict, failing, verdict, failing);
+        Some((old_verdict != verdict).then(|| Change::Verdict { registration: registration.info(id), from: old_verdict }))
+    }
+
+    /// One registration's verdict and whether its query is failing, without copying it.
+    pub fn verdict(&self, id: RegistrationId) -> Option<(Verdict, bool)> {
+        let shard = lock(&self.registrations[shard_of_id(id)]);
+        shard.get(id).map(|r| (verdict_of(r.verdict), r.failing))
+    }
+
+    /// Keeps the three counters true when one registration goes from one state to another.
+    fn recount(&self, old_verdict: Verdict, old_failing: bool, verdict: Verdict, failing: bool) {
             match (old_verdict.is_violation(), verdict.is_violation()) {
                 (false, true) => {
                     self.violating.fetch_add(1, Ordering::Relaxed);
@@ -817,16 +870,6 @@ impl Registry {
                 }
                 _ => {}
             }
-            if !old_failing && failing {
-                if let Err(error) = answer {
-                    changes.push(Change::CheckFailed { registration: registration.info(id), error: error.clone() });
-                }
-            }
-            if old_verdict != verdict {
-                changes.push(Change::Verdict { registration: registration.info(id), from: old_verdict });
-            }
-        }
-        Ok(changes)
     }
 }
 

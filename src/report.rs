@@ -117,10 +117,26 @@ fn text_at(health: &Health, registrations: &[RegistrationInfo], devices: &[Devic
     for d in devices {
         device_text(&mut out, d);
     }
-    for r in registrations {
+    if health.sealed > 0 || health.integrity_failed {
         let _ = writeln!(
             out,
-            "  #{:<6} {:<12} GPU{} {:#x} +{} '{}'",
+            "integrity: {} registrations sealed{}",
+            health.sealed,
+            if health.integrity_failed { "; VERIFICATION FAILED in a lent context (content unknown)" } else { "" }
+        );
+    }
+    for r in registrations {
+        let sealed = match &r.seal {
+            Some(seal) if seal.modified_chunks > 0 => format!(
+                " [sealed: {} of {} chunks modified, first at +{}]",
+                seal.modified_chunks, seal.chunks, seal.first_modified_offset
+            ),
+            Some(seal) => format!(" [sealed, verified {}]", iso8601_utc(seal.last_verified_unix_ms)),
+            None => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "  #{:<6} {:<12} GPU{} {:#x} +{} '{}'{sealed}",
             r.id,
             r.verdict.name(),
             r.device,
@@ -222,12 +238,21 @@ fn json(health: &Health, registrations: &[RegistrationInfo], devices: &[DeviceHe
         // Addresses as hex strings: JSON numbers above 2^53 lose precision in many parsers.
         let _ = write!(
             out,
-            ",\"ptr\":\"{:#x}\",\"size\":{},\"device\":{},\"verdict\":\"{}\"}}",
+            ",\"ptr\":\"{:#x}\",\"size\":{},\"device\":{},\"verdict\":\"{}\",\"sealed\":{}",
             r.ptr,
             r.size,
             r.device,
-            r.verdict.name()
+            r.verdict.name(),
+            r.seal.is_some()
         );
+        if let Some(seal) = &r.seal {
+            let _ = write!(
+                out,
+                ",\"chunks\":{},\"last_verified_unix_ms\":{},\"modified_chunks\":{},\"first_modified_offset\":{},\"integrity_failing\":{}",
+                seal.chunks, seal.last_verified_unix_ms, seal.modified_chunks, seal.first_modified_offset, seal.failing
+            );
+        }
+        out.push('}');
     }
     out.push_str("]}");
     out
@@ -241,7 +266,7 @@ pub fn health_json(out: &mut String, health: &Health) {
 \"total_violations\":{},\"checks_completed\":{},\"checks_failed\":{},\"last_check_failed\":{},\
 \"last_check_unix_ms\":{},\"last_check_duration_us\":{},\"process_vram_bytes\":{},\"process_vram_source\":\"{}\",\
 \"interval_ms\":{},\"device_faults\":{},\"stalled\":{},\"last_check_started_unix_ms\":{},\"check_in_progress_ms\":{},\
-\"stall_deadline_ms\":{},\"stall_grace_ms\":{}}}",
+\"stall_deadline_ms\":{},\"stall_grace_ms\":{},\"sealed\":{},\"sealed_bytes\":{},\"integrity_verified_bytes\":{},\"integrity_passes\":{},\"integrity_last_pass_unix_ms\":{},\"integrity_failed\":{}}}",
         crate::VERSION,
         health.healthy,
         health.registrations,
@@ -261,7 +286,13 @@ pub fn health_json(out: &mut String, health: &Health) {
         health.last_check_started_unix_ms,
         health.check_in_progress_ms.map_or_else(|| "null".to_string(), |ms| ms.to_string()),
         health.stall_deadline_ms,
-        health.stall_grace_ms
+        health.stall_grace_ms,
+        health.sealed,
+        health.sealed_bytes,
+        health.integrity_verified_bytes,
+        health.integrity_passes,
+        health.integrity_last_pass_unix_ms,
+        health.integrity_failed
     );
 }
 
@@ -412,6 +443,12 @@ mod tests {
             check_in_progress_ms: None,
             stall_deadline_ms: 30_000,
             stall_grace_ms: 30_000,
+            sealed: 0,
+            sealed_bytes: 0,
+            integrity_verified_bytes: 0,
+            integrity_passes: 0,
+            integrity_last_pass_unix_ms: 0,
+            integrity_failed: false,
         };
         let text = text_at(&health, &[], &[], 1_700_000_012_999);
         assert!(text.contains("last ended 2023-11-14T22:13:20.123Z (12 s ago) taking 42 us"), "{text}");

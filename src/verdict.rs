@@ -27,11 +27,14 @@ pub enum Verdict {
     WrongDevice = 6,
     /// The driver query itself failed: nothing is known about where the memory is.
     CheckFailed = 7,
+    /// Resident, but the bytes are no longer those sealed: a content fingerprint differs
+    /// (src/integrity). Only sealed registrations can have it; a residency verdict wins.
+    Modified = 8,
 }
 
 impl Verdict {
     /// Every verdict, in numeric order.
-    pub fn all() -> [Verdict; 8] {
+    pub fn all() -> [Verdict; 9] {
         ALL_VERDICTS
     }
 
@@ -46,6 +49,7 @@ impl Verdict {
             Verdict::OutOfRange => "OUT_OF_RANGE",
             Verdict::WrongDevice => "WRONG_DEVICE",
             Verdict::CheckFailed => "CHECK_FAILED",
+            Verdict::Modified => "MODIFIED",
         }
     }
 
@@ -60,6 +64,7 @@ impl Verdict {
             Verdict::OutOfRange => "the registered range runs past the allocation that holds it",
             Verdict::WrongDevice => "on another GPU than registered",
             Verdict::CheckFailed => "the driver query failed; residency unknown",
+            Verdict::Modified => "resident, but its bytes differ from the sealed fingerprint",
         }
     }
 
@@ -88,20 +93,22 @@ impl Verdict {
     fn severity(self) -> u8 {
         match self {
             Verdict::Resident => 0,
-            Verdict::OutOfRange => 1,
-            Verdict::WrongDevice => 2,
-            Verdict::Replaced => 3,
-            Verdict::Managed => 4,
-            Verdict::Host => 5,
-            Verdict::NotMapped => 6,
-            Verdict::CheckFailed => 7,
+            // Below every residency verdict: when the memory itself moved, that is the news.
+            Verdict::Modified => 1,
+            Verdict::OutOfRange => 2,
+            Verdict::WrongDevice => 3,
+            Verdict::Replaced => 4,
+            Verdict::Managed => 5,
+            Verdict::Host => 6,
+            Verdict::NotMapped => 7,
+            Verdict::CheckFailed => 8,
         }
     }
 }
 
 // A free constant, not an associated one: cbindgen would export an associated constant into
 // the C header as a macro of names C does not have.
-const ALL_VERDICTS: [Verdict; 8] = [
+const ALL_VERDICTS: [Verdict; 9] = [
     Verdict::Resident,
     Verdict::Managed,
     Verdict::Host,
@@ -110,6 +117,7 @@ const ALL_VERDICTS: [Verdict; 8] = [
     Verdict::OutOfRange,
     Verdict::WrongDevice,
     Verdict::CheckFailed,
+    Verdict::Modified,
 ];
 
 impl std::fmt::Display for Verdict {
@@ -261,7 +269,8 @@ mod tests {
         for v in Verdict::all() {
             assert_eq!(Verdict::from_raw(v as i32), Some(v));
         }
-        assert_eq!(Verdict::from_raw(8), None);
+        assert_eq!(Verdict::from_raw(9), None);
+        assert_eq!(Verdict::Modified.worst(Verdict::OutOfRange), Verdict::OutOfRange);
         assert_eq!(Verdict::from_raw(-1), None);
     }
 

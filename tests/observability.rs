@@ -110,6 +110,12 @@ impl Snapshot for Fixed {
             check_in_progress_ms: None,
             stall_deadline_ms: 30_000,
             stall_grace_ms: 30_000,
+            sealed: 0,
+            sealed_bytes: 0,
+            integrity_verified_bytes: 0,
+            integrity_passes: 0,
+            integrity_last_pass_unix_ms: 0,
+            integrity_failed: false,
         }
     }
     fn devices(&self) -> Vec<DeviceHealth> {
@@ -973,7 +979,7 @@ fn prometheus_metrics_through_the_c_api_count_registrations_by_device_and_verdic
         assert_eq!(value(&m, "vram_monitor_current_violations", &[("verdict", "NOT_MAPPED")]), Some(1.0));
         assert_eq!(value(&m, "vram_monitor_current_violations", &[("verdict", "MANAGED")]), Some(1.0));
         assert_eq!(value(&m, "vram_monitor_current_violations", &[("verdict", "HOST")]), Some(0.0));
-        assert_eq!(m["vram_monitor_current_violations"].2.len(), 6, "one series per violation verdict");
+        assert_eq!(m["vram_monitor_current_violations"].2.len(), 7, "one series per violation verdict");
         assert_eq!(value(&m, "vram_monitor_violations_total", &[]), Some(2.0));
         assert_eq!(value(&m, "vram_monitor_checks_total", &[]), Some(1.0));
         assert_eq!(value(&m, "vram_monitor_check_interval_seconds", &[]), Some(60.0));
@@ -1098,7 +1104,9 @@ fn check_document(objects: &BTreeMap<String, BTreeMap<String, Vec<String>>>, doc
     }
     if let Some(registrations) = document.get("registrations") {
         for r in registrations.as_array().unwrap() {
-            check_object(objects, "registration", r, &[], seen);
+            // Present only for sealed registrations (content integrity).
+            let seal_fields = ["chunks", "last_verified_unix_ms", "modified_chunks", "first_modified_offset", "integrity_failing"];
+            check_object(objects, "registration", r, &seal_fields, seen);
         }
     }
 }

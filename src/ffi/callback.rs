@@ -72,6 +72,8 @@ pub(crate) fn wrap(
             healthy: event.healthy,
             message: message.as_ptr(),
             timestamp_unix_ms: event.timestamp_unix_ms,
+            modified_chunks: event.modified_chunks,
+            first_modified_offset: event.first_modified_offset,
         };
         // SAFETY: the host promised a valid function; the event outlives the call.
         unsafe { callback(&c_event, user_data.pointer()) };

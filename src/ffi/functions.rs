@@ -392,6 +392,7 @@ pub extern "C" fn vram_monitor_verdict_str(verdict: i32) -> *const c_char {
         Some(Verdict::OutOfRange) => b"OUT_OF_RANGE\0",
         Some(Verdict::WrongDevice) => b"WRONG_DEVICE\0",
         Some(Verdict::CheckFailed) => b"CHECK_FAILED\0",
+        Some(Verdict::Modified) => b"MODIFIED\0",
         None => b"UNKNOWN\0",
     };
     name.as_ptr().cast()

@@ -6,6 +6,7 @@ mod batch;
 mod callback;
 mod functions;
 mod handle;
+mod integrity;
 mod log_bridge;
 mod observability;
 mod panic;
@@ -17,6 +18,7 @@ pub use batch::{vram_monitor_register_many, vram_monitor_registration, VramMonit
 pub use callback::{VramMonitorCallback, VramMonitorUserDataFree};
 pub use functions::*;
 pub use handle::VramMonitor;
+pub use integrity::*;
 pub use observability::*;
 pub use log_bridge::{vram_monitor_set_log_callback, VramMonitorLogCallback, VramMonitorLogLevel};
 pub use result::VramMonitorResult;

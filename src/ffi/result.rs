@@ -8,7 +8,8 @@ use crate::verdict::Verdict;
 
 /// The result of every fallible function. Values are grouped by range and never reused:
 /// 0 success; 1xx bad arguments; 2xx registration refused, by verdict (200 + verdict);
-/// 3xx CUDA driver; 4xx threading and state; 5xx internal; 6xx the built-in HTTP endpoint.
+/// 3xx CUDA driver; 4xx threading and state; 5xx internal; 6xx the built-in HTTP endpoint;
+/// 7xx content integrity.
 #[repr(i32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VramMonitorResult {
@@ -75,6 +76,26 @@ pub enum VramMonitorResult {
     HttpBindFailed = 600,
     /// The HTTP endpoint is already serving: call `vram_monitor_stop_http` first.
     HttpAlreadyServing = 601,
+    /// Sealing or verifying a registration on a device without `vram_monitor_enable_integrity`.
+    IntegrityNotEnabled = 700,
+    /// `vram_monitor_enable_integrity`: no CUDA context is current on the calling thread.
+    NoCurrentContext = 701,
+    /// `vram_monitor_enable_integrity`: the current context belongs to another device.
+    ContextWrongDevice = 702,
+    /// `vram_monitor_enable_integrity`: already enabled for this device.
+    IntegrityAlreadyEnabled = 703,
+    /// `vram_monitor_seal` / `vram_monitor_register_sealed`: already sealed (use reseal).
+    AlreadySealed = 704,
+    /// `vram_monitor_reseal` / `vram_monitor_unseal`: the registration is not sealed.
+    NotSealed = 705,
+    /// Sealing a registration whose verdict is not `RESIDENT` (only resident memory is sealed).
+    NotResident = 706,
+    /// The driver refused the fingerprint kernel (older than the PTX it needs; logged).
+    KernelUnavailable = 707,
+    /// A launch or copy failed in the lent context (a sticky error, or the context was
+    /// destroyed; logged): content unknown, and the monitor is unhealthy until integrity is
+    /// disabled for that device.
+    IntegrityFailed = 708,
 }
 
 impl From<&Error> for VramMonitorResult {
@@ -90,7 +111,7 @@ impl From<&Error> for VramMonitorResult {
                 Verdict::Replaced => VramMonitorResult::RefusedReplaced,
                 Verdict::OutOfRange => VramMonitorResult::RefusedOutOfRange,
                 Verdict::WrongDevice => VramMonitorResult::RefusedWrongDevice,
-                Verdict::CheckFailed | Verdict::Resident => VramMonitorResult::DriverError,
+                Verdict::CheckFailed | Verdict::Resident | Verdict::Modified => VramMonitorResult::DriverError,
             },
             Error::Driver(DriverError::NotFound) => VramMonitorResult::DriverNotFound,
             Error::Driver(DriverError::SymbolMissing(_)) => VramMonitorResult::DriverSymbolMissing,
@@ -104,6 +125,15 @@ impl From<&Error> for VramMonitorResult {
             Error::AlreadyServing => VramMonitorResult::HttpAlreadyServing,
             Error::DuplicateRange => VramMonitorResult::DuplicateRange,
             Error::EntriesFailed => VramMonitorResult::EntriesFailed,
+            Error::IntegrityNotEnabled(_) => VramMonitorResult::IntegrityNotEnabled,
+            Error::NoCurrentContext => VramMonitorResult::NoCurrentContext,
+            Error::ContextWrongDevice(_) => VramMonitorResult::ContextWrongDevice,
+            Error::IntegrityAlreadyEnabled(_) => VramMonitorResult::IntegrityAlreadyEnabled,
+            Error::AlreadySealed => VramMonitorResult::AlreadySealed,
+            Error::NotSealed => VramMonitorResult::NotSealed,
+            Error::NotResident(_) => VramMonitorResult::NotResident,
+            Error::KernelUnavailable(_) => VramMonitorResult::KernelUnavailable,
+            Error::IntegrityFailed(_) => VramMonitorResult::IntegrityFailed,
         }
     }
 }
@@ -139,6 +169,15 @@ impl VramMonitorResult {
             500 => b"internal error (caught panic)\0",
             600 => b"the HTTP endpoint could not listen on the address\0",
             601 => b"the HTTP endpoint is already serving\0",
+            700 => b"integrity is not enabled for this registration's device\0",
+            701 => b"no CUDA context is current on the calling thread\0",
+            702 => b"the current CUDA context belongs to another device\0",
+            703 => b"integrity is already enabled for this device\0",
+            704 => b"the registration is already sealed\0",
+            705 => b"the registration is not sealed\0",
+            706 => b"only resident memory can be sealed\0",
+            707 => b"the driver refused the fingerprint kernel\0",
+            708 => b"verification failed in the lent CUDA context\0",
             _ => b"unknown result code\0",
         }
     }

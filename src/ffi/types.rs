@@ -163,4 +163,11 @@ pub struct VramMonitorEvent {
     pub message: *const c_char,
     /// When it was noticed, milliseconds since the Unix epoch.
     pub timestamp_unix_ms: u64,
+    /// `VRAM_MONITOR_EVENT_KIND_MODIFIED`: 1 MiB chunks found different from the seal so far
+    /// (0 for other kinds). Fields appended at the end: hosts built against an older header
+    /// read the event as before.
+    pub modified_chunks: u64,
+    /// `VRAM_MONITOR_EVENT_KIND_MODIFIED`: byte offset of the first differing chunk from the
+    /// registration's first byte (0 for other kinds).
+    pub first_modified_offset: u64,
 }

@@ -22,6 +22,8 @@ use crate::report::{self, ReportFormat};
 use crate::verdict::Verdict;
 use crate::watchdog::{StallClock, StallLimits, Watchdog, PROGRESS_QUERIES};
 
+mod integrity;
+
 /// The default check interval: 60 seconds.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -89,6 +91,10 @@ impl Default for MonitorOptions {
 
 enum Command {
     CheckNow(Sender<CheckSummary>),
+    /// Verify every sealed byte now (src/monitor/integrity.rs).
+    VerifyNow(Sender<Result<crate::integrity::VerifySummary, Error>>),
+    /// Events posted by another thread (a reseal, an unseal) wait in `Shared::posted`.
+    Deliver,
     /// The interval changed: recompute when the next check is due.
     Reschedule,
     Stop,
@@ -130,6 +136,10 @@ struct Shared {
     device_health: DeviceHealthMonitor,
     /// The marks the monitor thread leaves for the watchdog (src/watchdog.rs).
     stall: StallClock,
+    /// Content integrity: lent contexts, seals, background verification (src/integrity).
+    integrity: crate::integrity::Integrity,
+    /// Events of calls made on other threads, delivered by the monitor thread in order.
+    posted: Mutex<Vec<Event>>,
 }
 
 /// Watches registered device buffers and reports when they stop being resident in VRAM.
@@ -180,6 +190,16 @@ impl Monitor {
     /// Starts a monitor that asks `driver` instead of the CUDA driver (another backend, or a
     /// model in tests).
     pub fn with_driver(options: MonitorOptions, driver: Arc<dyn Driver>) -> Result<Monitor, Error> {
+        Monitor::with_backends(options, driver, None)
+    }
+
+    /// Starts a monitor that asks `driver`, and runs integrity kernels through `gpu`
+    /// (`None`: the CUDA driver, found when integrity is first enabled).
+    pub fn with_backends(
+        options: MonitorOptions,
+        driver: Arc<dyn Driver>,
+        gpu: Option<Arc<dyn crate::integrity::gpu::Gpu>>,
+    ) -> Result<Monitor, Error> {
         let shared = Arc::new(Shared {
             driver,
             registry: Registry::new(),
@@ -196,6 +216,8 @@ impl Monitor {
             reported_healthy: AtomicBool::new(true),
             device_health: DeviceHealthMonitor::new(),
             stall: StallClock::new(),
+            integrity: crate::integrity::Integrity::new(gpu),
+            posted: Mutex::new(Vec::new()),
         });
         crate::process_exit::arm();
         let (commands, inbox) = crossbeam_channel::unbounded();
@@ -292,12 +314,17 @@ impl Monitor {
     /// One registration as it stands now (its verdict, pieces and label), or `None` for an
     /// id this monitor does not hold.
     pub fn registration(&self, id: RegistrationId) -> Option<RegistrationInfo> {
-        self.shared.registry.get(id)
+        let mut info = self.shared.registry.get(id)?;
+        info.seal = self.shared.integrity.seal_info(id);
+        Some(info)
     }
 
     /// Stops watching a registration.
     pub fn unregister(&self, id: RegistrationId) -> Result<(), Error> {
         self.not_forked()?;
+        // First: waits for a verification slice reading this memory, so that once this
+        // returns the engine may free it.
+        self.shared.integrity.forget(id);
         self.shared.registry.remove(id).ok_or(Error::UnknownRegistration(id))
     }
 
@@ -437,9 +464,10 @@ impl Shared {
         let interval_ms = self.interval_ms.load(Ordering::Relaxed);
         let stall = self.stall.state(interval_ms);
         let (stall_deadline_ms, stall_grace_ms) = self.stall.limits_ms();
+        let integrity = self.integrity.summary();
         let stats = lock(&self.stats);
         Health {
-            healthy: counts.violating == 0 && !stats.last_check_failed && device_faults == 0 && !stall.stalled,
+            healthy: counts.violating == 0 && !stats.last_check_failed && device_faults == 0 && !stall.stalled && !integrity.failed,
             registrations: counts.registrations,
             tracked_bytes: counts.tracked_bytes,
             current_violations: counts.violating,
@@ -457,6 +485,12 @@ impl Shared {
             check_in_progress_ms: stall.in_progress_ms,
             stall_deadline_ms,
             stall_grace_ms,
+            sealed: integrity.sealed,
+            sealed_bytes: integrity.sealed_bytes,
+            integrity_verified_bytes: integrity.verified_bytes,
+            integrity_passes: integrity.passes,
+            integrity_last_pass_unix_ms: integrity.last_pass_unix_ms,
+            integrity_failed: integrity.failed,
         }
     }
 }
@@ -480,7 +514,14 @@ impl Monitor {
 
     /// A copy of the registrations, in id order.
     pub fn registrations(&self) -> Vec<RegistrationInfo> {
-        self.shared.registry.snapshot()
+        let mut all = self.shared.registry.snapshot();
+        let seals = self.shared.integrity.seal_infos();
+        if !seals.is_empty() {
+            for r in all.iter_mut() {
+                r.seal = seals.get(&r.id).copied();
+            }
+        }
+        all
     }
 
     /// The health, the GPUs' memory health and every registration with its last verdict, as
@@ -549,15 +590,36 @@ fn run(shared: Arc<Shared>, inbox: Receiver<Command>) {
     let mut last_check = Instant::now();
     loop {
         let interval = Duration::from_millis(shared.interval_ms.load(Ordering::Acquire));
-        let due = last_check.checked_add(interval);
-        let wait = due.map(|d| d.saturating_duration_since(Instant::now()));
+        let check_due = last_check.checked_add(interval);
+        let next = match (check_due, shared.integrity.next_due()) {
+            (Some(check), Some(slice)) => Some(check.min(slice)),
+            (check, slice) => check.or(slice),
+        };
+        let wait = next.map(|d| d.saturating_duration_since(Instant::now()));
         let command = match wait {
-            // Due already: check before taking another command, so that commands arriving
-            // faster than they are handled can never postpone the periodic check.
+            // Due already: do the due work before taking another command, so that commands
+            // arriving faster than they are handled can never postpone the periodic check.
             Some(wait) if wait.is_zero() => Err(RecvTimeoutError::Timeout),
             Some(wait) => inbox.recv_timeout(wait),
             // An interval so long that it overflows the clock: wait for a command only.
             None => inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        let command = match command {
+            Err(RecvTimeoutError::Timeout) => {
+                if check_due.is_some_and(|due| Instant::now() >= due) {
+                    last_check = Instant::now();
+                    guarded_sweep(&shared);
+                }
+                integrity::background_step(&shared, interval);
+                // Then at most one command, so that slices due back to back (a share cap
+                // of 100%) cannot starve the commands either.
+                match inbox.try_recv() {
+                    Ok(command) => Ok(command),
+                    Err(crossbeam_channel::TryRecvError::Empty) => Err(RecvTimeoutError::Timeout),
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+                }
+            }
+            other => other,
         };
         match command {
             Ok(Command::CheckNow(reply)) => {
@@ -565,12 +627,13 @@ fn run(shared: Arc<Shared>, inbox: Receiver<Command>) {
                 let summary = guarded_sweep(&shared);
                 let _ = reply.send(summary);
             }
+            Ok(Command::VerifyNow(reply)) => {
+                let _ = reply.send(integrity::verify_now_here(&shared));
+            }
+            Ok(Command::Deliver) => integrity::deliver_posted(&shared),
             Ok(Command::Reschedule) => shared.reschedule_queued.store(false, Ordering::Release),
             Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-            Err(RecvTimeoutError::Timeout) => {
-                last_check = Instant::now();
-                guarded_sweep(&shared);
-            }
+            Err(RecvTimeoutError::Timeout) => {}
         }
         if shared.stopping.load(Ordering::Acquire) {
             return;
@@ -693,7 +756,7 @@ fn sweep(shared: &Shared) -> CheckSummary {
     shared.stall.end();
     let counts = shared.registry.counts();
     let check_failed = counts.failing > 0;
-    let healthy = counts.violating == 0 && !check_failed && device_faults == 0;
+    let healthy = counts.violating == 0 && !check_failed && device_faults == 0 && !shared.integrity.failed();
     {
         let mut stats = lock(&shared.stats);
         stats.checks_completed += 1;

@@ -1,0 +1,421 @@
+//! Content integrity: sealed registrations are fingerprinted on the GPU when sealed and
+//! verified again in the background, in paced slices, with a context the engine lends.
+//!
+//! The rooms: [`fingerprint`] the function (and its reference), [`gpu`] the port to the
+//! driver, [`cuda`] its adapter, [`lane`] one device's lent context, kernel and pacing,
+//! [`seal`] one sealed registration's fingerprints. This file ties them into the
+//! [`Integrity`] state the monitor owns; the monitor decides when a slice runs and turns
+//! what verification finds into verdicts and events.
+
+pub mod cuda;
+pub mod fingerprint;
+pub mod gpu;
+pub mod lane;
+pub mod seal;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use once_cell::sync::OnceCell;
+
+use crate::driver::{Driver, DriverError};
+use crate::error::Error;
+use crate::registry::{RegistrationId, Registry};
+use crate::sync::lock;
+use crate::verdict::Verdict;
+use gpu::Gpu;
+use lane::Lane;
+use seal::Seal;
+
+/// Default bytes per background slice.
+pub const DEFAULT_SLICE_BYTES: u64 = 64 << 20;
+/// Default share of GPU time verification may take, in parts per million (1%).
+pub const DEFAULT_MAX_GPU_SHARE_PPM: u32 = 10_000;
+
+/// How background verification is paced on one device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntegrityOptions {
+    /// Bytes one background slice verifies (rounded up to whole chunks).
+    pub slice_bytes: u64,
+    /// The most GPU time verification may take, in parts per million of wall time: after a
+    /// slice that took `t`, the next waits at least `t * (1e6 / ppm - 1)`.
+    pub max_gpu_share_ppm: u32,
+    /// Every sealed byte is verified at least once per period, unless the share cap forbids
+    /// it (the cap wins). `None`: the monitor's check interval.
+    pub period: Option<Duration>,
+}
+
+impl Default for IntegrityOptions {
+    fn default() -> Self {
+        IntegrityOptions { slice_bytes: DEFAULT_SLICE_BYTES, max_gpu_share_ppm: DEFAULT_MAX_GPU_SHARE_PPM, period: None }
+    }
+}
+
+impl IntegrityOptions {
+    /// Checks the ranges: a slice of at least one byte and at most 1 TiB, a share in
+    /// (0, 1e6], a period of at least 1 ms when given.
+    pub fn validated(self) -> Result<IntegrityOptions, Error> {
+        if self.slice_bytes == 0 || self.slice_bytes > 1 << 40 {
+            return Err(Error::InvalidArgument("the integrity slice must be between 1 byte and 1 TiB"));
+        }
+        if self.max_gpu_share_ppm == 0 || self.max_gpu_share_ppm > 1_000_000 {
+            return Err(Error::InvalidArgument("the GPU share must be between 1 and 1000000 ppm"));
+        }
+        if self.period.is_some_and(|p| p < Duration::from_millis(1)) {
+            return Err(Error::InvalidArgument("the integrity period must be at least 1 ms"));
+        }
+        let slice_bytes = self.slice_bytes.div_ceil(fingerprint::CHUNK_BYTES) * fingerprint::CHUNK_BYTES;
+        Ok(IntegrityOptions { slice_bytes, ..self })
+    }
+}
+
+/// One sealed registration's integrity state, as reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SealInfo {
+    /// Chunks fingerprinted (one per MiB, the last partial).
+    pub chunks: u64,
+    /// When every chunk was last verified (ms since the Unix epoch; the seal's time until
+    /// a first full verification).
+    pub last_verified_unix_ms: u64,
+    /// Chunks found different from their fingerprint since the seal (0: unchanged).
+    pub modified_chunks: u64,
+    /// Byte offset of the first differing chunk, from the registration's first byte.
+    pub first_modified_offset: u64,
+    /// Verification on its device has failed (the lent context has a sticky error): its
+    /// content is unknown, not modified.
+    pub failing: bool,
+}
+
+/// The monitor-wide integrity state, as reported.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IntegrityStatus {
+    /// Devices with integrity enabled.
+    pub devices_enabled: u32,
+    /// Sealed registrations.
+    pub sealed: u64,
+    /// Their bytes.
+    pub sealed_bytes: u64,
+    /// Sealed registrations found modified.
+    pub modified: u64,
+    /// Bytes verified since the monitor was created (background and `verify_now`).
+    pub verified_bytes_total: u64,
+    /// Full passes over every sealed byte of a device completed.
+    pub passes_completed: u64,
+    /// When the last full pass completed (ms since the Unix epoch; 0: none yet).
+    pub last_pass_unix_ms: u64,
+    /// The first device whose lent context failed, with the driver's error, if any.
+    pub failed: Option<(i32, DriverError)>,
+}
+
+/// What `verify_now` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VerifySummary {
+    /// Sealed registrations verified.
+    pub registrations: u64,
+    /// Bytes verified.
+    pub bytes: u64,
+    /// Registrations found modified (now or before).
+    pub modified: u64,
+    /// Wall time, microseconds.
+    pub duration_us: u64,
+}
+
+/// What a verification found that the monitor must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// A sealed registration's bytes differ (first found now).
+    Modified {
+        /// The registration.
+        id: RegistrationId,
+        /// Chunks differing so far.
+        chunks: u64,
+        /// Offset of the first differing chunk.
+        first_offset: u64,
+    },
+    /// A device's lent context failed (first seen now).
+    Failed {
+        /// The device.
+        device: i32,
+        /// The driver's error.
+        error: DriverError,
+    },
+}
+
+/// The integrity figures of the health snapshot.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HealthFigures {
+    /// Sealed registrations.
+    pub sealed: u64,
+    /// Their bytes.
+    pub sealed_bytes: u64,
+    /// Bytes verified since the monitor started.
+    pub verified_bytes: u64,
+    /// Full passes completed.
+    pub passes: u64,
+    /// When the last one completed (ms since the Unix epoch; 0: none yet).
+    pub last_pass_unix_ms: u64,
+    /// A lent context failed.
+    pub failed: bool,
+}
+
+#[derive(Default)]
+struct State {
+    lanes: Vec<Lane>,
+    seals: BTreeMap<RegistrationId, Seal>,
+    verified_bytes_total: u64,
+    passes_completed: u64,
+    last_pass_unix_ms: u64,
+}
+
+impl State {
+    fn lane(&mut self, device: i32) -> Option<&mut Lane> {
+        self.lanes.iter_mut().find(|l| l.device == device)
+    }
+}
+
+/// The integrity state of one monitor. Every GPU operation runs under its one lock, so that
+/// unregistering, unsealing or disabling waits for a slice in progress over that memory
+/// (slices are short: 64 MiB at HBM speed is tens of microseconds).
+pub struct Integrity {
+    gpu: OnceCell<Arc<dyn Gpu>>,
+    state: Mutex<State>,
+}
+
+impl Default for Integrity {
+    fn default() -> Self {
+        Integrity::new(None)
+    }
+}
+
+impl Integrity {
+    /// Integrity through `gpu`, or the CUDA driver (found when first enabled) for `None`.
+    pub fn new(gpu: Option<Arc<dyn Gpu>>) -> Integrity {
+        let cell = OnceCell::new();
+        if let Some(gpu) = gpu {
+            let _ = cell.set(gpu);
+        }
+        Integrity { gpu: cell, state: Mutex::new(State::default()) }
+    }
+
+    fn gpu(&self) -> Result<&Arc<dyn Gpu>, Error> {
+        self.gpu
+            .get_or_try_init(|| cuda::CudaGpu::get().map(|g| Arc::new(*g) as Arc<dyn Gpu>))
+            .map_err(Error::Driver)
+    }
+
+    /// Enables integrity for `device` with the context current on the calling thread.
+    pub fn enable(&self, device: i32, options: IntegrityOptions) -> Result<(), Error> {
+        let options = options.validated()?;
+        let gpu = Arc::clone(self.gpu()?);
+        let mut state = lock(&self.state);
+        if state.lane(device).is_some() {
+            return Err(Error::IntegrityAlreadyEnabled(device));
+        }
+        let lane = Lane::borrow(gpu, device, options)?;
+        state.lanes.push(lane);
+        Ok(())
+    }
+
+    /// Disables integrity for `device`: its seals are dropped (their registrations stay,
+    /// residency-only), its kernel unloaded, the primary context reference given back.
+    /// Returns the ids that were sealed there (a MODIFIED one goes back to its residency
+    /// verdict).
+    pub fn disable(&self, device: i32) -> Result<Vec<RegistrationId>, Error> {
+        let mut state = lock(&self.state);
+        let at = state.lanes.iter().position(|l| l.device == device).ok_or(Error::IntegrityNotEnabled(device))?;
+        let lane = state.lanes.remove(at);
+        let dropped: Vec<RegistrationId> = state.seals.iter().filter(|(_, s)| s.device == device).map(|(id, _)| *id).collect();
+        for id in &dropped {
+            state.seals.remove(id);
+        }
+        drop(lane);
+        Ok(dropped)
+    }
+
+    /// Changes the pacing of every enabled device (a device enabled later uses the options
+    /// its own enable call gives).
+    pub fn set_options(&self, options: IntegrityOptions) -> Result<(), Error> {
+        let options = options.validated()?;
+        for lane in lock(&self.state).lanes.iter_mut() {
+            lane.options = options;
+        }
+        Ok(())
+    }
+
+    /// Seals registration `id`: checks it is resident now (a fresh driver query: the kernel
+    /// must never read memory that is gone), fingerprints it on its device, keeps the values.
+    pub fn seal(&self, driver: &dyn Driver, registry: &Registry, id: RegistrationId, reseal: bool) -> Result<(), Error> {
+        let info = registry.get(id).ok_or(Error::UnknownRegistration(id))?;
+        let mut state = lock(&self.state);
+        match (state.seals.contains_key(&id), reseal) {
+            (true, false) => return Err(Error::AlreadySealed),
+            (false, true) => return Err(Error::NotSealed),
+            _ => {}
+        }
+        if info.check_failing || !matches!(info.verdict, Verdict::Resident | Verdict::Modified) {
+            let verdict = if info.check_failing { Verdict::CheckFailed } else { info.verdict };
+            return Err(Error::NotResident(verdict));
+        }
+        let now = crate::inspect::inspect(driver, info.ptr, info.size)?;
+        if now.verdict != Verdict::Resident || !seal::same_buffers(&info.pieces, now.pieces()) {
+            let verdict = if now.verdict == Verdict::Resident { Verdict::Replaced } else { now.verdict };
+            return Err(Error::NotResident(verdict));
+        }
+        let lane = state.lane(info.device).ok_or(Error::IntegrityNotEnabled(info.device))?;
+        let values = lane.fingerprint_all(info.ptr, info.size)?;
+        let sealed = Seal::new(&info, values);
+        state.seals.insert(id, sealed);
+        Ok(())
+    }
+
+    /// Unseals `id` (it stays registered, residency-only).
+    pub fn unseal(&self, id: RegistrationId) -> Result<(), Error> {
+        lock(&self.state).seals.remove(&id).map(|_| ()).ok_or(Error::NotSealed)
+    }
+
+    /// Forgets `id` (unregistered). Waits for a slice in progress over it.
+    pub fn forget(&self, id: RegistrationId) {
+        lock(&self.state).seals.remove(&id);
+    }
+
+    /// Whether `id` is sealed, and its state.
+    pub fn seal_info(&self, id: RegistrationId) -> Option<SealInfo> {
+        let state = lock(&self.state);
+        let seal = state.seals.get(&id)?;
+        let failing = state.lanes.iter().any(|l| l.device == seal.device && l.failed.is_some());
+        Some(seal.info(failing))
+    }
+
+    /// Every sealed registration's state, by id.
+    pub fn seal_infos(&self) -> BTreeMap<RegistrationId, SealInfo> {
+        let state = lock(&self.state);
+        state
+            .seals
+            .iter()
+            .map(|(id, seal)| (*id, seal.info(state.lanes.iter().any(|l| l.device == seal.device && l.failed.is_some()))))
+            .collect()
+    }
+
+    /// The monitor-wide state.
+    pub fn status(&self) -> IntegrityStatus {
+        let state = lock(&self.state);
+        IntegrityStatus {
+            devices_enabled: state.lanes.len() as u32,
+            sealed: state.seals.len() as u64,
+            sealed_bytes: state.seals.values().map(|s| s.size).sum(),
+            modified: state.seals.values().filter(|s| s.modified_chunks() > 0).count() as u64,
+            verified_bytes_total: state.verified_bytes_total,
+            passes_completed: state.passes_completed,
+            last_pass_unix_ms: state.last_pass_unix_ms,
+            failed: state.lanes.iter().find_map(|l| l.failed.clone().map(|e| (l.device, e))),
+        }
+    }
+
+    /// Whether a lent context has failed (the monitor is unhealthy while one has).
+    pub fn failed(&self) -> bool {
+        lock(&self.state).lanes.iter().any(|l| l.failed.is_some())
+    }
+
+    /// What the health snapshot needs, in one short look: sealed registrations and bytes,
+    /// bytes verified, passes, the last pass's time, and whether a lent context failed.
+    pub fn summary(&self) -> HealthFigures {
+        let state = lock(&self.state);
+        HealthFigures {
+            sealed: state.seals.len() as u64,
+            sealed_bytes: state.seals.values().map(|s| s.size).sum(),
+            verified_bytes: state.verified_bytes_total,
+            passes: state.passes_completed,
+            last_pass_unix_ms: state.last_pass_unix_ms,
+            failed: state.lanes.iter().any(|l| l.failed.is_some()),
+        }
+    }
+
+    /// When the next background slice is due (`None`: nothing sealed, or all failed; a
+    /// failure not yet reported is due at once).
+    pub fn next_due(&self) -> Option<Instant> {
+        let state = lock(&self.state);
+        state
+            .lanes
+            .iter()
+            .filter_map(|l| {
+                if l.failed.is_some() {
+                    l.failure_unreported().then(Instant::now)
+                } else {
+                    state.seals.values().any(|s| s.device == l.device).then(|| l.next_slice_due())
+                }
+            })
+            .min()
+    }
+
+    /// Runs the background slices that are due (at most one per device), then returns what
+    /// they found. `still_resident` says whether a registration may be read now (the
+    /// residency verdict and a fresh driver query, asked just before its slice).
+    pub fn step(&self, driver: &dyn Driver, registry: &Registry, interval: Duration) -> Vec<Finding> {
+        let mut findings = Vec::new();
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        let now = Instant::now();
+        for lane in state.lanes.iter_mut() {
+            if lane.failed.is_some() {
+                findings.extend(lane.unreported_failure());
+                continue;
+            }
+            if lane.next_slice_due() > now {
+                continue;
+            }
+            let sealed_bytes: u64 = state.seals.values().filter(|s| s.device == lane.device).map(|s| s.size).sum();
+            if sealed_bytes == 0 {
+                continue;
+            }
+            let outcome = lane.verify_next_slice(&mut state.seals, driver, registry, sealed_bytes, interval);
+            state.verified_bytes_total += outcome.bytes;
+            if outcome.pass_completed {
+                state.passes_completed += 1;
+                state.last_pass_unix_ms = crate::clock::unix_ms();
+            }
+            findings.extend(outcome.findings);
+        }
+        findings
+    }
+
+    /// Verifies every sealed byte now, at full speed (launches of up to 16 GiB).
+    pub fn verify_all(&self, driver: &dyn Driver, registry: &Registry) -> (VerifySummary, Vec<Finding>) {
+        let started = Instant::now();
+        let mut summary = VerifySummary::default();
+        let mut findings = Vec::new();
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        for lane in state.lanes.iter_mut() {
+            if lane.failed.is_some() {
+                findings.extend(lane.unreported_failure());
+                continue;
+            }
+            let outcome = lane.verify_everything(&mut state.seals, driver, registry);
+            summary.registrations += outcome.registrations;
+            summary.bytes += outcome.bytes;
+            state.verified_bytes_total += outcome.bytes;
+            if outcome.pass_completed {
+                state.passes_completed += 1;
+                state.last_pass_unix_ms = crate::clock::unix_ms();
+            }
+            findings.extend(outcome.findings);
+            findings.extend(lane.unreported_failure());
+        }
+        summary.modified = state.seals.values().filter(|s| s.modified_chunks() > 0).count() as u64;
+        summary.duration_us = started.elapsed().as_micros() as u64;
+        (summary, findings)
+    }
+}
+
+/// The error-level record of a lent context that failed (once per failure: the lane keeps
+/// the error and runs nothing more).
+pub(crate) fn log_failure(device: i32, error: &DriverError) {
+    let _ = std::panic::catch_unwind(|| {
+        log::error!(
+            target: "vram_monitor",
+            actor = "vram-integrity", action = "verify", device = device;
+            "integrity verification on GPU{device} failed: {error}; content unknown until integrity is disabled and enabled again"
+        )
+    });
+}
