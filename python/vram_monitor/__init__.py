@@ -32,6 +32,7 @@ when the log handler is detached too, so no callback enters a finalising interpr
 from . import _native
 from .events import Event
 from .health import CheckSummary, DeviceHealth, Health, Stall
+from .integrity import IntegrityStatus, SealInfo, VerifySummary
 from .lifecycle import close_all
 from .logging_bridge import detach_log_handler, log_to_python_logging, set_log_handler
 from .monitor import EntriesFailed, Monitor, Registration, RegistrationInfo
@@ -40,6 +41,9 @@ from .tensors import buffer_range
 from .watch import Watch
 
 __all__ = [
+    "IntegrityStatus",
+    "SealInfo",
+    "VerifySummary",
     "CheckSummary",
     "DeviceHealth",
     "EntriesFailed",

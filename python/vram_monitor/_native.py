@@ -71,6 +71,8 @@ class VramMonitorEvent(ctypes.Structure):
         ("healthy", ctypes.c_bool),
         ("message", ctypes.c_char_p),
         ("timestamp_unix_ms", ctypes.c_uint64),
+        ("modified_chunks", ctypes.c_uint64),
+        ("first_modified_offset", ctypes.c_uint64),
     ]
 
 
@@ -105,6 +107,45 @@ class VramMonitorStall(ctypes.Structure):
         ("last_check_started_unix_ms", ctypes.c_uint64),
         ("deadline_ms", ctypes.c_uint64),
         ("grace_ms", ctypes.c_uint64),
+    ]
+
+
+class VramMonitorIntegrityOptions(ctypes.Structure):
+    _fields_ = [("slice_bytes", ctypes.c_uint64), ("max_gpu_share_ppm", ctypes.c_uint32), ("period_ms", ctypes.c_uint64)]
+
+
+class VramMonitorVerifySummary(ctypes.Structure):
+    _fields_ = [
+        ("registrations", ctypes.c_uint64),
+        ("bytes", ctypes.c_uint64),
+        ("modified", ctypes.c_uint64),
+        ("duration_us", ctypes.c_uint64),
+    ]
+
+
+class VramMonitorSealInfo(ctypes.Structure):
+    _fields_ = [
+        ("sealed", ctypes.c_bool),
+        ("integrity_failing", ctypes.c_bool),
+        ("chunks", ctypes.c_uint64),
+        ("last_verified_unix_ms", ctypes.c_uint64),
+        ("modified_chunks", ctypes.c_uint64),
+        ("first_modified_offset", ctypes.c_uint64),
+    ]
+
+
+class VramMonitorIntegrity(ctypes.Structure):
+    _fields_ = [
+        ("devices_enabled", ctypes.c_uint32),
+        ("failed", ctypes.c_bool),
+        ("failed_device", ctypes.c_int32),
+        ("failed_code", ctypes.c_int32),
+        ("sealed", ctypes.c_uint64),
+        ("sealed_bytes", ctypes.c_uint64),
+        ("modified", ctypes.c_uint64),
+        ("verified_bytes_total", ctypes.c_uint64),
+        ("passes_completed", ctypes.c_uint64),
+        ("last_pass_unix_ms", ctypes.c_uint64),
     ]
 
 
@@ -283,6 +324,19 @@ def declare(lib: ctypes.CDLL) -> None:
         "vram_monitor_device_health": (result, [vm, ctypes.c_void_p, ctypes.c_size_t, p(ctypes.c_size_t)]),
         "vram_monitor_serve_http": (result, [vm, ctypes.c_char_p, p(ctypes.c_uint16)]),
         "vram_monitor_stop_http": (result, [vm]),
+        "vram_monitor_enable_integrity": (result, [vm, ctypes.c_int32, ctypes.c_void_p]),
+        "vram_monitor_disable_integrity": (result, [vm, ctypes.c_int32]),
+        "vram_monitor_set_integrity_options": (result, [vm, ctypes.c_void_p]),
+        "vram_monitor_seal": (result, [vm, ctypes.c_uint64]),
+        "vram_monitor_reseal": (result, [vm, ctypes.c_uint64]),
+        "vram_monitor_unseal": (result, [vm, ctypes.c_uint64]),
+        "vram_monitor_register_sealed": (
+            result,
+            [vm, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, p(ctypes.c_uint64)],
+        ),
+        "vram_monitor_verify_now": (result, [vm, ctypes.c_void_p]),
+        "vram_monitor_seal_info": (result, [vm, ctypes.c_uint64, ctypes.c_void_p]),
+        "vram_monitor_integrity": (result, [vm, ctypes.c_void_p]),
         # Newer than some libraries: bound where the loaded one has them.
         "vram_monitor_register_many": (
             result,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Literal, Optional, 
 
 from . import _native, events, lifecycle
 from .health import CheckSummary, DeviceHealth, Health, Stall
+from .integrity import IntegrityStatus, SealInfo, VerifySummary, current_device
 from .results import MonitorClosed, Result, Verdict, VramMonitorError, check, enum_or_int
 from .tensors import buffer_range
 
@@ -180,7 +181,7 @@ class Monitor:
 
     # -- registrations --
 
-    def register(self, buffer: Any, label: str, nbytes: Optional[int] = None) -> int:
+    def register(self, buffer: Any, label: str, nbytes: Optional[int] = None, *, seal: bool = False) -> int:
         """Checks the memory at once and registers it if it is resident; returns the id.
 
         `buffer` is a torch tensor, a CuPy array, anything with `__cuda_array_interface__`,
@@ -190,13 +191,88 @@ class Monitor:
         ptr, size = buffer_range(buffer) if nbytes is None else (buffer, nbytes)
         ptr = _native.u64(ptr, "ptr")
         size = _native.u64(size, "nbytes")
-        what = "vram_monitor_register(%r)" % (label,)
+        name = "vram_monitor_register_sealed" if seal else "vram_monitor_register"
+        what = "%s(%r)" % (name, label)
         out = ctypes.c_uint64()
-        check(
-            self._lib.vram_monitor_register(self._h(what), ctypes.c_void_p(ptr), size, _label(label), ctypes.byref(out)),
-            what,
-        )
+        fn = self._lib.vram_monitor_register_sealed if seal else self._lib.vram_monitor_register
+        check(fn(self._h(what), ctypes.c_void_p(ptr), size, _label(label), ctypes.byref(out)), what)
         return out.value
+
+    # ---- content integrity (docs/integrity.md) ----
+
+    def enable_integrity(
+        self,
+        device: Optional[int] = None,
+        *,
+        slice_bytes: int = 0,
+        max_gpu_share_ppm: int = 0,
+        period_ms: int = 0,
+    ) -> int:
+        """Enables content integrity for `device`, borrowing the CUDA context current on this
+        thread (vram_monitor_enable_integrity; the library creates none). `device` None: the
+        current torch device (else CuPy's), whose primary context is made current here first.
+        Zero options take the library's defaults. Returns the device."""
+        if device is None:
+            device = current_device()
+            if device is None:
+                raise ValueError("no device given and neither torch nor cupy is in use")
+        options = _native.VramMonitorIntegrityOptions(
+            _native.u64(slice_bytes, "slice_bytes"), int(max_gpu_share_ppm), _native.u64(period_ms, "period_ms")
+        )
+        what = "vram_monitor_enable_integrity(%d)" % device
+        check(self._lib.vram_monitor_enable_integrity(self._h(what), int(device), ctypes.byref(options)), what)
+        return int(device)
+
+    def disable_integrity(self, device: int) -> None:
+        """Disables integrity for `device` (its seals dropped, the context given back)."""
+        what = "vram_monitor_disable_integrity(%d)" % device
+        check(self._lib.vram_monitor_disable_integrity(self._h(what), int(device)), what)
+
+    def set_integrity_options(self, *, slice_bytes: int = 0, max_gpu_share_ppm: int = 0, period_ms: int = 0) -> None:
+        """Changes background verification's pacing on every enabled device (0: default)."""
+        options = _native.VramMonitorIntegrityOptions(
+            _native.u64(slice_bytes, "slice_bytes"), int(max_gpu_share_ppm), _native.u64(period_ms, "period_ms")
+        )
+        what = "vram_monitor_set_integrity_options"
+        check(self._lib.vram_monitor_set_integrity_options(self._h(what), ctypes.byref(options)), what)
+
+    def seal(self, registration_id: int) -> None:
+        """Fingerprints a registration's bytes on its GPU now; a later difference makes its
+        verdict MODIFIED. Seal weights only, never a KV cache or activations."""
+        what = "vram_monitor_seal"
+        check(self._lib.vram_monitor_seal(self._h(what), _native.u64(registration_id, "registration_id")), what)
+
+    def reseal(self, registration_id: int) -> None:
+        """Takes a new fingerprint after an intentional change and clears MODIFIED."""
+        what = "vram_monitor_reseal"
+        check(self._lib.vram_monitor_reseal(self._h(what), _native.u64(registration_id, "registration_id")), what)
+
+    def unseal(self, registration_id: int) -> None:
+        """Stops verifying a registration's content (it stays registered)."""
+        what = "vram_monitor_unseal"
+        check(self._lib.vram_monitor_unseal(self._h(what), _native.u64(registration_id, "registration_id")), what)
+
+    def verify_now(self) -> VerifySummary:
+        """Verifies every sealed byte now at full speed and waits for it."""
+        what = "vram_monitor_verify_now"
+        buf, out = _native.out_struct(_native.VramMonitorVerifySummary)
+        check(self._lib.vram_monitor_verify_now(self._h(what), ctypes.addressof(buf)), what)
+        return VerifySummary._from_c(out)
+
+    def seal_info(self, registration_id: int) -> Optional[SealInfo]:
+        """A registration's integrity state, or None when it is not sealed."""
+        what = "vram_monitor_seal_info"
+        buf, out = _native.out_struct(_native.VramMonitorSealInfo)
+        rid = _native.u64(registration_id, "registration_id")
+        check(self._lib.vram_monitor_seal_info(self._h(what), rid, ctypes.addressof(buf)), what)
+        return SealInfo._from_c(out) if out.sealed else None
+
+    def integrity(self) -> IntegrityStatus:
+        """The monitor-wide integrity state."""
+        what = "vram_monitor_integrity"
+        buf, out = _native.out_struct(_native.VramMonitorIntegrity)
+        check(self._lib.vram_monitor_integrity(self._h(what), ctypes.addressof(buf)), what)
+        return IntegrityStatus._from_c(out)
 
     def register_many(self, entries: Iterable[Tuple[int, int, str]], *, all_or_nothing: bool = True) -> List[int]:
         """Registers `(ptr, nbytes, label)` entries in one call (vram_monitor_register_many:

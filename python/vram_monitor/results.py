@@ -49,6 +49,15 @@ class Result(enum.IntEnum):
     PANIC = 500
     HTTP_BIND_FAILED = 600
     HTTP_ALREADY_SERVING = 601
+    INTEGRITY_NOT_ENABLED = 700
+    NO_CURRENT_CONTEXT = 701
+    CONTEXT_WRONG_DEVICE = 702
+    INTEGRITY_ALREADY_ENABLED = 703
+    ALREADY_SEALED = 704
+    NOT_SEALED = 705
+    NOT_RESIDENT = 706
+    KERNEL_UNAVAILABLE = 707
+    INTEGRITY_FAILED = 708
 
 
 class Verdict(enum.IntEnum):
@@ -62,6 +71,7 @@ class Verdict(enum.IntEnum):
     OUT_OF_RANGE = 5
     WRONG_DEVICE = 6
     CHECK_FAILED = 7
+    MODIFIED = 8
 
 
 class EventKind(enum.IntEnum):
@@ -72,6 +82,8 @@ class EventKind(enum.IntEnum):
     HEALTH_CHANGED = 3
     CHECK_FAILED = 4
     DEVICE_FAULT = 5
+    MODIFIED = 6
+    INTEGRITY_FAILED = 7
 
 
 class SignalStatus(enum.IntEnum):

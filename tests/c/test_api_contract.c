@@ -297,8 +297,8 @@ static void strings_and_version(void) {
     for (i = 0; i < sizeof verdicts / sizeof verdicts[0]; i++)
         CHECK(strcmp(vram_monitor_verdict_str((int32_t)i), verdicts[i]) == 0, "vram_monitor_verdict_str(%zu) = \"%s\"",
               i, vram_monitor_verdict_str((int32_t)i));
-    CHECK(strcmp(vram_monitor_verdict_str(8), "UNKNOWN") == 0 && strcmp(vram_monitor_verdict_str(-1), "UNKNOWN") == 0,
-          "vram_monitor_verdict_str(8) and (-1) = \"UNKNOWN\"");
+    CHECK(strcmp(vram_monitor_verdict_str(9), "UNKNOWN") == 0 && strcmp(vram_monitor_verdict_str(-1), "UNKNOWN") == 0,
+          "vram_monitor_verdict_str(9) and (-1) = \"UNKNOWN\"");
     CHECK(VRAM_MONITOR_VERDICT_CHECK_FAILED == 7 && VRAM_MONITOR_RESULT_REFUSED_MANAGED == 200 + VRAM_MONITOR_VERDICT_MANAGED &&
               VRAM_MONITOR_RESULT_REFUSED_WRONG_DEVICE == 200 + VRAM_MONITOR_VERDICT_WRONG_DEVICE,
           "REFUSED_<verdict> = 200 + verdict");
