@@ -35,6 +35,18 @@
  *   trampoline and handed to the exception handler given with the callback (default: one line
  *   on stderr); the monitor goes on.
  *
+ * - register_many() registers a whole model in one call and answers per entry (a result code
+ *   and a Registration each, empty where the entry was not registered); only a call that is
+ *   wrong as a whole (no entries) throws. RegisterMode::AllOrNothing registers nothing unless
+ *   every entry can be.
+ * - Reads that fill a C struct return it as is (health(), stall(), check_now(),
+ *   device_health()); registration() copies the label into a RegistrationInfo.
+ * - serve_http() starts the built-in HTTP endpoint (/health, /readyz, /livez, /metrics) and
+ *   returns its port; stop_http() or ~Monitor stops it.
+ *
+ * Every function of vram_monitor.h is reached from here (scripts/check-parity.py checks it);
+ * get() gives the C handle for anything else.
+ *
  * Threading: as for the C API (see vram_monitor.h): every member function may be called from
  * any thread; check_now() throws Error(CALLED_FROM_CALLBACK) inside a callback.
  */
@@ -95,6 +107,11 @@ inline const char *result_string(VramMonitorResult code) noexcept {
     return vram_monitor_result_str(static_cast<int32_t>(code));
 }
 
+/** The static name of a device-health signal status ("supported", "unsupported", "unavailable"). */
+inline const char *signal_status_name(VramMonitorSignalStatus status) noexcept {
+    return vram_monitor_signal_status_str(static_cast<int32_t>(status));
+}
+
 /** The version of the library actually loaded ("MAJOR.MINOR.PATCH"). */
 inline std::string library_version() { return vram_monitor_version(); }
 
@@ -141,7 +158,52 @@ using ExceptionHandler = std::function<void(std::exception_ptr)>;
 using LogHandler = std::function<void(VramMonitorLogLevel, const std::string &, const std::string &)>;
 
 /** Report formats of Monitor::report(). */
-enum class ReportFormat : std::int32_t { Text = VRAM_MONITOR_REPORT_FORMAT_TEXT, Json = VRAM_MONITOR_REPORT_FORMAT_JSON };
+enum class ReportFormat : std::int32_t {
+    /** For people: one line per registration. */
+    Text = VRAM_MONITOR_REPORT_FORMAT_TEXT,
+    /** {"health": {...}, "registrations": [...]}. */
+    Json = VRAM_MONITOR_REPORT_FORMAT_JSON,
+    /** The Prometheus text exposition format (version 0.0.4), as served on /metrics. */
+    Prometheus = VRAM_MONITOR_REPORT_FORMAT_PROMETHEUS,
+};
+
+/** One entry of Monitor::register_many(): [ptr, ptr + size) under `label` (copied by the library). */
+struct Region {
+    /** First byte of the range. */
+    const void *ptr = nullptr;
+    /** Length in bytes (non-zero). */
+    std::size_t size = 0;
+    /** The engine's name for it (UTF-8, at most VRAM_MONITOR_MAX_LABEL_BYTES). */
+    std::string label;
+};
+
+/** What Monitor::register_many() does when an entry fails. */
+enum class RegisterMode : std::uint32_t {
+    /** A failed entry fails only itself; the others are registered. */
+    Independent = 0,
+    /** A failed entry stops the call: nothing is registered (VRAM_MONITOR_REGISTER_ALL_OR_NOTHING). */
+    AllOrNothing = VRAM_MONITOR_REGISTER_ALL_OR_NOTHING,
+};
+
+/** One registration as the monitor sees it now (Monitor::registration()). */
+struct RegistrationInfo {
+    /** Its id. */
+    std::uint64_t id = 0;
+    /** First byte. */
+    const void *ptr = nullptr;
+    /** Length in bytes. */
+    std::size_t size = 0;
+    /** The device that held it when registered. */
+    std::int32_t device = -1;
+    /** Its verdict from the last check that could judge it. */
+    VramMonitorVerdict verdict = VRAM_MONITOR_VERDICT_RESIDENT;
+    /** The allocations or VMM mappings that hold it (1 for nearly every range). */
+    std::uint32_t pieces = 0;
+    /** The driver query for it failed in the last check (verdict is then the last one known). */
+    bool check_failing = false;
+    /** Its label, as registered. */
+    std::string label;
+};
 
 namespace detail {
 
@@ -360,6 +422,24 @@ private:
     std::uint64_t id_ = 0;
 };
 
+/**
+ * The answer of Monitor::register_many(), entry by entry in the order given. results[i] is
+ * entry i's own code (OK, what register_buffer would have thrown for it, DUPLICATE_RANGE for
+ * the same ptr and size earlier in the call, or ENTRIES_FAILED in an all-or-nothing call that
+ * another entry failed); registrations[i] owns it when it was registered and is empty otherwise.
+ */
+struct RegisterManyResult {
+    /** Entry i's guard; empty where entry i was not registered. */
+    std::vector<Registration> registrations;
+    /** Entry i's own result code. */
+    std::vector<VramMonitorResult> results;
+    /** How many entries were registered. */
+    std::size_t registered = 0;
+
+    /** Whether every entry was registered. */
+    bool ok() const noexcept { return registered == results.size(); }
+};
+
 /** A monitor and its background thread. RAII, move-only. */
 class Monitor {
 public:
@@ -418,6 +498,69 @@ public:
     void unregister(std::uint64_t id) { check(vram_monitor_unregister(handle_, id), "vram_monitor_unregister"); }
 
     /**
+     * Registers every region in one call (vram_monitor_register_many: one driver query per
+     * distinct allocation, every entry judged from one snapshot). Entries that fail do not
+     * throw: read RegisterManyResult::results. Throws Error only for a call wrong as a whole:
+     * INVALID_ARGUMENT for no regions (as the C API for count 0).
+     */
+    RegisterManyResult register_many(const std::vector<Region> &regions, RegisterMode mode = RegisterMode::Independent) {
+        /* Checked here: with no regions the vectors' data() may be NULL, which the C API
+           would answer NULL_ARGUMENT instead. */
+        if (regions.empty()) throw Error(VRAM_MONITOR_RESULT_INVALID_ARGUMENT, "vram_monitor_register_many with no regions");
+        std::vector<VramMonitorRegion> raw;
+        raw.reserve(regions.size());
+        for (const Region &r : regions) raw.push_back(VramMonitorRegion{r.ptr, r.size, r.label.c_str()});
+        std::vector<std::uint64_t> ids(regions.size(), 0);
+        RegisterManyResult out;
+        /* Everything that can throw is allocated before the call: once entries are registered,
+           each must reach its guard, or it would stay watched with no owner. */
+        out.results.assign(regions.size(), VRAM_MONITOR_RESULT_OK);
+        out.registrations.resize(regions.size());
+        std::size_t registered = 0;
+        const VramMonitorResult code =
+            vram_monitor_register_many(handle_, raw.data(), raw.size(), static_cast<std::uint32_t>(mode), ids.data(),
+                                       out.results.data(), &registered);
+        if (code != VRAM_MONITOR_RESULT_OK && code != VRAM_MONITOR_RESULT_ENTRIES_FAILED) {
+            throw Error(code, "vram_monitor_register_many");
+        }
+        for (std::size_t i = 0; i < ids.size(); ++i) {
+            if (ids[i] != 0) out.registrations[i] = Registration(token_, ids[i]);
+        }
+        out.registered = registered;
+        return out;
+    }
+
+    /**
+     * Reads registration `id` as it stands now, label included (no driver query). Throws
+     * Error(UNKNOWN_REGISTRATION) for an id this monitor does not hold.
+     */
+    RegistrationInfo registration(std::uint64_t id) const {
+        VramMonitorRegistrationInfo raw{};
+        /* Most labels fit; a longer one costs a second call of the size the first reported. */
+        char small[256];
+        std::size_t length = 0;
+        VramMonitorResult result = vram_monitor_registration(handle_, id, &raw, small, sizeof small, &length);
+        RegistrationInfo info;
+        if (result == VRAM_MONITOR_RESULT_OK) {
+            info.label.assign(small, length);
+        } else if (result == VRAM_MONITOR_RESULT_BUFFER_TOO_SMALL) {
+            /* A registration's label never changes, so the size reported fits the second call. */
+            info.label.resize(length);
+            result = vram_monitor_registration(handle_, id, &raw, &info.label[0], info.label.size(), &length);
+            if (result == VRAM_MONITOR_RESULT_OK) info.label.resize(length);
+        }
+        check(result, "vram_monitor_registration");
+        info.id = raw.id;
+        info.ptr = raw.ptr;
+        info.size = raw.size;
+        info.device = raw.device;
+        info.verdict = static_cast<VramMonitorVerdict>(raw.verdict);
+        info.pieces = raw.pieces;
+        info.check_failing = raw.check_failing != 0;
+        return info;
+    }
+
+    /**
      * Sets the function that receives events (replacing the previous one; an empty function
      * removes it). It runs on the monitor thread; what it throws goes to `on_exception`
      * (default: a line on stderr) and never into the library.
@@ -446,6 +589,37 @@ public:
         check(vram_monitor_set_interval_ms(handle_, to_interval_ms(interval)), "vram_monitor_set_interval_ms");
     }
 
+    /**
+     * Paces a check's driver queries: a pause of `pause` after every `slice_queries` queries
+     * (0: only a yield), from the next check on. The defaults are
+     * VRAM_MONITOR_DEFAULT_SLICE_QUERIES and VRAM_MONITOR_DEFAULT_PAUSE_US. Throws
+     * Error(INVALID_ARGUMENT) for 0 queries, a negative pause, a pause over 1 s or one not
+     * shorter than the stall deadline.
+     */
+    void set_pacing(std::uint32_t slice_queries, std::chrono::microseconds pause) {
+        const auto count = pause.count();
+        if (count < 0 || static_cast<unsigned long long>(count) > UINT32_MAX) {
+            throw Error(VRAM_MONITOR_RESULT_INVALID_ARGUMENT, "set_pacing: the pause must be 0 to 1 s");
+        }
+        check(vram_monitor_set_pacing(handle_, slice_queries, static_cast<std::uint32_t>(count)), "vram_monitor_set_pacing");
+    }
+
+    /**
+     * Sets when the monitor counts as stalled, at once: a check making no progress for longer
+     * than `deadline`, or no completed check for longer than the interval plus `grace`
+     * (defaults VRAM_MONITOR_DEFAULT_STALL_DEADLINE_MS and ..._GRACE_MS). Throws
+     * Error(INVALID_ARGUMENT), changing nothing, for a value of 0, negative or over 30 days, or
+     * a deadline not longer than the pacing's pause.
+     */
+    void set_stall_limits(std::chrono::milliseconds deadline, std::chrono::milliseconds grace) {
+        if (deadline.count() < 0 || grace.count() < 0) {
+            throw Error(VRAM_MONITOR_RESULT_INVALID_ARGUMENT, "set_stall_limits: negative duration");
+        }
+        check(vram_monitor_set_stall_limits(handle_, static_cast<std::uint64_t>(deadline.count()),
+                                            static_cast<std::uint64_t>(grace.count())),
+              "vram_monitor_set_stall_limits");
+    }
+
     /** Runs a full check now and waits for it (callbacks run before it returns). */
     VramMonitorCheckSummary check_now() {
         VramMonitorCheckSummary summary{};
@@ -460,7 +634,50 @@ public:
         return health;
     }
 
-    /** The report, as text or JSON. */
+    /**
+     * The stall state: whether the monitor stopped checking, the check in progress, the
+     * limits in force (no driver query).
+     */
+    VramMonitorStall stall() const {
+        VramMonitorStall stall{};
+        check(vram_monitor_stall(handle_, &stall), "vram_monitor_stall");
+        return stall;
+    }
+
+    /**
+     * The memory health of each GPU that holds registrations, as of the last full check (no
+     * NVML call here); empty before the first check or without registrations.
+     */
+    std::vector<VramMonitorDeviceHealth> device_health() const {
+        std::vector<VramMonitorDeviceHealth> devices;
+        std::size_t count = 0;
+        VramMonitorResult result = vram_monitor_device_health(handle_, nullptr, 0, &count);
+        /* The count can change between the size query and the copy: retry until it fits. */
+        for (int attempt = 0; attempt < 16 && result == VRAM_MONITOR_RESULT_BUFFER_TOO_SMALL; ++attempt) {
+            devices.resize(count);
+            result = vram_monitor_device_health(handle_, devices.data(), devices.size(), &count);
+        }
+        check(result, "vram_monitor_device_health");
+        devices.resize(count);
+        return devices;
+    }
+
+    /**
+     * Starts the built-in HTTP endpoint on `address` ("PORT", "localhost:PORT", or an IP literal
+     * with a port; empty: "127.0.0.1:9464"; port 0 lets the system choose) and returns the port
+     * it listens on. Throws Error: INVALID_ARGUMENT for an address that does not parse,
+     * HTTP_BIND_FAILED, HTTP_ALREADY_SERVING. Stopped by stop_http() or ~Monitor.
+     */
+    std::uint16_t serve_http(const std::string &address = std::string()) {
+        std::uint16_t port = 0;
+        check(vram_monitor_serve_http(handle_, address.c_str(), &port), "vram_monitor_serve_http");
+        return port;
+    }
+
+    /** Stops the HTTP endpoint if it is serving; the port is closed when this returns. */
+    void stop_http() { check(vram_monitor_stop_http(handle_), "vram_monitor_stop_http"); }
+
+    /** The report, as text, JSON or Prometheus text. */
     std::string report(ReportFormat format = ReportFormat::Text) const {
         const std::int32_t raw = static_cast<std::int32_t>(format);
         std::size_t needed = 0;

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Runs every test that runs without a GPU:
+#   0. parity: every function of the C header is reached by the C++ wrapper and the Python
+#      package (scripts/check-parity.py, after its self-test);
 #   1. Rust unit and integration tests, against the fake libcuda in tests/fake_cuda
 #      (the GPU scenarios in tests/gpu.rs report themselves skipped here);
 #   2. the committed C header is what cbindgen generates (part of 1);
 #   3. the C tests in tests/c, plain and under AddressSanitizer + UndefinedBehaviorSanitizer;
 #   4. the CMake examples configured (they need the CUDA toolkit and a GPU: skipped here).
-#   4b. the C tests under valgrind (helgrind, memcheck), and the fuzz targets over their
+#   4b. the C and C++ tests under valgrind (helgrind, memcheck), and the fuzz targets over their
 #      committed seeds (docs/reliability.md; the stress and model tests run in step 1).
 #   5. the built-in HTTP endpoint with curl, malformed and slow requests, `promtool check
 #      metrics` and a real Prometheus server scraping it (scripts/observability-test.sh).
@@ -42,6 +44,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 root=$PWD
+echo "== parity: every C function reached by the C++ wrapper and the Python package"
+# The self-test first: it shows the check fails on a function missing on either side.
+python3 scripts/check-parity.py --self-test
+python3 scripts/check-parity.py
+
 echo "== build: the library (shared, static, Rust), its binaries and examples"
 # `cargo test` alone does not produce the shared library the C tests link against.
 cargo build --all-targets
@@ -60,8 +67,9 @@ cmake -S tests/c -B target/c-tests-sanitized -DVRAM_MONITOR_LIB_DIR="$root/targe
 cmake --build target/c-tests-sanitized -j 2
 ctest --test-dir target/c-tests-sanitized --output-on-failure
 
-echo "== C tests under valgrind: helgrind (threads) and memcheck (memory, also inside the Rust library)"
-# Suppressions and what helgrind cannot see: tests/valgrind/rust-sync.supp. Findings fail the run.
+echo "== C and C++ tests under valgrind: helgrind (threads) and memcheck (memory, also inside the Rust library)"
+# Suppressions and what helgrind cannot see: tests/valgrind/rust-sync.supp (the library's
+# futex-based locks) and tests/valgrind/libstdcxx-shared-ptr.supp. Findings fail the run.
 if ! have valgrind; then
   if [ "$(id -u)" = 0 ] && have apt-get; then
     apt-get update -qq

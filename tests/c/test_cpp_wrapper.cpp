@@ -1,12 +1,19 @@
 // test_cpp_wrapper.cpp - the header-only C++17 wrapper (include/vram_monitor.hpp) against the
 // fake libcuda: RAII of Monitor and Registration, errors as exceptions with the result code,
-// std::function callbacks, exceptions stopped at the C boundary, the log handler.
+// std::function callbacks, exceptions stopped at the C boundary, the log handler; and the rest
+// of the C API through it: register_many with per-entry results, registration() with its label,
+// stall state and limits, pacing, device health, the Prometheus report, and the HTTP endpoint
+// fetched over a socket.
 //
 // Prints "ok"/"FAIL" per check and exits 1 if any failed. Run by ctest with LD_LIBRARY_PATH
 // pointing at the fake driver (tests/c/CMakeLists.txt).
 #include "vram_monitor.hpp"
 
+#include <arpa/inet.h>
 #include <dlfcn.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -57,9 +64,14 @@ struct Fake {
     unsigned long long (*alloc)(int kind, std::size_t size, int device) = nullptr;
     int (*free)(unsigned long long base) = nullptr;
     int (*reallocate)(unsigned long long base) = nullptr;
+    int (*set_kind)(unsigned long long base, int kind) = nullptr;
+    void (*fail_query_at)(unsigned long long addr, int code) = nullptr;
+    void (*hold_queries)(int hold) = nullptr;
+    unsigned (*held_queries)() = nullptr;
 };
 Fake fake;
 constexpr int FAKE_DEVICE = 1;
+constexpr int FAKE_MANAGED = 2;
 constexpr int FAKE_HOST = 3;
 constexpr std::size_t MiB = std::size_t{1} << 20;
 
@@ -80,6 +92,10 @@ void load_fake() {
     lookup(handle, "fake_cuda_alloc", fake.alloc);
     lookup(handle, "fake_cuda_free", fake.free);
     lookup(handle, "fake_cuda_reallocate", fake.reallocate);
+    lookup(handle, "fake_cuda_set_kind", fake.set_kind);
+    lookup(handle, "fake_cuda_fail_query_at", fake.fail_query_at);
+    lookup(handle, "fake_cuda_hold_queries", fake.hold_queries);
+    lookup(handle, "fake_cuda_held_queries", fake.held_queries);
 }
 
 const void *device_memory(std::size_t size, int kind = FAKE_DEVICE) {
@@ -553,6 +569,248 @@ void test_log_handler(vram_monitor::Monitor &monitor) {
     vram_monitor::set_log_handler(nullptr);
 }
 
+
+// ---- the rest of the C API through the wrapper ------------------------------------------------
+
+void test_register_many() {
+    std::printf("\n== register_many: per-entry results, a guard per registered entry\n");
+    vram_monitor::Monitor monitor(std::chrono::hours(1));
+    const void *weights = device_memory(MiB);
+    const char *base = static_cast<const char *>(weights);
+    {
+        // Three entries, the third the same range as the first.
+        vram_monitor::RegisterManyResult r = monitor.register_many(
+            {{weights, 4096, "layers.0.q"}, {base + 4096, 4096, "layers.0.k"}, {weights, 4096, "layers.0.q.again"}});
+        CHECK(r.results.size() == 3 && r.registrations.size() == 3, "one result and one Registration per entry");
+        CHECK(r.results[0] == VRAM_MONITOR_RESULT_OK && r.results[1] == VRAM_MONITOR_RESULT_OK &&
+                  r.results[2] == VRAM_MONITOR_RESULT_DUPLICATE_RANGE,
+              "entry codes OK, OK, DUPLICATE_RANGE (" + std::to_string(r.results[0]) + ", " + std::to_string(r.results[1]) +
+                  ", " + std::to_string(r.results[2]) + ")");
+        CHECK(r.registrations[0] && r.registrations[1] && !r.registrations[2] &&
+                  r.registrations[0].id() != r.registrations[1].id(),
+              "the registered entries own distinct ids, the duplicate is empty");
+        CHECK(r.registered == 2 && !r.ok(), "registered 2 of 3, ok() false");
+        CHECK(monitor.health().registrations == 2, "the monitor holds 2 registrations");
+        CHECK(monitor.registration(r.registrations[1].id()).label == "layers.0.k", "entry 1 is registered under its label");
+        vram_monitor::Registration kept = std::move(r.registrations[0]);
+        r.registrations.clear();
+        CHECK(monitor.health().registrations == 1, "destroying a guard of register_many unregisters it");
+    }
+    CHECK(monitor.health().registrations == 0, "every guard of register_many unregistered");
+
+    std::printf("\n== register_many, AllOrNothing: one refused entry, nothing registered\n");
+    const void *host = device_memory(MiB, FAKE_HOST);
+    std::vector<vram_monitor::Region> model = {{weights, 4096, "a"}, {host, 4096, "pinned"}, {base + 4096, 4096, "b"}};
+    vram_monitor::RegisterManyResult all = monitor.register_many(model, vram_monitor::RegisterMode::AllOrNothing);
+    CHECK(all.registered == 0 && !all.ok() && monitor.health().registrations == 0, "nothing registered");
+    CHECK(all.results[0] == VRAM_MONITOR_RESULT_ENTRIES_FAILED && all.results[1] == VRAM_MONITOR_RESULT_REFUSED_HOST &&
+              all.results[2] == VRAM_MONITOR_RESULT_ENTRIES_FAILED,
+          "the host entry has REFUSED_HOST, the others ENTRIES_FAILED");
+    CHECK(!all.registrations[0] && !all.registrations[1] && !all.registrations[2], "no entry owns a registration");
+    vram_monitor::RegisterManyResult each = monitor.register_many(model);
+    CHECK(each.registered == 2 && each.results[1] == VRAM_MONITOR_RESULT_REFUSED_HOST,
+          "the same entries, Independent: the two device entries registered, the host one refused");
+    model[1] = {base + 8192, 4096, "c"};
+    vram_monitor::RegisterManyResult whole = monitor.register_many(model, vram_monitor::RegisterMode::AllOrNothing);
+    CHECK(whole.ok() && whole.registered == 3 && monitor.health().registrations == 5,
+          "AllOrNothing with every entry resident registers all three");
+    EXPECT_ERROR("register_many({})", VRAM_MONITOR_RESULT_INVALID_ARGUMENT, (void)monitor.register_many({}));
+}
+
+void test_registration_info() {
+    std::printf("\n== registration(id): one registration read back, label included\n");
+    vram_monitor::Monitor monitor(std::chrono::hours(1));
+    const void *weights = device_memory(2 * MiB);
+    vram_monitor::Registration reg = monitor.register_buffer(weights, 2 * MiB, "model.embed_tokens");
+    // Longer than the wrapper's first buffer: the second call of the size reported.
+    const std::string long_label = "model.layers." + std::string(600, 'x') + ".weight";
+    vram_monitor::Registration long_reg = monitor.register_buffer(weights, MiB, long_label);
+    vram_monitor::RegistrationInfo info = monitor.registration(reg.id());
+    CHECK(info.id == reg.id() && info.ptr == weights && info.size == 2 * MiB && info.device == 0,
+          "id, ptr, size and device as registered");
+    CHECK(info.verdict == VRAM_MONITOR_VERDICT_RESIDENT && info.pieces == 1 && !info.check_failing,
+          "RESIDENT in one piece, its query not failing");
+    CHECK(info.label == "model.embed_tokens", "the label: '" + info.label + "'");
+    vram_monitor::RegistrationInfo long_info = monitor.registration(long_reg.id());
+    CHECK(long_info.label == long_label, "a " + std::to_string(long_label.size()) + "-byte label read back whole (got " +
+                                             std::to_string(long_info.label.size()) + " bytes)");
+    fake.set_kind(address(weights), FAKE_MANAGED);
+    monitor.check_now();
+    CHECK(monitor.registration(reg.id()).verdict == VRAM_MONITOR_VERDICT_MANAGED, "the verdict follows the memory: MANAGED");
+    fake.set_kind(address(weights), FAKE_DEVICE);
+    fake.fail_query_at(address(weights), 999);
+    monitor.check_now();
+    vram_monitor::RegistrationInfo failing = monitor.registration(reg.id());
+    CHECK(failing.check_failing && failing.verdict == VRAM_MONITOR_VERDICT_MANAGED,
+          "a failing query: check_failing, the last verdict known kept");
+    fake.fail_query_at(address(weights), 0);
+    EXPECT_ERROR("registration(unknown id)", VRAM_MONITOR_RESULT_UNKNOWN_REGISTRATION, (void)monitor.registration(~std::uint64_t{0}));
+    const std::uint64_t gone = reg.id();
+    reg.reset();
+    EXPECT_ERROR("registration(an unregistered id)", VRAM_MONITOR_RESULT_UNKNOWN_REGISTRATION, (void)monitor.registration(gone));
+}
+
+void test_stall_and_pacing() {
+    std::printf("\n== stall(), set_stall_limits(), set_pacing()\n");
+    vram_monitor::Monitor monitor(std::chrono::hours(1));
+    VramMonitorStall s = monitor.stall();
+    CHECK(!s.stalled && !s.check_in_progress && s.deadline_ms == VRAM_MONITOR_DEFAULT_STALL_DEADLINE_MS &&
+              s.grace_ms == VRAM_MONITOR_DEFAULT_STALL_GRACE_MS,
+          "a new monitor: not stalled, the default limits");
+    monitor.set_stall_limits(std::chrono::milliseconds(200), std::chrono::minutes(1));
+    s = monitor.stall();
+    CHECK(s.deadline_ms == 200 && s.grace_ms == 60000, "set_stall_limits(200 ms, 1 min) is in force");
+    EXPECT_ERROR("set_stall_limits(0 ms, ...)", VRAM_MONITOR_RESULT_INVALID_ARGUMENT,
+                 monitor.set_stall_limits(std::chrono::milliseconds(0), std::chrono::seconds(1)));
+    EXPECT_ERROR("set_stall_limits(-1 ms, ...)", VRAM_MONITOR_RESULT_INVALID_ARGUMENT,
+                 monitor.set_stall_limits(std::chrono::milliseconds(-1), std::chrono::seconds(1)));
+    EXPECT_ERROR("set_stall_limits(..., 31 days)", VRAM_MONITOR_RESULT_INVALID_ARGUMENT,
+                 monitor.set_stall_limits(std::chrono::seconds(1), std::chrono::hours(24 * 31)));
+    s = monitor.stall();
+    CHECK(s.deadline_ms == 200 && s.grace_ms == 60000, "refused limits changed nothing");
+    EXPECT_ERROR("set_pacing(0 queries)", VRAM_MONITOR_RESULT_INVALID_ARGUMENT, monitor.set_pacing(0, std::chrono::microseconds(50)));
+    EXPECT_ERROR("set_pacing(a pause of -1 us)", VRAM_MONITOR_RESULT_INVALID_ARGUMENT, monitor.set_pacing(1, std::chrono::microseconds(-1)));
+    EXPECT_ERROR("set_pacing(a pause not shorter than the 200 ms deadline)", VRAM_MONITOR_RESULT_INVALID_ARGUMENT,
+                 monitor.set_pacing(1, std::chrono::milliseconds(200)));
+
+    // Pacing shows in a check's duration: five queries, a 30 ms pause after each.
+    std::vector<vram_monitor::Registration> regs;
+    for (int i = 0; i < 5; ++i) regs.push_back(monitor.register_buffer(device_memory(MiB), MiB, "paced." + std::to_string(i)));
+    const std::uint64_t unpaced = monitor.check_now().duration_us;
+    monitor.set_pacing(1, std::chrono::milliseconds(30));
+    const std::uint64_t paced = monitor.check_now().duration_us;
+    CHECK(paced >= 4 * 30000 && paced > unpaced, "set_pacing(1, 30 ms): a check of 5 queries took " + std::to_string(paced) +
+                                                     " us (>= 120000; with the defaults " + std::to_string(unpaced) + " us)");
+    EXPECT_ERROR("set_stall_limits(a deadline not longer than the 30 ms pause)", VRAM_MONITOR_RESULT_INVALID_ARGUMENT,
+                 monitor.set_stall_limits(std::chrono::milliseconds(30), std::chrono::seconds(1)));
+    monitor.set_pacing(VRAM_MONITOR_DEFAULT_SLICE_QUERIES, std::chrono::microseconds(VRAM_MONITOR_DEFAULT_PAUSE_US));
+
+    std::printf("\n== a driver query that does not return: stall() says stalled\n");
+    fake.hold_queries(1);
+    std::thread checker([&monitor] {
+        try {
+            monitor.check_now();
+        } catch (const std::exception &e) {
+            report(false, __LINE__, std::string("check_now while held threw: ") + e.what());
+        }
+    });
+    bool stalled = false;
+    for (int i = 0; i < 6000 && !stalled; ++i) {
+        stalled = monitor.stall().stalled;
+        if (!stalled) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    s = monitor.stall();
+    CHECK(stalled && s.check_in_progress && fake.held_queries() == 1,
+          "stalled with a check in progress and its query held (" + std::to_string(fake.held_queries()) + " held)");
+    CHECK(!monitor.health().healthy, "a stalled monitor is unhealthy");
+    fake.hold_queries(0);
+    checker.join();
+    bool recovered = false;
+    for (int i = 0; i < 6000 && !recovered; ++i) {
+        recovered = !monitor.stall().stalled;
+        if (!recovered) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    CHECK(recovered && monitor.health().healthy, "released: no longer stalled, healthy again");
+}
+
+void test_device_health_and_prometheus() {
+    std::printf("\n== device_health(), signal_status_name(), the Prometheus report\n");
+    vram_monitor::Monitor monitor(std::chrono::hours(1));
+    CHECK(monitor.device_health().empty(), "no entries before the first check");
+    vram_monitor::Registration reg = monitor.register_buffer(device_memory(4 * MiB), 4 * MiB, "weights");
+    monitor.check_now();
+    std::vector<VramMonitorDeviceHealth> devices = monitor.device_health();
+    CHECK(devices.size() == 1 && devices[0].device == 0, "one entry, for GPU 0 (" + std::to_string(devices.size()) + " entries)");
+    void *nvml = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (nvml != nullptr) {
+        dlclose(nvml);
+        std::printf("skipped: NVML is installed here; the checks of device health without NVML need a machine without it\n");
+    } else if (!devices.empty()) {
+        CHECK(!devices[0].nvml_available && !devices[0].memory_fault &&
+                  devices[0].ecc_uncorrected_volatile_status == VRAM_MONITOR_SIGNAL_STATUS_UNAVAILABLE &&
+                  devices[0].uuid[0] == '\0',
+              "without NVML: unavailable, every signal UNAVAILABLE, no UUID, and no fault");
+    }
+    CHECK(std::string(vram_monitor::signal_status_name(VRAM_MONITOR_SIGNAL_STATUS_SUPPORTED)) == "supported" &&
+              std::string(vram_monitor::signal_status_name(VRAM_MONITOR_SIGNAL_STATUS_UNSUPPORTED)) == "unsupported" &&
+              std::string(vram_monitor::signal_status_name(VRAM_MONITOR_SIGNAL_STATUS_UNAVAILABLE)) == "unavailable",
+          "signal_status_name of the three statuses");
+    const std::string metrics = monitor.report(vram_monitor::ReportFormat::Prometheus);
+    CHECK(metrics.find("# TYPE vram_monitor_healthy gauge\n") != std::string::npos &&
+              metrics.find("\nvram_monitor_registrations 1\n") != std::string::npos &&
+              metrics.find("\nvram_monitor_tracked_bytes 4194304\n") != std::string::npos,
+          "the Prometheus report: TYPE lines, 1 registration, 4194304 bytes");
+}
+
+// GET `path` from 127.0.0.1:port: the status code (-1: no connection), and the body in `body`.
+int http_get(std::uint16_t port, const char *path, std::string *body = nullptr) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return -1;
+    timeval tv{20, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, reinterpret_cast<sockaddr *>(&addr), sizeof addr) != 0) {
+        close(fd);
+        return -1;
+    }
+    const std::string request = std::string("GET ") + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    if (write(fd, request.data(), request.size()) != static_cast<ssize_t>(request.size())) {
+        close(fd);
+        return -1;
+    }
+    std::string response;
+    char chunk[4096];
+    ssize_t n;
+    while ((n = read(fd, chunk, sizeof chunk)) > 0) response.append(chunk, static_cast<std::size_t>(n));
+    close(fd);
+    int status = -2;
+    if (std::sscanf(response.c_str(), "HTTP/1.1 %d", &status) != 1) status = -2;
+    const std::size_t head_end = response.find("\r\n\r\n");
+    if (body != nullptr) *body = head_end == std::string::npos ? std::string() : response.substr(head_end + 4);
+    return status;
+}
+
+void test_http_endpoint() {
+    std::printf("\n== serve_http() / stop_http(): the endpoint over a socket\n");
+    std::uint16_t port = 0;
+    {
+        vram_monitor::Monitor monitor(std::chrono::hours(1));
+        const void *weights = device_memory(MiB);
+        vram_monitor::Registration reg = monitor.register_buffer(weights, MiB, "served");
+        monitor.check_now();
+        EXPECT_ERROR("serve_http(an address that does not parse)", VRAM_MONITOR_RESULT_INVALID_ARGUMENT,
+                     (void)monitor.serve_http("no such address"));
+        port = monitor.serve_http("127.0.0.1:0");
+        CHECK(port != 0, "serve_http(\"127.0.0.1:0\") returns the port chosen (" + std::to_string(port) + ")");
+        EXPECT_ERROR("serve_http while serving", VRAM_MONITOR_RESULT_HTTP_ALREADY_SERVING, (void)monitor.serve_http("127.0.0.1:0"));
+        std::string body;
+        int status = http_get(port, "/health", &body);
+        CHECK(status == 200 && body.find("\"healthy\":true") != std::string::npos,
+              "GET /health -> " + std::to_string(status) + " with the JSON health");
+        status = http_get(port, "/metrics", &body);
+        CHECK(status == 200 && body.find("\nvram_monitor_registrations 1\n") != std::string::npos,
+              "GET /metrics -> " + std::to_string(status) + " with the Prometheus exposition");
+        fake.free(address(weights));
+        monitor.check_now();
+        CHECK(http_get(port, "/health") == 503, "GET /health -> 503 once the buffer was freed behind the monitor's back");
+        monitor.stop_http();
+        CHECK(http_get(port, "/health") == -1, "stop_http(): the port is closed");
+        bool threw = false;
+        try {
+            monitor.stop_http();
+        } catch (const vram_monitor::Error &) {
+            threw = true;
+        }
+        CHECK(!threw, "stop_http() when not serving does not throw");
+        CHECK(monitor.serve_http("127.0.0.1:" + std::to_string(port)) == port, "serving again on the same port");
+        CHECK(http_get(port, "/livez") == 200, "GET /livez -> 200");
+    }
+    CHECK(http_get(port, "/health") == -1, "~Monitor closed the endpoint");
+}
+
 }  // namespace
 
 int main() {
@@ -572,6 +830,14 @@ int main() {
         test_monitor_destroyed_in_its_own_callback();
         vram_monitor::Monitor quiet(std::chrono::hours(1));
         test_log_handler(quiet);
+        test_register_many();
+        test_registration_info();
+        test_device_health_and_prometheus();
+        test_http_endpoint();
+        // Its held query and 200 ms stall deadline log warnings: keep them off the output.
+        vram_monitor::set_log_handler([](VramMonitorLogLevel, const std::string &, const std::string &) {});
+        test_stall_and_pacing();
+        vram_monitor::set_log_handler(nullptr);
     } catch (const std::exception &e) {
         report(false, __LINE__, std::string("unexpected exception: ") + e.what());
     }
