@@ -677,6 +677,53 @@ public:
     /** Stops the HTTP endpoint if it is serving; the port is closed when this returns. */
     void stop_http() { check(vram_monitor_stop_http(handle_), "vram_monitor_stop_http"); }
 
+    // ---- content integrity (docs/integrity.md) ----
+
+    /** Enables integrity for `device` with the CUDA context current on this thread (the
+     * library creates none); `options` NULL: defaults. Throws NO_CURRENT_CONTEXT,
+     * CONTEXT_WRONG_DEVICE, INTEGRITY_ALREADY_ENABLED, KERNEL_UNAVAILABLE, ... */
+    void enable_integrity(int32_t device, const VramMonitorIntegrityOptions *options = nullptr) {
+        check(vram_monitor_enable_integrity(handle_, device, options), "vram_monitor_enable_integrity");
+    }
+    /** Disables integrity for `device`: seals dropped, the context reference given back. */
+    void disable_integrity(int32_t device) {
+        check(vram_monitor_disable_integrity(handle_, device), "vram_monitor_disable_integrity");
+    }
+    /** Changes background verification's pacing on every enabled device (0 fields: defaults). */
+    void set_integrity_options(const VramMonitorIntegrityOptions &options) {
+        check(vram_monitor_set_integrity_options(handle_, &options), "vram_monitor_set_integrity_options");
+    }
+    /** Fingerprints registration `id` now; a later difference makes it MODIFIED. Weights only. */
+    void seal(uint64_t id) { check(vram_monitor_seal(handle_, id), "vram_monitor_seal"); }
+    /** New fingerprint after an intentional change; clears MODIFIED. */
+    void reseal(uint64_t id) { check(vram_monitor_reseal(handle_, id), "vram_monitor_reseal"); }
+    /** Stops verifying `id`'s content (it stays registered). */
+    void unseal(uint64_t id) { check(vram_monitor_unseal(handle_, id), "vram_monitor_unseal"); }
+    /** Registers and seals in one call (or neither); returns the id (not a guard). */
+    uint64_t register_sealed(const void *ptr, size_t size, const std::string &label) {
+        uint64_t id = 0;
+        check(vram_monitor_register_sealed(handle_, ptr, size, label.c_str(), &id), "vram_monitor_register_sealed");
+        return id;
+    }
+    /** Verifies every sealed byte now at full speed and waits. */
+    VramMonitorVerifySummary verify_now() {
+        VramMonitorVerifySummary summary{};
+        check(vram_monitor_verify_now(handle_, &summary), "vram_monitor_verify_now");
+        return summary;
+    }
+    /** One registration's integrity state (`sealed` false when not sealed). */
+    VramMonitorSealInfo seal_info(uint64_t id) const {
+        VramMonitorSealInfo info{};
+        check(vram_monitor_seal_info(handle_, id, &info), "vram_monitor_seal_info");
+        return info;
+    }
+    /** The monitor-wide integrity state. */
+    VramMonitorIntegrity integrity() const {
+        VramMonitorIntegrity status{};
+        check(vram_monitor_integrity(handle_, &status), "vram_monitor_integrity");
+        return status;
+    }
+
     /** The report, as text, JSON or Prometheus text. */
     std::string report(ReportFormat format = ReportFormat::Text) const {
         const std::int32_t raw = static_cast<std::int32_t>(format);
