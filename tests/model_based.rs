@@ -105,6 +105,8 @@ fn severity(v: Verdict) -> u8 {
         Verdict::Host => 5,
         Verdict::NotMapped => 6,
         Verdict::CheckFailed => 7,
+        // Never a piece's verdict: only a sealed registration's content gives it.
+        Verdict::Modified => 0,
     }
 }
 
