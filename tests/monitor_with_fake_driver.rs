@@ -365,8 +365,8 @@ fn the_json_report_lists_every_registration_with_its_verdict() {
         let json = vram_monitor::ReportFormat::Json;
         let report = m.report(json);
         assert!(report.starts_with("{\"health\":{\"version\":"), "{report}");
-        assert!(report.contains(&format!("{{\"id\":{id_a},\"label\":\"layer.0 \\\"q\\\"\\nproj\",\"ptr\":\"{a:#x}\",\"size\":1048576,\"device\":0,\"verdict\":\"RESIDENT\"}}")), "{report}");
-        assert!(report.contains(&format!("{{\"id\":{id_b},\"label\":\"layer.1\",\"ptr\":\"{b:#x}\",\"size\":4096,\"device\":0,\"verdict\":\"NOT_MAPPED\"}}")), "{report}");
+        assert!(report.contains(&format!("{{\"id\":{id_a},\"label\":\"layer.0 \\\"q\\\"\\nproj\",\"ptr\":\"{a:#x}\",\"size\":1048576,\"device\":0,\"verdict\":\"RESIDENT\",\"sealed\":false}}")), "{report}");
+        assert!(report.contains(&format!("{{\"id\":{id_b},\"label\":\"layer.1\",\"ptr\":\"{b:#x}\",\"size\":4096,\"device\":0,\"verdict\":\"NOT_MAPPED\",\"sealed\":false}}")), "{report}");
         assert!(report.contains("\"healthy\":false"));
         let text = m.report(vram_monitor::ReportFormat::Text);
         assert!(text.contains("UNHEALTHY") && text.contains("NOT_MAPPED") && text.contains("layer.1"), "{text}");
