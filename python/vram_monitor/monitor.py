@@ -194,8 +194,11 @@ class Monitor:
         name = "vram_monitor_register_sealed" if seal else "vram_monitor_register"
         what = "%s(%r)" % (name, label)
         out = ctypes.c_uint64()
-        fn = self._lib.vram_monitor_register_sealed if seal else self._lib.vram_monitor_register
-        check(fn(self._h(what), ctypes.c_void_p(ptr), size, _label(label), ctypes.byref(out)), what)
+        if seal:
+            code = self._lib.vram_monitor_register_sealed(self._h(what), ctypes.c_void_p(ptr), size, _label(label), ctypes.byref(out))
+        else:
+            code = self._lib.vram_monitor_register(self._h(what), ctypes.c_void_p(ptr), size, _label(label), ctypes.byref(out))
+        check(code, what)
         return out.value
 
     # ---- content integrity (docs/integrity.md) ----
