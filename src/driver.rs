@@ -311,7 +311,7 @@ fn load() -> Result<CudaDriver, DriverError> {
 }
 
 /// Looks a function up by name. `T` must be the function's true C signature.
-unsafe fn symbol<T: Copy>(library: &libloading::Library, name: &'static str) -> Result<T, DriverError> {
+pub(crate) unsafe fn symbol<T: Copy>(library: &libloading::Library, name: &'static str) -> Result<T, DriverError> {
     library
         .get::<T>(name)
         .map(|s| *s)

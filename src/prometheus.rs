@@ -44,18 +44,6 @@ impl From<crate::registry::Tally> for RegistrationFigures {
     }
 }
 
-/// The violation verdicts, each a value of the `verdict` label (a failed query is not a
-/// verdict a registration keeps: see `vram_monitor_last_check_failed`).
-const VIOLATION_VERDICTS: [Verdict; 7] = [
-    Verdict::Managed,
-    Verdict::Host,
-    Verdict::NotMapped,
-    Verdict::Replaced,
-    Verdict::OutOfRange,
-    Verdict::WrongDevice,
-    Verdict::Modified,
-];
-
 struct Out {
     text: String,
 }
@@ -109,12 +97,15 @@ pub fn render(
     devices: &[DeviceHealth],
 ) -> String {
     let mut per_device: BTreeMap<i32, (u64, u64)> = BTreeMap::new();
-    let mut by_verdict = [0u64; VIOLATION_VERDICTS.len()];
+    // Each violation verdict is a value of the `verdict` label (a failed query is not a
+    // verdict a registration keeps: see `vram_monitor_last_check_failed`).
+    let violations: Vec<Verdict> = Verdict::all().into_iter().filter(|v| v.is_violation()).collect();
+    let mut by_verdict = vec![0u64; violations.len()];
     for r in registrations {
         let entry = per_device.entry(r.device).or_default();
         entry.0 += r.registrations;
         entry.1 += r.bytes;
-        if let Some(i) = VIOLATION_VERDICTS.iter().position(|v| *v == r.verdict) {
+        if let Some(i) = violations.iter().position(|v| *v == r.verdict) {
             by_verdict[i] += r.registrations;
         }
     }
@@ -160,7 +151,7 @@ pub fn render(
         "gauge",
         "Registrations whose last verdict is a violation, by verdict (MANAGED, HOST, NOT_MAPPED, REPLACED, OUT_OF_RANGE, WRONG_DEVICE, MODIFIED).",
     );
-    for (verdict, count) in VIOLATION_VERDICTS.iter().zip(by_verdict) {
+    for (verdict, count) in violations.iter().zip(by_verdict) {
         out.sample("vram_monitor_current_violations", &[("verdict", verdict.name())], count);
     }
     out.family("vram_monitor_sealed_registrations", "gauge", "Sealed registrations: their content is verified against a fingerprint.");

@@ -37,14 +37,7 @@ pub const VRAM_MONITOR_VERSION_MINOR: u32 = 1;
 /// Patch version of this header.
 pub const VRAM_MONITOR_VERSION_PATCH: u32 = 0;
 
-macro_rules! try_ffi {
-    ($e:expr) => {
-        match $e {
-            Ok(v) => v,
-            Err(error) => return VramMonitorResult::from(&error),
-        }
-    };
-}
+use super::result::try_ffi;
 
 /// Creates a monitor and starts its background thread ("vram-monitor"), which checks every
 /// registration every `interval_ms` milliseconds (`VRAM_MONITOR_DEFAULT_INTERVAL_MS` is the

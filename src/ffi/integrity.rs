@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::handle::{enter, VramMonitor};
 use super::panic::guard;
-use super::result::VramMonitorResult;
+use super::result::{try_ffi, VramMonitorResult};
 use crate::integrity::{IntegrityOptions, DEFAULT_MAX_GPU_SHARE_PPM, DEFAULT_SLICE_BYTES};
 
 /// Default bytes per background verification slice (64 MiB).
@@ -111,14 +111,6 @@ pub struct VramMonitorIntegrity {
     pub last_pass_unix_ms: u64,
 }
 
-macro_rules! try_ffi {
-    ($e:expr) => {
-        match $e {
-            Ok(v) => v,
-            Err(error) => return VramMonitorResult::from(&error),
-        }
-    };
-}
 
 /// Enables content integrity for CUDA device `device`, borrowing the CUDA context that is
 /// current on the calling thread: call it where the engine's context for that device is

@@ -187,3 +187,15 @@ impl VramMonitorResult {
         Self::description(raw).as_ptr().cast()
     }
 }
+
+/// Returns the result code of a core error from the enclosing `extern "C"` function, or gives
+/// the value of `Ok`.
+macro_rules! try_ffi {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(error) => return $crate::ffi::VramMonitorResult::from(&error),
+        }
+    };
+}
+pub(crate) use try_ffi;

@@ -6,7 +6,7 @@ use std::ffi::{c_char, c_int, c_uint, c_void};
 use once_cell::sync::OnceCell;
 
 use super::gpu::{ContextHandle, Gpu, Kernel};
-use crate::driver::DriverError;
+use crate::driver::{symbol, DriverError};
 
 /// The fingerprint kernel (src/integrity/fingerprint.cu, compiled by scripts/gen-ptx.sh),
 /// NUL-terminated as `cuModuleLoadData` wants PTX text. The driver JITs it for the GPU at
@@ -117,9 +117,6 @@ impl CudaGpu {
     }
 }
 
-unsafe fn symbol<T: Copy>(library: &libloading::Library, name: &'static str) -> Result<T, DriverError> {
-    library.get::<T>(name).map(|s| *s).map_err(|_| DriverError::SymbolMissing(name))
-}
 
 impl Gpu for CudaGpu {
     fn current_context(&self) -> Result<Option<(ContextHandle, i32)>, DriverError> {
