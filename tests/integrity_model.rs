@@ -90,6 +90,8 @@ struct ModelGpu {
     sticky: AtomicI32,
     refuse_module: AtomicBool,
     launch_delay: Mutex<Duration>,
+    /// A launch is in progress (inside its delay).
+    in_launch: AtomicBool,
 }
 
 impl ModelGpu {
@@ -104,6 +106,7 @@ impl ModelGpu {
             sticky: AtomicI32::new(0),
             refuse_module: AtomicBool::new(false),
             launch_delay: Mutex::new(Duration::ZERO),
+            in_launch: AtomicBool::new(false),
         })
     }
     /// What the engine's runtime does on its thread: makes a context current.
@@ -157,7 +160,9 @@ impl Gpu for ModelGpu {
         assert!(self.current_context().unwrap().is_some(), "a launch with no context current");
         self.sticky()?;
         let delay = *self.launch_delay.lock().unwrap();
+        self.in_launch.store(true, Ordering::SeqCst);
         std::thread::sleep(delay);
+        self.in_launch.store(false, Ordering::SeqCst);
         self.launches.fetch_add(1, Ordering::SeqCst);
         let code = self.fail_launch.swap(0, Ordering::SeqCst);
         if code != 0 {
@@ -380,4 +385,25 @@ fn the_share_cap_paces_background_slices() {
     let slices = s.gpu.launches.load(Ordering::SeqCst) - before;
     // 400 ms at <= 10% of 2 ms slices: at most 20 (plus one in flight); with no cap it would be ~200.
     assert!((1..=21).contains(&slices), "{slices} slices in 400 ms");
+}
+
+#[test]
+fn health_and_an_unsealed_unregister_do_not_wait_for_a_verification() {
+    let s = Arc::new(setup(Duration::from_secs(3600)));
+    let weights = s.memory.alloc((2 * MIB) as usize, 0, 5);
+    let plain = s.memory.alloc(MIB as usize, 0, 5);
+    s.gpu.make_current(0x100);
+    s.monitor.enable_integrity(0, IntegrityOptions::default()).unwrap();
+    s.monitor.register_sealed(weights, 2 * MIB, "w").unwrap();
+    let other = s.monitor.register(plain, MIB, "not sealed").unwrap();
+    *s.gpu.launch_delay.lock().unwrap() = Duration::from_millis(500);
+    let verifier = Arc::clone(&s);
+    let verifying = std::thread::spawn(move || verifier.monitor.verify_now().unwrap());
+    wait_for("the verification's launch", || s.gpu.in_launch.load(Ordering::SeqCst));
+    let health = s.monitor.health();
+    assert!(s.gpu.in_launch.load(Ordering::SeqCst), "health() waited for the verification");
+    assert_eq!(health.sealed, 1);
+    s.monitor.unregister(other).unwrap();
+    assert!(s.gpu.in_launch.load(Ordering::SeqCst), "unregistering an unsealed registration waited for the verification");
+    assert_eq!(verifying.join().unwrap().registrations, 1);
 }

@@ -200,6 +200,12 @@ impl Lane {
                 }
             }
         };
+        if registry.verdict(id).is_none() {
+            // Unregistered while its seal was being taken: nothing to read, nothing to keep.
+            seals.remove(&id);
+            self.cursor = (id + 1, 0);
+            return outcome;
+        }
         let offset = if id == self.cursor.0 { self.cursor.1 } else { 0 };
         let Some(seal) = seals.get_mut(&id) else { return outcome };
         let length = (seal.size - offset).min(self.options.slice_bytes);

@@ -180,6 +180,51 @@ impl State {
 pub struct Integrity {
     gpu: OnceCell<Arc<dyn Gpu>>,
     state: Mutex<State>,
+    /// What the health snapshot reads, refreshed whenever the state changes: a `/health`
+    /// probe or an unregister must never wait behind a verification holding `state`.
+    figures: Mutex<HealthFigures>,
+    /// The sealed ids, refreshed with the figures: unregistering what is not sealed looks
+    /// here and never waits for a verification.
+    sealed_ids: Mutex<std::collections::HashSet<RegistrationId>>,
+}
+
+/// The state, locked for a change: the figures are refreshed when it is let go.
+struct Changing<'a> {
+    figures: &'a Mutex<HealthFigures>,
+    sealed_ids: &'a Mutex<std::collections::HashSet<RegistrationId>>,
+    state: std::sync::MutexGuard<'a, State>,
+}
+
+impl std::ops::Deref for Changing<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for Changing<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+}
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        let state = &*self.state;
+        *lock(self.figures) = HealthFigures {
+            sealed: state.seals.len() as u64,
+            sealed_bytes: state.seals.values().map(|s| s.size).sum(),
+            verified_bytes: state.verified_bytes_total,
+            passes: state.passes_completed,
+            last_pass_unix_ms: state.last_pass_unix_ms,
+            failed: state.lanes.iter().any(|l| l.failed.is_some()),
+        };
+        // A change seals or unseals ids (a reseal keeps its id): the count tells.
+        let mut ids = lock(self.sealed_ids);
+        if ids.len() != state.seals.len() {
+            *ids = state.seals.keys().copied().collect();
+        }
+    }
 }
 
 impl Default for Integrity {
@@ -195,7 +240,12 @@ impl Integrity {
         if let Some(gpu) = gpu {
             let _ = cell.set(gpu);
         }
-        Integrity { gpu: cell, state: Mutex::new(State::default()) }
+        Integrity { gpu: cell, state: Mutex::new(State::default()), figures: Mutex::new(HealthFigures::default()), sealed_ids: Mutex::default() }
+    }
+
+    /// The state locked for a change (see [`Changing`]).
+    fn change(&self) -> Changing<'_> {
+        Changing { figures: &self.figures, sealed_ids: &self.sealed_ids, state: lock(&self.state) }
     }
 
     fn gpu(&self) -> Result<&Arc<dyn Gpu>, Error> {
@@ -208,7 +258,7 @@ impl Integrity {
     pub fn enable(&self, device: i32, options: IntegrityOptions) -> Result<(), Error> {
         let options = options.validated()?;
         let gpu = Arc::clone(self.gpu()?);
-        let mut state = lock(&self.state);
+        let mut state = self.change();
         if state.lane(device).is_some() {
             return Err(Error::IntegrityAlreadyEnabled(device));
         }
@@ -222,7 +272,7 @@ impl Integrity {
     /// Returns the ids that were sealed there (a MODIFIED one goes back to its residency
     /// verdict).
     pub fn disable(&self, device: i32) -> Result<Vec<RegistrationId>, Error> {
-        let mut state = lock(&self.state);
+        let mut state = self.change();
         let at = state.lanes.iter().position(|l| l.device == device).ok_or(Error::IntegrityNotEnabled(device))?;
         let lane = state.lanes.remove(at);
         let dropped: Vec<RegistrationId> = state.seals.iter().filter(|(_, s)| s.device == device).map(|(id, _)| *id).collect();
@@ -237,7 +287,7 @@ impl Integrity {
     /// its own enable call gives).
     pub fn set_options(&self, options: IntegrityOptions) -> Result<(), Error> {
         let options = options.validated()?;
-        for lane in lock(&self.state).lanes.iter_mut() {
+        for lane in self.change().lanes.iter_mut() {
             lane.options = options;
         }
         Ok(())
@@ -247,7 +297,7 @@ impl Integrity {
     /// must never read memory that is gone), fingerprints it on its device, keeps the values.
     pub fn seal(&self, driver: &dyn Driver, registry: &Registry, id: RegistrationId, reseal: bool) -> Result<(), Error> {
         let info = registry.get(id).ok_or(Error::UnknownRegistration(id))?;
-        let mut state = lock(&self.state);
+        let mut state = self.change();
         match (state.seals.contains_key(&id), reseal) {
             (true, false) => return Err(Error::AlreadySealed),
             (false, true) => return Err(Error::NotSealed),
@@ -266,17 +316,28 @@ impl Integrity {
         let values = lane.fingerprint_all(info.ptr, info.size)?;
         let sealed = Seal::new(&info, values);
         state.seals.insert(id, sealed);
+        // Unregistered while we fingerprinted: its unregister may have looked before this
+        // seal existed, so the seal goes here.
+        if registry.verdict(id).is_none() {
+            state.seals.remove(&id);
+            return Err(Error::UnknownRegistration(id));
+        }
         Ok(())
     }
 
     /// Unseals `id` (it stays registered, residency-only).
     pub fn unseal(&self, id: RegistrationId) -> Result<(), Error> {
-        lock(&self.state).seals.remove(&id).map(|_| ()).ok_or(Error::NotSealed)
+        self.change().seals.remove(&id).map(|_| ()).ok_or(Error::NotSealed)
     }
 
-    /// Forgets `id` (unregistered). Waits for a slice in progress over it.
+    /// Forgets `id` (unregistered). Waits for a slice in progress over it; an id that is
+    /// not sealed costs one short lock. (A seal still being taken when its registration
+    /// goes is dropped by the seal itself or, at the latest, by the next slice.)
     pub fn forget(&self, id: RegistrationId) {
-        lock(&self.state).seals.remove(&id);
+        if !lock(&self.sealed_ids).contains(&id) {
+            return;
+        }
+        self.change().seals.remove(&id);
     }
 
     /// Whether `id` is sealed, and its state.
@@ -314,21 +375,12 @@ impl Integrity {
 
     /// Whether a lent context has failed (the monitor is unhealthy while one has).
     pub fn failed(&self) -> bool {
-        lock(&self.state).lanes.iter().any(|l| l.failed.is_some())
+        lock(&self.figures).failed
     }
 
-    /// What the health snapshot needs, in one short look: sealed registrations and bytes,
-    /// bytes verified, passes, the last pass's time, and whether a lent context failed.
+    /// What the health snapshot needs, without waiting for a verification in progress.
     pub fn summary(&self) -> HealthFigures {
-        let state = lock(&self.state);
-        HealthFigures {
-            sealed: state.seals.len() as u64,
-            sealed_bytes: state.seals.values().map(|s| s.size).sum(),
-            verified_bytes: state.verified_bytes_total,
-            passes: state.passes_completed,
-            last_pass_unix_ms: state.last_pass_unix_ms,
-            failed: state.lanes.iter().any(|l| l.failed.is_some()),
-        }
+        *lock(&self.figures)
     }
 
     /// When the next background slice is due (`None`: nothing sealed, or all failed; a
@@ -353,7 +405,7 @@ impl Integrity {
     /// residency verdict and a fresh driver query, asked just before its slice).
     pub fn step(&self, driver: &dyn Driver, registry: &Registry, interval: Duration) -> Vec<Finding> {
         let mut findings = Vec::new();
-        let mut guard = lock(&self.state);
+        let mut guard = self.change();
         let state = &mut *guard;
         let now = Instant::now();
         for lane in state.lanes.iter_mut() {
@@ -384,7 +436,7 @@ impl Integrity {
         let started = Instant::now();
         let mut summary = VerifySummary::default();
         let mut findings = Vec::new();
-        let mut guard = lock(&self.state);
+        let mut guard = self.change();
         let state = &mut *guard;
         for lane in state.lanes.iter_mut() {
             if lane.failed.is_some() {

@@ -322,10 +322,11 @@ impl Monitor {
     /// Stops watching a registration.
     pub fn unregister(&self, id: RegistrationId) -> Result<(), Error> {
         self.not_forked()?;
-        // First: waits for a verification slice reading this memory, so that once this
-        // returns the engine may free it.
+        self.shared.registry.remove(id).ok_or(Error::UnknownRegistration(id))?;
+        // Then: waits for a verification slice reading this memory (a slice reads only
+        // what is still registered), so that once this returns the engine may free it.
         self.shared.integrity.forget(id);
-        self.shared.registry.remove(id).ok_or(Error::UnknownRegistration(id))
+        Ok(())
     }
 
     /// Sets (or with `None` removes) the function that receives events. It runs on the
