@@ -92,6 +92,8 @@ struct ModelGpu {
     launch_delay: Mutex<Duration>,
     /// A launch is in progress (inside its delay).
     in_launch: AtomicBool,
+    /// cuCtxSynchronize calls.
+    synchronized: AtomicU64,
 }
 
 impl ModelGpu {
@@ -107,6 +109,7 @@ impl ModelGpu {
             refuse_module: AtomicBool::new(false),
             launch_delay: Mutex::new(Duration::ZERO),
             in_launch: AtomicBool::new(false),
+            synchronized: AtomicU64::new(0),
         })
     }
     /// What the engine's runtime does on its thread: makes a context current.
@@ -145,6 +148,10 @@ impl Gpu for ModelGpu {
     }
     fn pop(&self) {
         self.stacks.lock().unwrap().get_mut(&std::thread::current().id()).and_then(|s| s.pop());
+    }
+    fn synchronize(&self) -> Result<(), DriverError> {
+        self.synchronized.fetch_add(1, Ordering::SeqCst);
+        self.sticky()
     }
     fn load(&self) -> Result<Kernel, DriverError> {
         if self.refuse_module.load(Ordering::SeqCst) {
@@ -217,6 +224,7 @@ fn a_sealed_change_is_modified_with_its_offset_and_reseal_clears_it() {
     s.monitor.enable_integrity(0, IntegrityOptions::default()).unwrap();
     assert_eq!(s.gpu.retains(0), 1, "the primary context lent is retained");
     let id = s.monitor.register_sealed(weights, 5 * MIB + 12, "layers.0.weight").unwrap();
+    assert_eq!(s.gpu.synchronized.load(Ordering::SeqCst), 1, "a seal waits for the engine's work in the context first");
     let clean = s.monitor.verify_now().unwrap();
     assert_eq!((clean.registrations, clean.bytes, clean.modified), (1, 5 * MIB + 12, 0));
     assert_eq!(s.monitor.registration(id).unwrap().verdict, Verdict::Resident);

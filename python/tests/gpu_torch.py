@@ -20,6 +20,12 @@
   parameter and buffer once, labels by qualified name, all RESIDENT, one call (timed, printed);
   a meta-device module is refused naming its tensors; closing the watch unregisters all.
 
+- content integrity (each in a child process): a GPT-2-shaped module sealed, verify_now clean;
+  one byte changed in place found MODIFIED with its label and chunk offset, nothing else; no
+  false MODIFIED in 1000 verifications while a matmul loop runs; a sealed tensor del-ed without
+  empty_cache and its block refilled by a same-size tensor found MODIFIED; a write 64 bytes past
+  a neighbouring buffer found MODIFIED at offset 0; verify_now of 1 GiB and 16 GiB timed.
+
 Each scenario prints "RESULT | name | expected | saw | PASS/FAIL" (the suite turns those into
 Markdown). Without torch or a GPU every test skips; with VRAM_MONITOR_GPU_REQUIRED=1 that is a
 failure.
@@ -404,6 +410,155 @@ class TestWatch(GpuTest):
         result("watch() of meta / CPU modules", "refused, tensors named, nothing registered", "named=%s/%s, registrations=%d" % (named, named_cpu, self.monitor.health().registrations), named and named_cpu and self.monitor.health().registrations == 0)
         self.assertTrue(named and named_cpu)
         self.assertEqual(self.monitor.health().registrations, 0)
+
+
+MIB = 1 << 20
+
+
+IN_CHILD = os.environ.get("VRAM_MONITOR_TEST_CHILD") == "1"
+
+
+def in_child(test):
+    """Runs the test in a child process of its own: what it leaves in PyTorch's caching
+    allocator (cuBLAS workspaces, cached segments) must not keep other tests' freed tensors
+    mapped."""
+
+    def run(self):
+        if IN_CHILD:
+            return test(self)
+        name = "%s.%s" % (type(self).__name__, test.__name__)
+        env = dict(os.environ, VRAM_MONITOR_TEST_CHILD="1")
+        child = subprocess.run([sys.executable, os.path.abspath(__file__), name], env=env, capture_output=True, text=True, timeout=400)
+        sys.stdout.write(child.stdout)
+        sys.stderr.write(child.stderr)
+        self.assertEqual(child.returncode, 0, "%s failed in its child process" % name)
+        self.assertIn("RESULT | ", child.stdout)
+
+    run.__name__ = test.__name__
+    return run
+
+
+class TestIntegrity(GpuTest):
+    """Content integrity on real memory: the lent primary context (torch's), the shipped PTX
+    through the driver's JIT, MODIFIED with the right label and offset. Each test in a child."""
+
+    def setUp(self):
+        super().setUp()
+        if IN_CHILD:
+            self.device = self.monitor.enable_integrity()
+
+    def seal_module(self, module):
+        """Every parameter and buffer sealed once (tied weights share a storage): {label: (tensor, id)}."""
+        sealed, seen = {}, set()
+        for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+            if t.data_ptr() in seen:
+                continue
+            seen.add(t.data_ptr())
+            sealed[name] = (t, self.monitor.register(t, name, seal=True))
+        return sealed
+
+    def modified(self):
+        with self.lock:
+            return [e for e in self.events if e.kind == EventKind.MODIFIED]
+
+    @in_child
+    def test_a_real_model_sealed_then_changes_found(self):
+        torch = self.torch
+        model = gpt2_shaped(torch, "cuda")
+        sealed = self.seal_module(model)
+        clean = self.monitor.verify_now()
+        total = sum(t.numel() * t.element_size() for t, _ in sealed.values())
+        ok = clean.modified == 0 and clean.bytes == total and clean.registrations == len(sealed)
+        result("GPT-2-shaped module (fp16) sealed, verify_now", "0 modified, every byte", "%d registrations, %d bytes, %d modified, %d us" % (clean.registrations, clean.bytes, clean.modified, clean.duration_us), ok)
+        self.assertTrue(ok)
+
+        # (a) one byte of one parameter changed by a torch in-place op.
+        label = "transformer.h.5.mlp.c_fc.weight"
+        t, rid = sealed[label]
+        offset = 3 * MIB + 12345
+        with torch.no_grad():
+            t.view(-1).view(torch.uint8)[offset].add_(1)
+        torch.cuda.synchronize()
+        self.monitor.verify_now()
+        info, seal = self.monitor.registration(rid), self.monitor.seal_info(rid)
+        events = [e for e in self.modified() if e.registration_id == rid]
+        ok = info.verdict == Verdict.MODIFIED and seal.modified_chunks == 1 and seal.first_modified_offset == 3 * MIB and events and events[0].label == label
+        result("(a) one byte changed in place", "MODIFIED '%s' at +%d" % (label, 3 * MIB), "%s, %d chunks, +%d, event %s" % (info.verdict.name, seal.modified_chunks, seal.first_modified_offset, events[0].label if events else None), ok)
+        self.assertTrue(ok)
+        others = [lbl for lbl, (_, i) in sealed.items() if i != rid and self.monitor.registration(i).verdict != Verdict.RESIDENT]
+        result("(a) nothing else modified", "0 others", "%d others" % len(others), not others)
+        self.assertEqual(others, [])
+        self.monitor.reseal(rid)
+        self.assertEqual(self.monitor.registration(rid).verdict, Verdict.RESIDENT)
+
+        # No false MODIFIED in 1000 verifications while the engine computes.
+        stop = threading.Event()
+
+        def engine():
+            x = torch.randn(1, 4096, device="cuda", dtype=torch.float16)
+            w = torch.randn(4096, 4096, device="cuda", dtype=torch.float16)
+            while not stop.is_set():
+                (x @ w).relu_()
+                torch.cuda.synchronize()
+
+        runner = threading.Thread(target=engine)
+        runner.start()
+        try:
+            false = sum(self.monitor.verify_now().modified for _ in range(1000))
+        finally:
+            stop.set()
+            runner.join()
+        result("1000 verifications of unchanged weights, engine running", "0 MODIFIED", "%d MODIFIED" % false, false == 0)
+        self.assertEqual(false, 0)
+
+    @in_child
+    def test_the_blind_spot_a_block_reused_by_the_caching_allocator(self):
+        torch = self.torch
+        weights = torch.randn(8 * MIB // 2, device="cuda", dtype=torch.float16)
+        rid = self.monitor.register(weights, "layers.0.weight", seal=True)
+        ptr = weights.data_ptr()
+        del weights  # no empty_cache: the block stays with PyTorch's allocator
+        other = torch.empty(8 * MIB // 2, device="cuda", dtype=torch.float16)
+        other.fill_(1.0)
+        torch.cuda.synchronize()
+        same = other.data_ptr() == ptr
+        self.monitor.check_now()
+        self.monitor.verify_now()
+        verdict = self.monitor.registration(rid).verdict
+        ok = (verdict == Verdict.MODIFIED) if same else True
+        result("(b) del without empty_cache, same-size tensor filled", "MODIFIED (block reused)", "%s (same address: %s)" % (verdict.name, same), ok)
+        self.assertTrue(same, "the allocator did not reuse the block; the case was not produced")
+        self.assertEqual(verdict, Verdict.MODIFIED)
+
+    @in_child
+    def test_a_kernel_writing_past_its_buffer_into_sealed_weights(self):
+        torch = self.torch
+        block = torch.randn(4 * MIB // 2, device="cuda", dtype=torch.float16).view(torch.uint8)
+        scratch, weights = block[: MIB], block[MIB:]
+        rid = self.monitor.register(weights, "neighbour.weight", seal=True)
+        # A kernel told its buffer is 64 bytes longer than it is: the last 64 land in the weights.
+        block[MIB - 64 : MIB + 64].fill_(0xAB)
+        torch.cuda.synchronize()
+        self.monitor.verify_now()
+        info, seal = self.monitor.registration(rid), self.monitor.seal_info(rid)
+        ok = info.verdict == Verdict.MODIFIED and seal.first_modified_offset == 0 and seal.modified_chunks == 1
+        result("(d) a write past a neighbouring buffer", "MODIFIED at +0", "%s, %d chunks, +%d" % (info.verdict.name, seal.modified_chunks, seal.first_modified_offset), ok)
+        self.assertTrue(ok)
+        del scratch
+
+    @in_child
+    def test_verify_now_throughput(self):
+        torch = self.torch
+        for gib in (1, 16):
+            t = torch.empty(gib << 30, device="cuda", dtype=torch.uint8)
+            t.fill_(3)
+            rid = self.monitor.register(t, "%d GiB" % gib, seal=True)
+            best = min((self.monitor.verify_now() for _ in range(5)), key=lambda s: s.duration_us)
+            rate = best.bytes / max(best.duration_us, 1) / 1e6
+            result("verify_now of %d GiB (best of 5, wall time incl. the call)" % gib, "measured", "%d us = %.2f TB/s" % (best.duration_us, rate), best.modified == 0)
+            self.monitor.unregister(rid)
+            del t
+            torch.cuda.empty_cache()
 
 
 class TestCupy(unittest.TestCase):

@@ -22,6 +22,7 @@ const CU_STREAM_NON_BLOCKING: c_uint = 1;
 
 type CtxGetCurrentFn = unsafe extern "C" fn(*mut *mut c_void) -> c_int;
 type CtxGetDeviceFn = unsafe extern "C" fn(*mut c_int) -> c_int;
+type CtxSynchronizeFn = unsafe extern "C" fn() -> c_int;
 type CtxPushFn = unsafe extern "C" fn(*mut c_void) -> c_int;
 type CtxPopFn = unsafe extern "C" fn(*mut *mut c_void) -> c_int;
 type PrimaryGetStateFn = unsafe extern "C" fn(c_int, *mut c_uint, *mut c_int) -> c_int;
@@ -57,6 +58,7 @@ type LaunchKernelFn = unsafe extern "C" fn(
 pub struct CudaGpu {
     ctx_get_current: CtxGetCurrentFn,
     ctx_get_device: CtxGetDeviceFn,
+    ctx_synchronize: CtxSynchronizeFn,
     ctx_push: CtxPushFn,
     ctx_pop: CtxPopFn,
     primary_get_state: PrimaryGetStateFn,
@@ -96,6 +98,7 @@ impl CudaGpu {
                 Ok(CudaGpu {
                     ctx_get_current: symbol(library, "cuCtxGetCurrent")?,
                     ctx_get_device: symbol(library, "cuCtxGetDevice")?,
+                    ctx_synchronize: symbol(library, "cuCtxSynchronize")?,
                     ctx_push: symbol(library, "cuCtxPushCurrent_v2")?,
                     ctx_pop: symbol(library, "cuCtxPopCurrent_v2")?,
                     primary_get_state: symbol(library, "cuDevicePrimaryCtxGetState")?,
@@ -163,6 +166,11 @@ impl Gpu for CudaGpu {
         let mut popped: *mut c_void = std::ptr::null_mut();
         // SAFETY: out-pointer to a local; undoes our own push.
         unsafe { (self.ctx_pop)(&mut popped) };
+    }
+
+    fn synchronize(&self) -> Result<(), DriverError> {
+        // SAFETY: a plain driver call in the context pushed by the caller.
+        call("cuCtxSynchronize", unsafe { (self.ctx_synchronize)() })
     }
 
     fn load(&self) -> Result<Kernel, DriverError> {

@@ -40,6 +40,9 @@ pub trait Gpu: Send + Sync {
     fn push(&self, context: ContextHandle) -> Result<(), DriverError>;
     /// Undoes [`Gpu::push`].
     fn pop(&self);
+    /// Waits for all work in the current context (every stream of the engine's): a seal
+    /// must read the bytes after the writes the engine issued before sealing.
+    fn synchronize(&self) -> Result<(), DriverError>;
     /// Loads the kernel and makes its stream and scratch buffer, in the current context.
     fn load(&self) -> Result<Kernel, DriverError>;
     /// Frees what [`Gpu::load`] made (errors ignored: the context may be dead already).

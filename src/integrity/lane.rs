@@ -109,15 +109,17 @@ impl Lane {
         self.failed.is_some() && !self.failure_reported
     }
 
-    /// Fingerprints `[ptr, ptr + size)` (a whole registration) with the context pushed.
+    /// Fingerprints `[ptr, ptr + size)` (a whole registration) for a seal: after the work
+    /// the engine already issued in the context (its writes of these bytes may still be in
+    /// flight on its streams).
     pub fn fingerprint_all(&mut self, ptr: u64, size: u64) -> Result<Vec<u64>, Error> {
-        self.run(ptr, 0, size).map_err(Error::IntegrityFailed)
+        self.run(ptr, 0, size, true).map_err(Error::IntegrityFailed)
     }
 
     /// Fingerprints `[ptr + offset, ptr + offset + length)` of a registration starting at
     /// `ptr`, in launches of at most the scratch buffer's chunks, with the lent context
     /// pushed on the calling thread and popped after. A failure marks the lane failed.
-    fn run(&mut self, ptr: u64, offset: u64, length: u64) -> Result<Vec<u64>, DriverError> {
+    fn run(&mut self, ptr: u64, offset: u64, length: u64, after_engine: bool) -> Result<Vec<u64>, DriverError> {
         if let Some(error) = &self.failed {
             return Err(error.clone());
         }
@@ -126,6 +128,12 @@ impl Lane {
         };
         let result = (|| {
             self.gpu.push(self.context)?;
+            if after_engine {
+                if let Err(error) = self.gpu.synchronize() {
+                    self.gpu.pop();
+                    return Err(error);
+                }
+            }
             let per_launch = kernel.scratch_chunks * CHUNK_BYTES;
             let mut values = Vec::with_capacity(length.div_ceil(CHUNK_BYTES) as usize);
             let mut done = 0u64;
@@ -212,7 +220,7 @@ impl Lane {
         let started = Instant::now();
         let read = Lane::readable(seal, id, driver, registry, offset, length);
         if read {
-            match self.run(seal.ptr, offset, length) {
+            match self.run(seal.ptr, offset, length, false) {
                 Ok(values) => {
                     outcome.bytes = length;
                     outcome.registrations = 1;
@@ -254,7 +262,7 @@ impl Lane {
                 all_read = false;
                 continue;
             }
-            match self.run(seal.ptr, 0, seal.size) {
+            match self.run(seal.ptr, 0, seal.size, false) {
                 Ok(values) => {
                     outcome.registrations += 1;
                     outcome.bytes += seal.size;
