@@ -415,3 +415,24 @@ fn health_and_an_unsealed_unregister_do_not_wait_for_a_verification() {
     assert!(s.gpu.in_launch.load(Ordering::SeqCst), "unregistering an unsealed registration waited for the verification");
     assert_eq!(verifying.join().unwrap().registrations, 1);
 }
+
+#[test]
+fn a_long_seal_on_another_thread_does_not_hold_up_the_checks() {
+    let s = Arc::new(setup(Duration::from_millis(20)));
+    let weights = s.memory.alloc((2 * MIB) as usize, 0, 5);
+    s.gpu.make_current(0x100);
+    s.monitor.enable_integrity(0, IntegrityOptions::default()).unwrap();
+    let id = s.monitor.register(weights, 2 * MIB, "w").unwrap();
+    *s.gpu.launch_delay.lock().unwrap() = Duration::from_millis(800);
+    let sealer = Arc::clone(&s);
+    let sealing = std::thread::spawn(move || {
+        sealer.gpu.make_current(0x100);
+        sealer.monitor.seal(id)
+    });
+    wait_for("the seal's launch", || s.gpu.in_launch.load(Ordering::SeqCst));
+    let before = s.monitor.health().checks_completed;
+    s.monitor.check_now().unwrap();
+    wait_for("a periodic check", || s.monitor.health().checks_completed >= before + 2);
+    assert!(s.gpu.in_launch.load(Ordering::SeqCst), "the checks waited for the seal");
+    sealing.join().unwrap().unwrap();
+}

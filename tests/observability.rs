@@ -537,11 +537,20 @@ fn http_listening_twice_on_one_port_is_a_bind_error() {
 // ------------------------------------------------------------------------------------------
 // Threads of this process by name (Linux keeps 15 bytes of a thread's name).
 
+/// Live threads of this process whose name starts with `prefix`. A joined thread can stay
+/// listed in /proc for a moment as a zombie or dead task (the kernel wakes the joiner before it
+/// reaps the task), so tasks in state Z or X are not counted: they run nothing any more.
 fn threads_named(prefix: &str) -> usize {
     std::fs::read_dir("/proc/self/task")
         .map(|dir| {
-            dir.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-                .filter(|comm| comm.trim_end().starts_with(prefix))
+            dir.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+                .filter(|stat| {
+                    // "tid (comm) S ...": the name may hold spaces or parentheses, so split at
+                    // the last ')'.
+                    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { return false };
+                    let state = stat[close + 1..].trim_start().chars().next();
+                    stat[open + 1..close].starts_with(prefix) && !matches!(state, Some('Z' | 'X' | 'x'))
+                })
                 .count()
         })
         .unwrap_or(0)

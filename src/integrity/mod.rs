@@ -28,6 +28,9 @@ use gpu::Gpu;
 use lane::Lane;
 use seal::Seal;
 
+/// How soon the monitor thread looks again when the integrity state was busy.
+const BUSY_RETRY: Duration = Duration::from_millis(1);
+
 /// Default bytes per background slice.
 pub const DEFAULT_SLICE_BYTES: u64 = 64 << 20;
 /// Default share of GPU time verification may take, in parts per million (1%).
@@ -386,7 +389,13 @@ impl Integrity {
     /// When the next background slice is due (`None`: nothing sealed, or all failed; a
     /// failure not yet reported is due at once).
     pub fn next_due(&self) -> Option<Instant> {
-        let state = lock(&self.state);
+        let state = match self.state.try_lock() {
+            Ok(state) => state,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            // Another thread is sealing (its fingerprint, after the engine's work): the
+            // monitor thread must not wait for it, its checks are due on time. Look again soon.
+            Err(std::sync::TryLockError::WouldBlock) => return Some(Instant::now() + BUSY_RETRY),
+        };
         state
             .lanes
             .iter()
@@ -401,11 +410,17 @@ impl Integrity {
     }
 
     /// Runs the background slices that are due (at most one per device), then returns what
-    /// they found. `still_resident` says whether a registration may be read now (the
-    /// residency verdict and a fresh driver query, asked just before its slice).
+    /// they found. A slice reads a registration only while it is still judged resident and a
+    /// fresh driver query finds its sealed buffers (see `Lane::verify_next_slice`).
     pub fn step(&self, driver: &dyn Driver, registry: &Registry, interval: Duration) -> Vec<Finding> {
         let mut findings = Vec::new();
-        let mut guard = self.change();
+        let state = match self.state.try_lock() {
+            Ok(state) => state,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            // Busy elsewhere (see `next_due`): this round's slices wait for the next look.
+            Err(std::sync::TryLockError::WouldBlock) => return findings,
+        };
+        let mut guard = Changing { figures: &self.figures, sealed_ids: &self.sealed_ids, state };
         let state = &mut *guard;
         let now = Instant::now();
         for lane in state.lanes.iter_mut() {
