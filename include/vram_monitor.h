@@ -1409,6 +1409,24 @@ VramMonitorResult vram_monitor_register_sealed(struct VramMonitor *monitor,
                                                uint64_t *out_id);
 
 /**
+ * Takes back registration `id` after the engine unmapped and remapped its range on
+ * purpose (a wake from sleep, an expandable segment released and grown again). The memory
+ * mapped there now is registered afresh under a new id (same range and label), written to
+ * `*out_id`, and `id` is unregistered. A seal moves to the new id with the fingerprints
+ * taken before the remap: call `vram_monitor_verify_now` after the reload, and bytes that
+ * were not restored exactly read `MODIFIED`. (Without this, remapped memory reads
+ * `REPLACED`, and a reseal would seal whatever was reloaded.)
+ *
+ * On any error nothing changed: `UNKNOWN_REGISTRATION`; `NULL_ARGUMENT`; the codes of
+ * `vram_monitor_register` for memory that is not resident now; `NOT_RESIDENT` when a
+ * sealed registration's memory came back on another device.
+ *
+ * # Safety
+ * `monitor` must be NULL or a handle from `vram_monitor_new`; `out_id` NULL or writable.
+ */
+VramMonitorResult vram_monitor_rebind(struct VramMonitor *monitor, uint64_t id, uint64_t *out_id);
+
+/**
  * Verifies every sealed byte now at full speed (after loading, after a wake from sleep)
  * on the monitor thread, and waits for it; MODIFIED events are delivered as usual. Fills
  * `*out_summary` if not NULL. `INTEGRITY_NOT_ENABLED` when no device has integrity;

@@ -697,6 +697,13 @@ public:
     void seal(uint64_t id) { check(vram_monitor_seal(handle_, id), "vram_monitor_seal"); }
     /** New fingerprint after an intentional change; clears MODIFIED. */
     void reseal(uint64_t id) { check(vram_monitor_reseal(handle_, id), "vram_monitor_reseal"); }
+    /** Takes `id` back after its memory was unmapped and remapped on purpose (wake from
+     *  sleep); returns the new id; a seal moves with its old fingerprints (then verify_now). */
+    uint64_t rebind(uint64_t id) {
+        uint64_t new_id = 0;
+        check(vram_monitor_rebind(handle_, id, &new_id), "vram_monitor_rebind");
+        return new_id;
+    }
     /** Stops verifying `id`'s content (it stays registered). */
     void unseal(uint64_t id) { check(vram_monitor_unseal(handle_, id), "vram_monitor_unseal"); }
     /** Registers and seals in one call (or neither); returns the id (not a guard). */

@@ -11,6 +11,10 @@
 #                                 (tests/gpu.rs) and the C examples (cmake + ctest), writes
 #                                 $OUT/gpu-results.md and the full log $OUT/gpu-log.txt. Every
 #                                 part runs; exits non-zero if any part failed.
+#   bash .gpu-carry/gpu-test.sh run PART...
+#                                 the same, only the parts named: "scenarios", "examples" and
+#                                 suite names or their number prefixes ("20", "45-integrity-bench"),
+#                                 so that a long suite can run in a call of its own.
 #   bash .gpu-carry/gpu-test.sh bench
 #                                 on the GPU machine: only the benchmark (about 2 minutes),
 #                                 writing its table to $OUT/performance.md.
@@ -172,6 +176,18 @@ section() {
 }
 
 # The body of `run`; its output goes to the terminal and gpu-log.txt.
+# Whether part $1 ("scenarios", "examples" or a suite's name) is to run: every part when no
+# PART was named, else those named or whose name starts with "<named>-".
+wanted() {
+  local p
+  [ ${#PARTS[@]} -eq 0 ] && return 0
+  for p in "${PARTS[@]}"; do
+    [ "$1" = "$p" ] && return 0
+    case "$1" in "$p"-*) return 0 ;; esac
+  done
+  return 1
+}
+
 run_all() {
   local carry=$1 out=$2 results=$3 failures=() rc build ctest_log examples_status
   section "GPU machine"
@@ -192,7 +208,10 @@ run_all() {
 
   section "Rust GPU scenarios ($CARRY_NAME/gpu)"
   rm -f "$results"
-  if [ -f "$carry/gpu" ]; then
+  if ! wanted scenarios; then
+    echo "not run: not among the parts named (${PARTS[*]})"
+    printf '# vram-monitor GPU run (parts: %s)\n' "${PARTS[*]}" >"$results"
+  elif [ -f "$carry/gpu" ]; then
     [ -x "$carry/gpu" ] || chmod u+x "$carry/gpu" 2>/dev/null
     env -u RUST_LOG VRAM_MONITOR_GPU_RESULTS="$results" VRAM_MONITOR_GPU_REQUIRED=1 RUST_BACKTRACE=1 \
       timeout 300 "$carry/gpu"
@@ -210,7 +229,9 @@ run_all() {
   fi
 
   section "C examples (cmake + ctest)"
-  if [ -f "$carry/c-examples/CMakeLists.txt" ]; then
+  if ! wanted examples; then
+    echo "not run: not among the parts named"
+  elif [ -f "$carry/c-examples/CMakeLists.txt" ]; then
     build=$(mktemp -d)
     ctest_log="$build/c-examples-output.txt"
     {
@@ -246,6 +267,7 @@ run_all() {
   for suite in "$carry"/suites/*.sh; do
     [ -f "$suite" ] || continue
     name=$(basename "$suite" .sh)
+    wanted "$name" || continue
     section "suite $name"
     suite_md=$(mktemp)
     LD_LIBRARY_PATH="$carry/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" timeout 400 bash "$suite" "$carry" "$suite_md"
@@ -282,6 +304,7 @@ run_all() {
 
 run() {
   local here carry out rc
+  PARTS=("$@")
   here=$(cd "$(dirname "$(readlink -f "$0")")" && pwd)
   if [ "$(basename "$here")" = "$CARRY_NAME" ]; then
     carry=$here
@@ -319,7 +342,7 @@ bench() {
 
 case "${1:-}" in
   prepare) prepare ;;
-  run) run ;;
+  run) shift; run "$@" ;;
   bench) bench ;;
   *)
     echo "usage: scripts/gpu-test.sh prepare   (development machine: build and fill $CARRY_NAME/)" >&2

@@ -436,3 +436,58 @@ fn a_long_seal_on_another_thread_does_not_hold_up_the_checks() {
     assert!(s.gpu.in_launch.load(Ordering::SeqCst), "the checks waited for the seal");
     sealing.join().unwrap().unwrap();
 }
+
+/// The engine's sleep and wake: the allocation at `base` released and a new one mapped at the
+/// same address (a new buffer id), filled with `content`.
+fn remap(memory: &Memory, base: u64, content: Vec<u8>) {
+    let n = memory.next.fetch_add(1, Ordering::SeqCst);
+    let mut all = memory.allocations.lock().unwrap();
+    let (_, device, _) = all.remove(&base).unwrap();
+    all.insert(base, (1000 + n, device, content));
+}
+
+#[test]
+fn rebind_after_a_remap_keeps_the_seal_and_finds_a_wrong_reload() {
+    let s = setup(Duration::from_secs(3600));
+    let size = 3 * MIB + 100;
+    let good = s.memory.alloc(size as usize, 0, 0x11);
+    let bad = s.memory.alloc(size as usize, 0, 0x22);
+    s.gpu.make_current(0x100);
+    s.monitor.enable_integrity(0, IntegrityOptions::default()).unwrap();
+    let good_id = s.monitor.register_sealed(good, size, "layers.0.weight").unwrap();
+    let bad_id = s.monitor.register_sealed(bad, size, "layers.1.weight").unwrap();
+
+    // Sleep and wake: both unmapped and remapped; one reloaded right, one with a byte wrong
+    // in its third chunk.
+    remap(&s.memory, good, vec![0x11; size as usize]);
+    let mut wrong = vec![0x22; size as usize];
+    wrong[(2 * MIB + 5) as usize] = 0x23;
+    remap(&s.memory, bad, wrong);
+    // Without rebind the remapped memory is a residency violation: REPLACED wins.
+    s.monitor.check_now().unwrap();
+    assert_eq!(s.monitor.registration(good_id).unwrap().verdict, Verdict::Replaced);
+
+    let good_new = s.monitor.rebind(good_id).unwrap();
+    let bad_new = s.monitor.rebind(bad_id).unwrap();
+    assert_ne!(good_new, good_id);
+    assert!(s.monitor.registration(good_id).is_none(), "the old id is gone");
+    assert_eq!(s.monitor.registration(good_new).unwrap().label, "layers.0.weight");
+    assert!(s.monitor.seal_info(good_new).is_some(), "the seal moved with the registration");
+    assert!(s.monitor.seal_info(good_id).is_none());
+    let summary = s.monitor.verify_now().unwrap();
+    assert_eq!((summary.registrations, summary.modified), (2, 1));
+    assert_eq!(s.monitor.registration(good_new).unwrap().verdict, Verdict::Resident);
+    let info = s.monitor.registration(bad_new).unwrap();
+    assert_eq!(info.verdict, Verdict::Modified, "a wrong reload is found against the seal taken before sleep");
+    let seal = s.monitor.seal_info(bad_new).unwrap();
+    assert_eq!((seal.modified_chunks, seal.first_modified_offset), (1, 2 * MIB));
+    wait_for("the MODIFIED event", || s.events.lock().unwrap().iter().any(|e| e.kind == EventKind::Modified && e.registration_id == bad_new));
+    s.monitor.check_now().unwrap();
+    assert_eq!(s.monitor.health().current_violations, 1, "the REPLACED violations went with the old ids");
+
+    // Memory not there any more is refused and changes nothing; an unknown id likewise.
+    s.memory.free(good);
+    assert!(matches!(s.monitor.rebind(good_new), Err(vram_monitor::Error::Refused(Verdict::NotMapped))));
+    assert!(s.monitor.registration(good_new).is_some());
+    assert!(matches!(s.monitor.rebind(good_id), Err(vram_monitor::Error::UnknownRegistration(_))));
+}

@@ -24,7 +24,9 @@
   one byte changed in place found MODIFIED with its label and chunk offset, nothing else; no
   false MODIFIED in 1000 verifications while a matmul loop runs; a sealed tensor del-ed without
   empty_cache and its block refilled by a same-size tensor found MODIFIED; a write 64 bytes past
-  a neighbouring buffer found MODIFIED at offset 0; verify_now of 1 GiB and 16 GiB timed.
+  a neighbouring buffer found MODIFIED at offset 0; expandable-segments weights unmapped,
+  remapped and reloaded with one tensor wrong, taken back with rebind, found MODIFIED at its
+  offset; verify_now of 1 GiB and 16 GiB timed.
 
 Each scenario prints "RESULT | name | expected | saw | PASS/FAIL" (the suite turns those into
 Markdown). Without torch or a GPU every test skips; with VRAM_MONITOR_GPU_REQUIRED=1 that is a
@@ -418,16 +420,16 @@ MIB = 1 << 20
 IN_CHILD = os.environ.get("VRAM_MONITOR_TEST_CHILD") == "1"
 
 
-def in_child(test):
+def in_child(test, **extra_env):
     """Runs the test in a child process of its own: what it leaves in PyTorch's caching
     allocator (cuBLAS workspaces, cached segments) must not keep other tests' freed tensors
-    mapped."""
+    mapped. `extra_env` is set for the child (the allocator reads its configuration once)."""
 
     def run(self):
         if IN_CHILD:
             return test(self)
         name = "%s.%s" % (type(self).__name__, test.__name__)
-        env = dict(os.environ, VRAM_MONITOR_TEST_CHILD="1")
+        env = dict(os.environ, VRAM_MONITOR_TEST_CHILD="1", **extra_env)
         child = subprocess.run([sys.executable, os.path.abspath(__file__), name], env=env, capture_output=True, text=True, timeout=400)
         sys.stdout.write(child.stdout)
         sys.stderr.write(child.stderr)
@@ -529,6 +531,59 @@ class TestIntegrity(GpuTest):
         result("(b) del without empty_cache, same-size tensor filled", "MODIFIED (block reused)", "%s (same address: %s)" % (verdict.name, same), ok)
         self.assertTrue(same, "the allocator did not reuse the block; the case was not produced")
         self.assertEqual(verdict, Verdict.MODIFIED)
+
+    def test_expandable_segments_unmapped_remapped_and_reloaded_with_one_tensor_wrong(self):
+        """(c) Sleep and wake on expandable segments: the weights' pages released
+        (del + empty_cache unmaps them), the same tensors allocated again at the same
+        addresses and reloaded from the host copy with one byte of one tensor wrong. rebind
+        takes each registration back with its seal; verify_now finds the wrong one."""
+        in_child(type(self)._expandable_case, PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True")(self)
+
+    def _expandable_case(self):
+        torch = self.torch
+        assert "expandable_segments:True" in os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
+        names = ["layers.%d.mlp.weight" % i for i in range(4)]
+        weights = [torch.randn(32 * MIB, device="cuda", dtype=torch.float16) for _ in names]  # 64 MiB each
+        checkpoint = [w.cpu() for w in weights]
+        ptrs = [w.data_ptr() for w in weights]
+        ids = [self.monitor.register(w, n, seal=True) for w, n in zip(weights, names)]
+        # Sleep: the pages go back to the driver.
+        del weights
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        self.monitor.check_now()
+        asleep = [self.monitor.registration(i).verdict for i in ids]
+        # Wake: the same tensors again, reloaded; tensor 2 gets one byte wrong at +5 MiB + 3.
+        weights = [torch.empty(32 * MIB, device="cuda", dtype=torch.float16) for _ in names]
+        same = [w.data_ptr() for w in weights] == ptrs
+        for w, c in zip(weights, checkpoint):
+            w.copy_(c)
+        wrong = weights[2].view(torch.uint8)
+        wrong[5 * MIB + 3] = wrong[5 * MIB + 3] ^ 0x40
+        torch.cuda.synchronize()
+        self.monitor.check_now()
+        woke = [self.monitor.registration(i).verdict for i in ids]
+        new_ids = [self.monitor.rebind(i) for i in ids]
+        summary = self.monitor.verify_now()
+        verdicts = [self.monitor.registration(i).verdict for i in new_ids]
+        seal = self.monitor.seal_info(new_ids[2])
+        events = [e for e in self.modified() if e.registration_id == new_ids[2]]
+        ok = (
+            same
+            and verdicts == [Verdict.RESIDENT, Verdict.RESIDENT, Verdict.MODIFIED, Verdict.RESIDENT]
+            and seal.modified_chunks == 1
+            and seal.first_modified_offset == 5 * MIB
+            and summary.modified == 1
+        )
+        result(
+            "(c) expandable segments: unmapped, remapped, reloaded with one tensor wrong",
+            "MODIFIED '%s' at +%d, the rest RESIDENT" % (names[2], 5 * MIB),
+            "asleep %s, woke %s; after rebind + verify_now %s, +%d, same addresses %s, event %s"
+            % ([v.name for v in asleep], [v.name for v in woke], [v.name for v in verdicts], seal.first_modified_offset, same, bool(events) or "(pending)"),
+            ok,
+        )
+        self.assertTrue(same, "the allocator did not map the tensors at the same addresses; the case was not produced")
+        self.assertTrue(ok)
 
     @in_child
     def test_a_kernel_writing_past_its_buffer_into_sealed_weights(self):

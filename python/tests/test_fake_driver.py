@@ -54,6 +54,13 @@ class Fake:
         self.set_kind_ = lib.fake_cuda_set_kind
         self.set_kind_.restype = ctypes.c_int
         self.set_kind_.argtypes = [ctypes.c_ulonglong, ctypes.c_int]
+        self.reallocate_ = lib.fake_cuda_reallocate
+        self.reallocate_.restype = ctypes.c_int
+        self.reallocate_.argtypes = [ctypes.c_ulonglong]
+
+    def reallocate(self, base):
+        """Freed and allocated again at the same address: a new buffer (sleep and wake)."""
+        return self.reallocate_(base) == 0
 
     def alloc(self, kind, size):
         base = self.alloc_(kind, size, 0)
@@ -239,6 +246,27 @@ class TestMonitor(FakeDriverTest):
         with self.assertRaises(VramMonitorError) as e:
             self.monitor.unregister(rid)
         self.assertEqual(e.exception.code, Result.UNKNOWN_REGISTRATION)
+
+    def test_rebind_takes_back_remapped_memory_under_a_new_id(self):
+        ptr = self.fake.alloc(FAKE_DEVICE, 2 * MIB)
+        rid = self.monitor.register((ptr, 2 * MIB), "layers.0.weight")
+        self.assertTrue(self.fake.reallocate(ptr))
+        self.monitor.check_now()
+        self.assertEqual(self.monitor.verdict(rid), Verdict.REPLACED)
+        new = self.monitor.rebind(rid)
+        self.assertNotEqual(new, rid)
+        self.assertIsNone(self.monitor.registration(rid))
+        info = self.monitor.registration(new)
+        self.assertEqual((info.verdict, info.label), (Verdict.RESIDENT, "layers.0.weight"))
+        self.assertTrue(self.monitor.check_now().healthy)
+        with self.assertRaises(VramMonitorError) as e:
+            self.monitor.rebind(rid)
+        self.assertEqual(e.exception.code, Result.UNKNOWN_REGISTRATION)
+        self.assertTrue(self.fake.free(ptr))
+        with self.assertRaises(VramMonitorError) as e:
+            self.monitor.rebind(new)
+        self.assertEqual(e.exception.verdict, Verdict.NOT_MAPPED)
+        self.assertIsNotNone(self.monitor.registration(new), "a refused rebind changes nothing")
 
     def test_integer_address_with_nbytes(self):
         ptr = self.fake.alloc(FAKE_DEVICE, MIB)

@@ -346,8 +346,9 @@ def declare(lib: ctypes.CDLL) -> None:
             result,
             [vm, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, p(ctypes.c_size_t)],
         ),
+        "vram_monitor_rebind": (result, [vm, ctypes.c_uint64, p(ctypes.c_uint64)]),
     }
-    optional = {"vram_monitor_register_many", "vram_monitor_registration"}
+    optional = {"vram_monitor_register_many", "vram_monitor_registration", "vram_monitor_rebind"}
     for name, (restype, argtypes) in signatures.items():
         if name in optional and not has(lib, name):
             continue

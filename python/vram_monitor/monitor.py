@@ -250,6 +250,19 @@ class Monitor:
         what = "vram_monitor_reseal"
         check(self._lib.vram_monitor_reseal(self._h(what), _native.u64(registration_id, "registration_id")), what)
 
+    def rebind(self, registration_id: int) -> int:
+        """Takes a registration back after the engine unmapped and remapped its memory on
+        purpose (wake from sleep, an expandable segment released and grown again): the memory
+        mapped there now is registered under a new id (returned; the old one is gone) and a
+        seal moves to it with the fingerprints taken before, so that verify_now() after the
+        reload finds bytes that were not restored exactly (MODIFIED)."""
+        what = "vram_monitor_rebind"
+        if not _native.has(self._lib, what):
+            raise NotImplementedError("the loaded vram_monitor library is older than vram_monitor_rebind")
+        out = ctypes.c_uint64()
+        check(self._lib.vram_monitor_rebind(self._h(what), _native.u64(registration_id, "registration_id"), ctypes.byref(out)), what)
+        return out.value
+
     def unseal(self, registration_id: int) -> None:
         """Stops verifying a registration's content (it stays registered)."""
         what = "vram_monitor_unseal"

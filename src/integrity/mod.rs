@@ -21,7 +21,7 @@ use once_cell::sync::OnceCell;
 
 use crate::driver::{Driver, DriverError};
 use crate::error::Error;
-use crate::registry::{RegistrationId, Registry};
+use crate::registry::{RegistrationId, RegistrationInfo, Registry};
 use crate::sync::lock;
 use crate::verdict::Verdict;
 use gpu::Gpu;
@@ -331,6 +331,28 @@ impl Integrity {
     /// Unseals `id` (it stays registered, residency-only).
     pub fn unseal(&self, id: RegistrationId) -> Result<(), Error> {
         self.change().seals.remove(&id).map(|_| ()).ok_or(Error::NotSealed)
+    }
+
+    /// Moves the seal of `from` (if it has one) to `to`, a new registration of the same range
+    /// made after the engine remapped it on purpose: the fingerprints taken before stay, the
+    /// pieces become the new ones, so the next verification compares the bytes mapped now
+    /// with the bytes sealed then. Returns whether a seal moved and whether it had modified
+    /// chunks. Memory now on another device is refused (`WRONG_DEVICE`): its lane is not
+    /// the seal's. Waits for a slice in progress over the old memory.
+    pub fn move_seal(&self, from: RegistrationId, to: &RegistrationInfo) -> Result<Option<bool>, Error> {
+        if !lock(&self.sealed_ids).contains(&from) {
+            return Ok(None);
+        }
+        let mut state = self.change();
+        let Some(seal) = state.seals.get(&from) else { return Ok(None) };
+        if seal.device != to.device || seal.ptr != to.ptr || seal.size != to.size {
+            return Err(Error::NotResident(Verdict::WrongDevice));
+        }
+        let mut seal = state.seals.remove(&from).expect("looked up under the same lock");
+        seal.pieces = to.pieces.clone();
+        let modified = seal.modified_chunks() > 0;
+        state.seals.insert(to.id, seal);
+        Ok(Some(modified))
     }
 
     /// Forgets `id` (unregistered). Waits for a slice in progress over it; an id that is

@@ -87,6 +87,41 @@ impl Monitor {
         Ok(id)
     }
 
+    /// Takes back registration `id` after the engine unmapped and remapped its range on
+    /// purpose (a wake from sleep, an expandable segment released and grown again): the
+    /// memory mapped there now is inspected and registered afresh under a new id (same range,
+    /// same label), `id` is unregistered, and a seal moves to the new id with the
+    /// fingerprints taken before, so that [`Monitor::verify_now`] (or the background pass)
+    /// compares the reloaded bytes with the bytes sealed then: a reload that put back the
+    /// wrong bytes reads MODIFIED. Without it the remapped memory reads REPLACED (residency
+    /// wins) and a reseal would seal whatever was reloaded. Returns the new id; on an error
+    /// nothing changed (memory not resident now is refused as by `register`; a seal whose
+    /// memory came back on another device is `NotResident(WrongDevice)`).
+    pub fn rebind(&self, id: RegistrationId) -> Result<RegistrationId, Error> {
+        self.not_forked()?;
+        let old = self.shared.registry.get(id).ok_or(Error::UnknownRegistration(id))?;
+        let new_id = self.register(old.ptr, old.size, &old.label)?;
+        let moved = match self.shared.registry.get(new_id) {
+            Some(new) => self.shared.integrity.move_seal(id, &new),
+            None => Err(Error::UnknownRegistration(new_id)),
+        };
+        match moved {
+            Ok(Some(true)) => {
+                // Found modified before and not resealed: still so under the new id (the
+                // event was sent for the old one).
+                let _ = self.shared.registry.set_modified(new_id, true);
+            }
+            Ok(_) => {}
+            Err(error) => {
+                let _ = self.unregister(new_id);
+                return Err(error);
+            }
+        }
+        let _ = self.unregister(id);
+        self.wake();
+        Ok(new_id)
+    }
+
     /// Verifies every sealed byte now at full speed, on the monitor thread (events are
     /// delivered there), and waits for it: after loading, after a wake from sleep. Refused
     /// from inside a callback; [`Error::IntegrityNotEnabled`] when no device has integrity

@@ -1,7 +1,8 @@
 /*
  * test_register_many.c - vram_monitor_register_many and vram_monitor_registration against the
  * fake libcuda: one driver query per distinct allocation, per-entry codes, both ends of
- * ALL_OR_NOTHING, bad input, and reading one registration back with its label.
+ * ALL_OR_NOTHING, bad input, and reading one registration back with its label; and
+ * vram_monitor_rebind taking a registration back after its memory was remapped.
  */
 #define _GNU_SOURCE
 #include "test_support.h"
@@ -157,6 +158,38 @@ static void bad_entries_fail_only_themselves(VramMonitor *m) {
     fake.free(managed);
 }
 
+static void rebind_after_a_remap(VramMonitor *m) {
+    VramMonitorRegistrationInfo info;
+    char label[64];
+    size_t len = 0;
+    uint64_t id = 0, new_id = 0, untouched = 12345;
+    unsigned long long base;
+
+    section("rebind: remapped memory taken back under a new id, same label");
+    base = fake_alloc_or_die(FAKE_CUDA_DEVICE, 2 << 20, 0);
+    CHECK_RESULT(vram_monitor_register(m, as_ptr(base), 2 << 20, "layers.0.weight", &id), VRAM_MONITOR_RESULT_OK);
+    REQUIRE(fake.reallocate(base) == 0, "fake_cuda_reallocate");
+    CHECK_RESULT(vram_monitor_check_now(m, NULL), VRAM_MONITOR_RESULT_OK);
+    memset(&info, 0, sizeof info);
+    CHECK_RESULT(vram_monitor_registration(m, id, &info, NULL, 0, NULL), VRAM_MONITOR_RESULT_OK);
+    CHECK(info.verdict == VRAM_MONITOR_VERDICT_REPLACED, "remapped memory reads REPLACED before rebind (%d)", (int)info.verdict);
+    CHECK_RESULT(vram_monitor_rebind(m, id, NULL), VRAM_MONITOR_RESULT_NULL_ARGUMENT);
+    CHECK_RESULT(vram_monitor_rebind(NULL, id, &new_id), VRAM_MONITOR_RESULT_NULL_ARGUMENT);
+    CHECK_RESULT(vram_monitor_rebind(m, id, &new_id), VRAM_MONITOR_RESULT_OK);
+    CHECK(new_id != 0 && new_id != id, "a new id (%" PRIu64 " after %" PRIu64 ")", new_id, id);
+    CHECK_RESULT(vram_monitor_registration(m, id, &info, NULL, 0, NULL), VRAM_MONITOR_RESULT_UNKNOWN_REGISTRATION);
+    memset(&info, 0, sizeof info);
+    CHECK_RESULT(vram_monitor_registration(m, new_id, &info, label, sizeof label, &len), VRAM_MONITOR_RESULT_OK);
+    CHECK(info.verdict == VRAM_MONITOR_VERDICT_RESIDENT && strcmp(label, "layers.0.weight") == 0,
+          "the new registration is RESIDENT with the old label (%d, '%s')", (int)info.verdict, label);
+    CHECK_RESULT(vram_monitor_rebind(m, id, &untouched), VRAM_MONITOR_RESULT_UNKNOWN_REGISTRATION);
+    CHECK(untouched == 12345, "a failed rebind writes no id");
+    REQUIRE(fake.free(base) == 0, "fake_cuda_free");
+    CHECK_RESULT(vram_monitor_rebind(m, new_id, &untouched), VRAM_MONITOR_RESULT_REFUSED_NOT_MAPPED);
+    CHECK_RESULT(vram_monitor_registration(m, new_id, &info, NULL, 0, NULL), VRAM_MONITOR_RESULT_OK);
+    CHECK_RESULT(vram_monitor_unregister(m, new_id), VRAM_MONITOR_RESULT_OK);
+}
+
 int main(int argc, char **argv) {
     VramMonitor *m = NULL;
     (void)argc;
@@ -165,6 +198,7 @@ int main(int argc, char **argv) {
     fake_load();
     a_model_in_one_call(m);
     bad_entries_fail_only_themselves(m);
+    rebind_after_a_remap(m);
     CHECK_RESULT(vram_monitor_free(m), VRAM_MONITOR_RESULT_OK);
     return test_exit_code(argv[0]);
 }
