@@ -9,6 +9,9 @@
  *
  * What cuPointerGetAttributes answers for each kind reproduces the measured table in
  * cuda-pointer-facts.md (H100, driver 580.159.04): see README.md in this folder.
+ *
+ * Fake memory has content (zeros until written; see fake_cuda_write) so that the monitor's
+ * integrity kernel, which the fake runs on the host, has bytes to fingerprint.
  */
 #ifndef FAKE_CUDA_CONTROL_H
 #define FAKE_CUDA_CONTROL_H
@@ -34,7 +37,7 @@ enum fake_cuda_kind {
 unsigned long long fake_cuda_alloc(int kind, size_t size, int device);
 /** Frees the allocation or VMM mapping whose base is `base`; 0 ok, -1 unknown. */
 int fake_cuda_free(unsigned long long base);
-/** Frees and re-allocates the allocation/mapping at `base` at the same address, kind, size and device, with a NEW buffer id; 0 ok, -1 unknown. */
+/** Frees and re-allocates the allocation/mapping at `base` at the same address, kind, size and device, with a NEW buffer id and fresh content (zeros); 0 ok, -1 unknown. */
 int fake_cuda_reallocate(unsigned long long base);
 /** Changes the kind of the allocation (1..3 among themselves) or mapping (4..5 among themselves) at `base` in place, keeping its buffer id; 0 ok, -1 otherwise. */
 int fake_cuda_set_kind(unsigned long long base, int kind);
@@ -48,6 +51,15 @@ int fake_cuda_release(unsigned long long base);
 int fake_cuda_map(unsigned long long addr, size_t size, int kind, int device);
 /** Unmaps the mapping whose base is `addr` (the reservation stays); 0 ok, -1 unknown. */
 int fake_cuda_unmap(unsigned long long addr);
+
+/* ---- content ----------------------------------------------------------------------------- */
+
+/** Copies `len` bytes to fake address `addr` (inside live allocations/mappings, several back to back allowed): what the engine writing into its memory looks like. 0 ok; -1, writing nothing, when a byte is outside, or len is 0. */
+int fake_cuda_write(unsigned long long addr, const void *bytes, size_t len);
+/** Sets `len` bytes at `addr` to `byte`; rules of fake_cuda_write. */
+int fake_cuda_fill(unsigned long long addr, int byte, size_t len);
+/** Copies `len` bytes at `addr` into `bytes` (never-written memory reads as 0); rules of fake_cuda_write. */
+int fake_cuda_read(unsigned long long addr, void *bytes, size_t len);
 
 /* ---- fault injection --------------------------------------------------------------------- */
 
@@ -63,8 +75,16 @@ void fake_cuda_set_query_delay_us(unsigned us);
 void fake_cuda_hold_queries(int hold);
 /** How many cuPointerGetAttributes calls are blocked by fake_cuda_hold_queries now. */
 unsigned fake_cuda_held_queries(void);
-/** Sets whether `device`'s primary context is active (the engine's reference); 0 also drops any retains (the context is destroyed). */
+/** Sets whether `device`'s primary context is active (the engine's reference); 0 also drops any retains and destroys the context: the modules, streams and cuMemAlloc_v2 memory made in it are gone, its sticky error is cleared, and calls with it current return 709 (CONTEXT_IS_DESTROYED) until it is active again. */
 void fake_cuda_set_primary_context_active(int device, int active);
+/** cuModuleLoadData returns `code` from now on, as a driver older than the PTX answers (222 UNSUPPORTED_PTX_VERSION, 218 INVALID_PTX); 0 accepts again. */
+void fake_cuda_set_module_load_result(int code);
+/** The next `count` cuLaunchKernel calls return `code` and run nothing; the context stays usable (a launch refused, e.g. 701 LAUNCH_OUT_OF_RESOURCES). code 0 clears. */
+void fake_cuda_fail_launches(unsigned count, int code);
+/** After `launches` more launches have run, the next one faults: it returns 0, writes nothing, and its context keeps the sticky error `code` (e.g. 719 LAUNCH_FAILED, 700 ILLEGAL_ADDRESS), returned by every later call in it until the context is destroyed. code 0 disarms. */
+void fake_cuda_sticky_error_after_launches(unsigned launches, int code);
+/** Each cuLaunchKernel sleeps `us` microseconds (outside the fake's lock) before it reads: a verification a test can act during; 0 = no delay. */
+void fake_cuda_set_launch_delay_us(unsigned us);
 
 /* ---- counters ---------------------------------------------------------------------------- */
 
@@ -74,7 +94,25 @@ unsigned long long fake_cuda_context_creations(void);
 unsigned long long fake_cuda_pointer_queries(void);
 /** Outstanding cuDevicePrimaryCtxRetain references on `device` (not counting the engine's); -1 for a bad device. */
 int fake_cuda_primary_context_retains(int device);
-/** Drops all allocations, reservations, faults and counters, and releases held queries; primary contexts back to active with no retains. Keeps a successful cuInit, the buffer-id counter and the address cursor (ids and addresses are never reused in a process). */
+/** The primary context of `device`'s sticky error (0: none; -1 for a bad device). */
+int fake_cuda_context_error(int device);
+
+/** What the integrity calls did, so that a test can prove nothing leaked and nothing ran late. */
+struct fake_cuda_gpu_counters {
+    unsigned long long launches;             /* cuLaunchKernel calls, whatever they returned */
+    unsigned long long launches_in_progress; /* inside cuLaunchKernel now (its delay or its reads) */
+    unsigned long long bytes_read;           /* bytes the launches read */
+    unsigned long long modules_loaded;       /* cuModuleLoadData successes */
+    unsigned long long modules_unloaded;     /* cuModuleUnload successes */
+    unsigned long long context_synchronizes; /* cuCtxSynchronize calls */
+    unsigned long long modules_live;         /* loaded, not unloaded, their context not destroyed */
+    unsigned long long streams_live;         /* cuStreamCreate'd, not destroyed, likewise */
+    unsigned long long driver_allocations_live; /* cuMemAlloc_v2'd, not freed, likewise */
+};
+/** Fills `*out` with one consistent reading of the counters. */
+void fake_cuda_gpu_counters(struct fake_cuda_gpu_counters *out);
+
+/** Drops all allocations (and their content), reservations, modules, streams, faults and counters, and releases held queries; primary contexts back to active with no retains and no sticky error. Keeps a successful cuInit, the buffer-id counter and the address cursor (ids and addresses are never reused in a process). */
 void fake_cuda_reset(void);
 
 #ifdef __cplusplus

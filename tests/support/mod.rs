@@ -364,6 +364,42 @@ type SetActiveFn = unsafe extern "C" fn(c_int, c_int);
 type CounterFn = unsafe extern "C" fn() -> u64;
 type IntOfIntFn = unsafe extern "C" fn(c_int) -> c_int;
 type VoidFn = unsafe extern "C" fn();
+type CopyInFn = unsafe extern "C" fn(u64, *const std::ffi::c_void, usize) -> c_int;
+type FillFn = unsafe extern "C" fn(u64, c_int, usize) -> c_int;
+type CopyOutFn = unsafe extern "C" fn(u64, *mut std::ffi::c_void, usize) -> c_int;
+type UintIntFn = unsafe extern "C" fn(c_uint, c_int);
+type GpuCountersFn = unsafe extern "C" fn(*mut GpuCounters);
+
+/// `struct fake_cuda_gpu_counters`: what the integrity calls did.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuCounters {
+    /// cuLaunchKernel calls, whatever they returned.
+    pub launches: u64,
+    /// Inside cuLaunchKernel now (its delay or its reads).
+    pub launches_in_progress: u64,
+    /// Bytes the launches read.
+    pub bytes_read: u64,
+    /// cuModuleLoadData successes.
+    pub modules_loaded: u64,
+    /// cuModuleUnload successes.
+    pub modules_unloaded: u64,
+    /// cuCtxSynchronize calls.
+    pub context_synchronizes: u64,
+    /// Modules loaded and not unloaded, in a context not destroyed.
+    pub modules_live: u64,
+    /// Streams created and not destroyed, likewise.
+    pub streams_live: u64,
+    /// cuMemAlloc_v2 allocations not freed, likewise.
+    pub driver_allocations_live: u64,
+}
+
+impl GpuCounters {
+    /// Nothing the integrity calls made is left: no module, stream or scratch allocation.
+    pub fn nothing_live(&self) -> bool {
+        self.modules_live == 0 && self.streams_live == 0 && self.driver_allocations_live == 0
+    }
+}
 
 /// The fake driver's control API, from the libcuda.so.1 this process loaded (the same instance
 /// the library under test uses). Only usable inside a `fake_driver_test` body.
@@ -386,6 +422,15 @@ pub struct Fake {
     pointer_queries: CounterFn,
     primary_context_retains: IntOfIntFn,
     reset: VoidFn,
+    write: CopyInFn,
+    fill: FillFn,
+    read: CopyOutFn,
+    set_module_load_result: SetIntFn,
+    fail_launches: UintIntFn,
+    sticky_error_after_launches: UintIntFn,
+    set_launch_delay_us: SetUintFn,
+    context_error: IntOfIntFn,
+    gpu_counters: GpuCountersFn,
     /// Keeps the library loaded for as long as the function pointers above live (forever).
     library: libloading::Library,
 }
@@ -438,6 +483,15 @@ impl Fake {
             pointer_queries: sym(&library, "fake_cuda_pointer_queries"),
             primary_context_retains: sym(&library, "fake_cuda_primary_context_retains"),
             reset: sym(&library, "fake_cuda_reset"),
+            write: sym(&library, "fake_cuda_write"),
+            fill: sym(&library, "fake_cuda_fill"),
+            read: sym(&library, "fake_cuda_read"),
+            set_module_load_result: sym(&library, "fake_cuda_set_module_load_result"),
+            fail_launches: sym(&library, "fake_cuda_fail_launches"),
+            sticky_error_after_launches: sym(&library, "fake_cuda_sticky_error_after_launches"),
+            set_launch_delay_us: sym(&library, "fake_cuda_set_launch_delay_us"),
+            context_error: sym(&library, "fake_cuda_context_error"),
+            gpu_counters: sym(&library, "fake_cuda_gpu_counters"),
             library,
         }
     }
@@ -540,5 +594,74 @@ impl Fake {
     /// Drops all memory, faults and counters (keeps cuInit, buffer ids and addresses moving on).
     pub fn reset(&self) {
         unsafe { (self.reset)() }
+    }
+
+    /// Writes `bytes` at fake address `addr` (the engine writing its memory); false if a byte
+    /// is outside live fake memory.
+    pub fn write(&self, addr: u64, bytes: &[u8]) -> bool {
+        unsafe { (self.write)(addr, bytes.as_ptr().cast(), bytes.len()) == 0 }
+    }
+
+    /// Sets `len` bytes at `addr` to `byte`.
+    pub fn fill(&self, addr: u64, byte: u8, len: usize) -> bool {
+        unsafe { (self.fill)(addr, c_int::from(byte), len) == 0 }
+    }
+
+    /// The `len` bytes at `addr` (never-written memory reads as 0); panics outside live memory.
+    pub fn read(&self, addr: u64, len: usize) -> Vec<u8> {
+        let mut bytes = vec![0u8; len];
+        assert_eq!(unsafe { (self.read)(addr, bytes.as_mut_ptr().cast(), len) }, 0, "fake_cuda_read({addr:#x}, {len})");
+        bytes
+    }
+
+    /// cuModuleLoadData returns `code` (222: a driver older than the PTX); 0 accepts again.
+    pub fn set_module_load_result(&self, code: i32) {
+        unsafe { (self.set_module_load_result)(code) }
+    }
+
+    /// The next `count` launches return `code` and run nothing (the context stays usable).
+    pub fn fail_launches(&self, count: u32, code: i32) {
+        unsafe { (self.fail_launches)(count, code) }
+    }
+
+    /// After `launches` more launches, the next one faults: its context keeps the sticky `code`.
+    pub fn sticky_error_after_launches(&self, launches: u32, code: i32) {
+        unsafe { (self.sticky_error_after_launches)(launches, code) }
+    }
+
+    /// Each launch sleeps this long before it reads.
+    pub fn set_launch_delay_us(&self, us: u32) {
+        unsafe { (self.set_launch_delay_us)(us) }
+    }
+
+    /// The sticky error of `device`'s primary context (0: none).
+    pub fn context_error(&self, device: i32) -> i32 {
+        unsafe { (self.context_error)(device) }
+    }
+
+    /// One consistent reading of the integrity counters.
+    pub fn gpu_counters(&self) -> GpuCounters {
+        let mut counters = GpuCounters::default();
+        unsafe { (self.gpu_counters)(&mut counters) };
+        counters
+    }
+
+    /// What the engine's runtime does on its thread: `device`'s primary context made current.
+    /// The test's retain is given back at once (the engine's own reference keeps the context
+    /// active), so `primary_context_retains` counts the library's references only.
+    pub fn make_primary_current(&self, device: i32) {
+        type RetainFn = unsafe extern "C" fn(*mut *mut std::ffi::c_void, c_int) -> c_int;
+        type SetCurrentFn = unsafe extern "C" fn(*mut std::ffi::c_void) -> c_int;
+        type ReleaseFn = unsafe extern "C" fn(c_int) -> c_int;
+        // SAFETY: the driver signatures of cuda.h; the out-pointer is a local.
+        unsafe {
+            let retain = *self.library.get::<RetainFn>(b"cuDevicePrimaryCtxRetain").unwrap();
+            let set_current = *self.library.get::<SetCurrentFn>(b"cuCtxSetCurrent").unwrap();
+            let release = *self.library.get::<ReleaseFn>(b"cuDevicePrimaryCtxRelease_v2").unwrap();
+            let mut context = std::ptr::null_mut();
+            assert_eq!(retain(&mut context, device), 0, "cuDevicePrimaryCtxRetain({device})");
+            assert_eq!(set_current(context), 0, "cuCtxSetCurrent");
+            assert_eq!(release(device), 0, "cuDevicePrimaryCtxRelease_v2({device})");
+        }
     }
 }
