@@ -222,7 +222,8 @@ impl Drop for Changing<'_> {
             last_pass_unix_ms: state.last_pass_unix_ms,
             failed: state.lanes.iter().any(|l| l.failed.is_some()),
         };
-        // A change seals or unseals ids (a reseal keeps its id): the count tells.
+        // A change seals or unseals ids (a reseal keeps its id; a moved seal updates them
+        // itself): the count tells.
         let mut ids = lock(self.sealed_ids);
         if ids.len() != state.seals.len() {
             *ids = state.seals.keys().copied().collect();
@@ -352,6 +353,11 @@ impl Integrity {
         seal.pieces = to.pieces.clone();
         let modified = seal.modified_chunks() > 0;
         state.seals.insert(to.id, seal);
+        // The count is unchanged, so the refresh when `state` is let go would keep the old id:
+        // an unregister of the new one would then not wait for a slice over its memory.
+        let mut ids = lock(&self.sealed_ids);
+        ids.remove(&from);
+        ids.insert(to.id);
         Ok(Some(modified))
     }
 
