@@ -465,14 +465,11 @@ class TestIntegrity(GpuTest):
             self.device = self.monitor.enable_integrity()
 
     def seal_module(self, module):
-        """Every parameter and buffer sealed once (tied weights share a storage): {label: (tensor, id)}."""
-        sealed, seen = {}, set()
-        for name, t in list(module.named_parameters()) + list(module.named_buffers()):
-            if t.data_ptr() in seen:
-                continue
-            seen.add(t.data_ptr())
-            sealed[name] = (t, self.monitor.register(t, name, seal=True))
-        return sealed
+        """Every parameter and buffer registered and sealed in one watch(seal=True) (tied
+        weights once): {label: (tensor, id)}."""
+        self.watched = self.monitor.watch(module, seal=True)
+        named = dict(list(module.named_parameters()) + list(module.named_buffers()))
+        return {label: (named[label], rid) for label, rid in self.watched}
 
     def modified(self):
         with self.lock:

@@ -440,11 +440,12 @@ class Watching(WithMonitor):
         self.assertNotEqual(raised.exception.ids[0], 0)
         self.assertEqual(self.m.health().registrations, 1)
 
-    def test_seal_is_reserved(self):
-        base = self.alloc()
-        with self.assertRaises(NotImplementedError):
-            self.m.watch({"a": Tensor(base, MIB)}, seal=True)
-        self.assertEqual(self.m.health().registrations, 0)
+    def test_seal_without_integrity_registers_nothing(self):
+        a, b = self.alloc(), self.alloc()
+        with self.assertRaises(VramMonitorError) as raised:
+            self.m.watch({"a": Tensor(a, MIB), "b": Tensor(b, MIB)}, seal=True)
+        self.assertEqual(raised.exception.code, Result.INTEGRITY_NOT_ENABLED)
+        self.assertEqual(self.m.health().registrations, 0, "a failed seal leaves nothing registered")
 
     def test_not_a_model(self):
         with self.assertRaises(TypeError):

@@ -365,8 +365,10 @@ class Monitor:
         parameters and buffers, labelled by qualified name), a state dict (name -> tensor),
         or CuPy arrays / CUDA-array-interface objects in a dict or list. Storages shared by
         several tensors (tied weights) are registered once. Meta and CPU tensors are refused
-        with a ValueError naming them, before anything is registered. `seal=True` is reserved
-        for content integrity (raises NotImplementedError until the library has it)."""
+        with a ValueError naming them, before anything is registered. `seal=True` also seals
+        every one (content integrity must be enabled for their device: enable_integrity());
+        if a seal fails, everything this call registered is unregistered and the error raised.
+        Seal weights only, never a KV cache or activations."""
         from .watch import watch
 
         return watch(self, source, prefix=prefix, seal=seal)

@@ -136,11 +136,19 @@ def collect(source: Any, prefix: str = "") -> Tuple[List[Tuple[int, int, str]], 
 
 def watch(monitor: "Monitor", source: Any, *, prefix: str = "", seal: bool = False) -> Watch:
     """See Monitor.watch."""
-    if seal:
-        raise NotImplementedError(
-            "watch(seal=True) needs content integrity in the library, which this version does "
-            "not have yet; call watch() without seal"
-        )
     entries, aliases = collect(source, prefix)
     ids = monitor.register_many(entries, all_or_nothing=True)
+    if seal:
+        # Nothing half-done: a seal that fails (integrity not enabled for the device, memory
+        # gone, the kernel failed) unregisters every tensor of this call before raising.
+        try:
+            for rid in ids:
+                monitor.seal(rid)
+        except BaseException:
+            for rid in ids:
+                try:
+                    monitor.unregister(rid)
+                except Exception:
+                    pass
+            raise
     return Watch(monitor, [label for _, _, label in entries], ids, aliases)
