@@ -258,6 +258,8 @@ struct recorded_event {
     bool healthy;
     char message[1024];
     uint64_t timestamp_unix_ms;
+    uint64_t modified_chunks;
+    uint64_t first_modified_offset;
     pthread_t thread;
 };
 
@@ -300,6 +302,9 @@ static inline const char *event_kind_name(int32_t kind) {
     case VRAM_MONITOR_EVENT_KIND_RECOVERED: return "RECOVERED";
     case VRAM_MONITOR_EVENT_KIND_HEALTH_CHANGED: return "HEALTH_CHANGED";
     case VRAM_MONITOR_EVENT_KIND_CHECK_FAILED: return "CHECK_FAILED";
+    case VRAM_MONITOR_EVENT_KIND_DEVICE_FAULT: return "DEVICE_FAULT";
+    case VRAM_MONITOR_EVENT_KIND_MODIFIED: return "MODIFIED";
+    case VRAM_MONITOR_EVENT_KIND_INTEGRITY_FAILED: return "INTEGRITY_FAILED";
     default: return "?";
     }
 }
@@ -320,6 +325,8 @@ static inline void recorder_add(struct recorder *r, const VramMonitorEvent *even
         e->healthy = event->healthy;
         copy_string(e->message, sizeof e->message, event->message);
         e->timestamp_unix_ms = event->timestamp_unix_ms;
+        e->modified_chunks = event->modified_chunks;
+        e->first_modified_offset = event->first_modified_offset;
         e->thread = pthread_self();
     } else {
         r->dropped++;
