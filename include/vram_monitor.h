@@ -9,7 +9,7 @@
  *    vram_monitor_free return VRAM_MONITOR_RESULT_CALLED_FROM_CALLBACK instead of deadlocking;
  *  - after vram_monitor_free returns, no callback runs and the user data has been released.
  *
- * Lifetime contract (docs/reliability.md, section 5, has the test for each line):
+ * Lifetime contract (docs/reliability.md, section 4b, has the test for each line):
  *  - vram_monitor_free may run while other threads are inside calls on the same monitor: it
  *    waits for those calls to return; every call that begins once free has begun returns
  *    VRAM_MONITOR_RESULT_CLOSED, and so does every call with the handle after free returned

@@ -11,6 +11,7 @@
 #      committed seeds (docs/reliability.md; the stress and model tests run in step 1).
 #   5. the built-in HTTP endpoint with curl, malformed and slow requests, `promtool check
 #      metrics` and a real Prometheus server scraping it (scripts/observability-test.sh).
+#   5b. the README's first command (scripts/demo.sh) on the fake driver, its story checked;
 #   6. scripts/install.sh to a temporary prefix, then C and C++ consumers built through
 #      find_package and pkg-config (shared and static) and run (tests/install/test_install.sh);
 #   7. the Python package (python/), pip-installed into a fresh virtual environment, against the fake driver.
@@ -102,6 +103,13 @@ fi
 
 echo "== observability: curl, malformed and slow requests, promtool, a real Prometheus scrape"
 bash scripts/observability-test.sh
+
+echo "== the README's first command: scripts/demo.sh (the fake driver here, and it says so)"
+bash scripts/demo.sh >target/demo-output.txt 2>&1 || { cat target/demo-output.txt; echo "error: scripts/demo.sh failed" >&2; exit 1; }
+for want in "FAKE CUDA driver" "registration refused: memory is MANAGED" "is NOT_MAPPED" "UNHEALTHY" "healthy = true" "== done"; do
+  grep -qF "$want" target/demo-output.txt || { cat target/demo-output.txt; echo "error: the demo's output lacks '$want'" >&2; exit 1; }
+done
+echo "demo: every step shown"
 
 echo "== install to a temporary prefix; C and C++ consumers through find_package and pkg-config"
 bash tests/install/test_install.sh --profile debug
