@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import unittest
 import weakref
 
@@ -267,6 +268,70 @@ class TestMonitor(FakeDriverTest):
             self.monitor.rebind(new)
         self.assertEqual(e.exception.verdict, Verdict.NOT_MAPPED)
         self.assertIsNotNone(self.monitor.registration(new), "a refused rebind changes nothing")
+
+    def test_two_copies_of_the_library_never_share_an_id(self):
+        """A second copy of the library in the process (an engine's own beside this wheel's):
+        each copy's ids are unknown to the other, so unregistering the other's id removes
+        nothing here."""
+        import shutil
+
+        with tempfile.TemporaryDirectory() as d:
+            copy_path = os.path.join(d, "libvram_monitor_copy.so")
+            shutil.copy(vram_monitor.library_path(), copy_path)
+            other = ctypes.CDLL(copy_path)
+            other.vram_monitor_new.argtypes = [ctypes.c_uint32, ctypes.POINTER(ctypes.c_void_p)]
+            other.vram_monitor_register.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint64)]
+            other.vram_monitor_unregister.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+            other.vram_monitor_free.argtypes = [ctypes.c_void_p]
+            handle = ctypes.c_void_p()
+            self.assertEqual(other.vram_monitor_new(3_600_000, ctypes.byref(handle)), 0)
+            try:
+                ptr = self.fake.alloc(FAKE_DEVICE, MIB)
+                theirs = ctypes.c_uint64()
+                self.assertEqual(other.vram_monitor_register(handle, ptr, MIB, b"theirs", ctypes.byref(theirs)), 0)
+                ours = self.monitor.register((ptr, MIB), "ours")
+                self.assertNotEqual(ours, theirs.value)
+                with self.assertRaises(VramMonitorError) as e:
+                    self.monitor.unregister(theirs.value)
+                self.assertEqual(e.exception.code, Result.UNKNOWN_REGISTRATION)
+                self.assertEqual(other.vram_monitor_unregister(handle, ours), int(Result.UNKNOWN_REGISTRATION))
+                self.assertEqual(self.monitor.verdict(ours), Verdict.RESIDENT, "ours is still registered")
+                self.assertEqual(other.vram_monitor_unregister(handle, theirs.value), 0)
+            finally:
+                self.assertEqual(other.vram_monitor_free(handle), 0)
+
+    def test_a_flood_of_set_interval_does_not_starve_the_checks(self):
+        """Millions of set_interval_ms calls coalesce: the periodic check still runs and finds
+        a violation made during the flood."""
+        ptr = self.fake.alloc(FAKE_DEVICE, MIB)
+        rid = self.monitor.register((ptr, MIB), "w")
+        self.monitor.set_interval_ms(20)
+        stop = threading.Event()
+        calls = [0]
+
+        def flood():
+            while not stop.is_set():
+                self.monitor.set_interval_ms(20)
+                calls[0] += 1
+
+        threads = [threading.Thread(target=flood) for _ in range(2)]
+        for t in threads:
+            t.start()
+        try:
+            before = self.monitor.health().checks_completed
+            self.assertTrue(self.fake.free(ptr))
+            deadline = time.monotonic() + 10
+            while self.monitor.verdict(rid) != Verdict.NOT_MAPPED and time.monotonic() < deadline:
+                time.sleep(0.01)
+            found = self.monitor.verdict(rid)
+            checks = self.monitor.health().checks_completed - before
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        self.assertEqual(found, Verdict.NOT_MAPPED, "the violation was found during the flood")
+        self.assertGreater(checks, 0)
+        self.assertGreater(calls[0], 1000, "the flood ran")
 
     def test_integer_address_with_nbytes(self):
         ptr = self.fake.alloc(FAKE_DEVICE, MIB)

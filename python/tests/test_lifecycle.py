@@ -45,10 +45,10 @@ class Lifecycle(unittest.TestCase):
         self.repeat("close-race")
 
     def test_last_reference_dropped_in_its_own_callback_stops_the_monitor(self):
-        self.repeat("gc-callback", max(RUNS // 5, 5))
+        self.repeat("gc-callback")
 
     def test_collected_by_the_gc_on_the_monitor_thread_stops_the_monitor(self):
-        self.repeat("gc-collect", max(RUNS // 5, 5))
+        self.repeat("gc-collect")
 
 
 if __name__ == "__main__":
