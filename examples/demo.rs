@@ -1,5 +1,6 @@
 //! The demo: an "engine" loads weights into VRAM, registers them, and watches the monitor
-//! catch each way weights leave VRAM.
+//! catch each way weights leave VRAM, then seals them and watches it catch a stray write
+//! into weights that never left.
 //!
 //! On a machine with an NVIDIA GPU it allocates real memory through the CUDA driver. Without
 //! one, `scripts/demo.sh` runs it against the fake libcuda the tests use, and says so.
@@ -7,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use vram_monitor::{Event, EventKind, Monitor, MonitorOptions, ReportFormat};
+use vram_monitor::{Event, EventKind, IntegrityOptions, Monitor, MonitorOptions, ReportFormat};
 
 const MIB: usize = 1 << 20;
 
@@ -28,17 +29,39 @@ impl Memory {
     fn detect() -> Memory {
         // The monitor has loaded libcuda already; opening it again returns the same library.
         match unsafe { libloading::Library::new("libcuda.so.1") } {
-            Ok(lib) if unsafe { lib.get::<unsafe extern "C" fn()>("fake_cuda_alloc") }.is_ok() => Memory::Fake(lib),
+            Ok(lib) if unsafe { lib.get::<unsafe extern "C" fn()>("fake_cuda_alloc") }.is_ok() => {
+                Self::engine_context();
+                Memory::Fake(lib)
+            }
             _ => {
-                use cudarc::driver::sys::*;
-                // The demo plays the engine: it, not the library, creates the context.
-                unsafe {
-                    let mut context = std::ptr::null_mut();
-                    assert_eq!(cuDevicePrimaryCtxRetain(&mut context, 0), CUresult::CUDA_SUCCESS, "no GPU 0");
-                    cuCtxSetCurrent(context);
-                }
+                Self::engine_context();
                 Memory::Gpu
             }
+        }
+    }
+
+    /// The demo plays the engine: it, not the library, makes GPU 0's primary context current
+    /// on this thread (the context it lends to integrity in step 6).
+    fn engine_context() {
+        use cudarc::driver::sys::*;
+        unsafe {
+            let mut context = std::ptr::null_mut();
+            assert_eq!(cuDevicePrimaryCtxRetain(&mut context, 0), CUresult::CUDA_SUCCESS, "no GPU 0");
+            cuCtxSetCurrent(context);
+        }
+    }
+
+    /// Sets `len` bytes at `ptr` to `byte`, as a kernel of the engine's would.
+    fn fill(&self, ptr: u64, byte: u8, len: usize) {
+        match self {
+            Memory::Fake(lib) => unsafe {
+                lib.get::<unsafe extern "C" fn(u64, i32, usize) -> i32>("fake_cuda_fill").unwrap()(ptr, byte as i32, len);
+            },
+            Memory::Gpu => unsafe {
+                use cudarc::driver::sys::*;
+                cuMemsetD8_v2(ptr, byte, len);
+                cuCtxSynchronize();
+            },
         }
     }
 
@@ -108,9 +131,12 @@ fn main() {
 
     println!("\n1. The engine loads three weight tensors into VRAM and registers them.");
     let layers: Vec<u64> = (0..3).map(|_| memory.alloc(Kind::Device, 64 * MIB)).collect();
+    let mut ids = Vec::new();
     for (i, &ptr) in layers.iter().enumerate() {
+        memory.fill(ptr, 0x3c, 64 * MIB); // the weights, loaded
         let id = monitor.register(ptr, 64 * MIB as u64, &format!("layers.{i}.weight")).expect("device memory registers");
         println!("   registered layers.{i}.weight at {ptr:#x} as #{id}");
+        ids.push(id);
     }
 
     println!("\n2. Memory that is not VRAM is refused at load time.");
@@ -144,6 +170,34 @@ fn main() {
     monitor.register(reloaded, 64 * MIB as u64, "layers.1.weight").unwrap();
     let summary = monitor.check_now().unwrap();
     println!("   check_now: {} checked, {} violations, healthy = {}", summary.checked, summary.violations, summary.healthy);
+
+    println!("\n6. What the memory holds: the engine lends its context and seals two layers.");
+    while events.try_recv().is_ok() {}
+    match monitor.enable_integrity(0, IntegrityOptions::default()) {
+        Ok(()) => {
+            for (i, id) in [(0, ids[0]), (2, ids[2])] {
+                monitor.seal(id).expect("a resident registration seals");
+                let seal = monitor.seal_info(id).unwrap();
+                println!("   sealed layers.{i}.weight: {} chunks of 1 MiB fingerprinted on the GPU", seal.chunks);
+            }
+            let clean = monitor.verify_now().unwrap();
+            println!("   verify_now: {} registrations, {} bytes, {} modified", clean.registrations, clean.bytes, clean.modified);
+            println!("   a kernel writes 64 bytes past its own buffer, into layers.2.weight at +5 MiB...");
+            memory.fill(layers[2] + 5 * MIB as u64, 0x5a, 64);
+            let found = monitor.verify_now().unwrap();
+            println!("   verify_now: {} modified", found.modified);
+            if let Ok(e) = events.recv_timeout(Duration::from_secs(5)) {
+                println!("   ...the registration is {}: {} chunk(s) differ, the first at +{} bytes", e.verdict, e.modified_chunks, e.first_modified_offset);
+            }
+            println!("   health: healthy = {}", monitor.health().healthy);
+            println!("   the engine reloads the layer's bytes and reseals it:");
+            memory.fill(layers[2] + 5 * MIB as u64, 0x3c, 64);
+            monitor.reseal(ids[2]).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            println!("   health: healthy = {}", monitor.health().healthy);
+        }
+        Err(e) => println!("   integrity is not available here: {e}"),
+    }
     drop(monitor);
     println!("\n== done");
 }

@@ -106,7 +106,7 @@ bash scripts/observability-test.sh
 
 echo "== the README's first command: scripts/demo.sh (the fake driver here, and it says so)"
 bash scripts/demo.sh >target/demo-output.txt 2>&1 || { cat target/demo-output.txt; echo "error: scripts/demo.sh failed" >&2; exit 1; }
-for want in "FAKE CUDA driver" "registration refused: memory is MANAGED" "is NOT_MAPPED" "UNHEALTHY" "healthy = true" "== done"; do
+for want in "FAKE CUDA driver" "registration refused: memory is MANAGED" "is NOT_MAPPED" "UNHEALTHY" "healthy = true" "is MODIFIED: 1 of its 1 MiB chunks differ" "== done"; do
   grep -qF "$want" target/demo-output.txt || { cat target/demo-output.txt; echo "error: the demo's output lacks '$want'" >&2; exit 1; }
 done
 echo "demo: every step shown"
