@@ -20,7 +20,7 @@
 #                                 writing its table to $OUT/performance.md.
 #
 # .gpu-carry/ holds: gpu (the scenario program), tests/ (the other test programs, for running
-# by hand), bin/ (the crate's binaries and examples, release build), lib/libvram_monitor.so,
+# by hand), bin/ (the workspace's binaries, the doctor among them, and examples, release build), lib/libvram_monitor.so,
 # include/, c-examples/ and python/ when present, suites/ (scripts/gpu-suites/*.sh, run in
 # name order after the scenarios and examples), this script, and MANIFEST.txt.
 set -u
