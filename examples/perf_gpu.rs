@@ -6,7 +6,6 @@
 //! microseconds.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::ffi::{c_char, c_int, c_uint, c_void};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,97 +41,49 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// The driver functions the benchmark needs, looked up with integer results.
+/// The engine, played through the `cuda-engine` crate: GPU 0's primary context (retained and
+/// current), an empty kernel, and the driver calls the figures need.
 struct Cuda {
-    ctx_set_current: unsafe extern "C" fn(*mut c_void) -> c_int,
-    mem_alloc: unsafe extern "C" fn(*mut u64, usize) -> c_int,
-    mem_free: unsafe extern "C" fn(u64) -> c_int,
-    pointer_get_attributes: unsafe extern "C" fn(c_uint, *mut c_int, *mut *mut c_void, u64) -> c_int,
-    launch: unsafe extern "C" fn(
-        *mut c_void,
-        c_uint,
-        c_uint,
-        c_uint,
-        c_uint,
-        c_uint,
-        c_uint,
-        c_uint,
-        *mut c_void,
-        *mut *mut c_void,
-        *mut *mut c_void,
-    ) -> c_int,
-    stream_synchronize: unsafe extern "C" fn(*mut c_void) -> c_int,
-    context: *mut c_void,
-    kernel: *mut c_void,
+    cuda: &'static cuda_engine::Cuda,
+    context: cuda_engine::PrimaryContext<'static>,
+    kernel: cuda_engine::Function,
     name: String,
 }
-unsafe impl Send for Cuda {}
-unsafe impl Sync for Cuda {}
 
-const EMPTY_KERNEL_PTX: &[u8] = b".version 7.0\n.target sm_50\n.address_size 64\n.visible .entry noop()\n{\n  ret;\n}\n\0";
+const EMPTY_KERNEL_PTX: &std::ffi::CStr = c".version 7.0\n.target sm_50\n.address_size 64\n.visible .entry noop()\n{\n  ret;\n}\n";
 
-fn check(what: &str, code: c_int) {
-    if code != 0 {
-        eprintln!("{what} failed with CUresult {code}");
+/// Ends the benchmark when a driver call it needs fails.
+fn check<T>(result: cuda_engine::Result<T>) -> T {
+    result.unwrap_or_else(|error| {
+        eprintln!("{error}");
         std::process::exit(1);
-    }
+    })
 }
 
 impl Cuda {
     fn load() -> Cuda {
-        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        let Ok(cuda) = cuda_engine::Cuda::get() else {
             println!("perf_gpu: skipped (no CUDA driver)");
             std::process::exit(0);
-        }
-        let lib = unsafe { cudarc::driver::sys::culib() };
-        unsafe fn sym<T: Copy>(lib: &libloading::Library, name: &str) -> T {
-            *unsafe { lib.get::<T>(name) }.unwrap_or_else(|_| panic!("missing {name}"))
-        }
-        unsafe {
-            let init: unsafe extern "C" fn(c_uint) -> c_int = sym(lib, "cuInit");
-            check("cuInit", init(0));
-            let retain: unsafe extern "C" fn(*mut *mut c_void, c_int) -> c_int = sym(lib, "cuDevicePrimaryCtxRetain");
-            let mut context = std::ptr::null_mut();
-            check("cuDevicePrimaryCtxRetain", retain(&mut context, 0));
-            let ctx_set_current: unsafe extern "C" fn(*mut c_void) -> c_int = sym(lib, "cuCtxSetCurrent");
-            check("cuCtxSetCurrent", ctx_set_current(context));
-            let load_data: unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> c_int = sym(lib, "cuModuleLoadData");
-            let get_function: unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *const c_char) -> c_int =
-                sym(lib, "cuModuleGetFunction");
-            let mut module = std::ptr::null_mut();
-            check("cuModuleLoadData", load_data(&mut module, EMPTY_KERNEL_PTX.as_ptr().cast()));
-            let mut kernel = std::ptr::null_mut();
-            check("cuModuleGetFunction", get_function(&mut kernel, module, c"noop".as_ptr()));
-            let get_name: unsafe extern "C" fn(*mut c_char, c_int, c_int) -> c_int = sym(lib, "cuDeviceGetName");
-            let mut name = [0 as c_char; 256];
-            get_name(name.as_mut_ptr(), 256, 0);
-            let name = std::ffi::CStr::from_ptr(name.as_ptr()).to_string_lossy().into_owned();
-            Cuda {
-                ctx_set_current,
-                mem_alloc: sym(lib, "cuMemAlloc_v2"),
-                mem_free: sym(lib, "cuMemFree_v2"),
-                pointer_get_attributes: sym(lib, "cuPointerGetAttributes"),
-                launch: sym(lib, "cuLaunchKernel"),
-                stream_synchronize: sym(lib, "cuStreamSynchronize"),
-                context,
-                kernel,
-                name,
-            }
-        }
+        };
+        check(cuda.init());
+        let context = check(cuda_engine::PrimaryContext::retain_current(cuda, 0));
+        let module = check(cuda.module_load_data(EMPTY_KERNEL_PTX));
+        let kernel = check(cuda.module_get_function(module, c"noop"));
+        let name = cuda.device_name(0).unwrap_or_default();
+        Cuda { cuda, context, kernel, name }
     }
 
     fn make_current(&self) {
-        check("cuCtxSetCurrent", unsafe { (self.ctx_set_current)(self.context) });
+        check(self.context.make_current());
     }
 
     fn alloc(&self, bytes: usize) -> u64 {
-        let mut ptr = 0;
-        check("cuMemAlloc_v2", unsafe { (self.mem_alloc)(&mut ptr, bytes) });
-        ptr
+        check(self.cuda.mem_alloc(bytes))
     }
 
     fn free(&self, ptr: u64) {
-        unsafe { (self.mem_free)(ptr) };
+        let _ = self.cuda.mem_free(ptr);
     }
 
     /// The floor: the same 8 attributes the library asks, in a tight loop. Best of 20, per query.
@@ -142,36 +93,18 @@ impl Cuda {
 
     /// One pass of the floor's loop over `pointers`, in microseconds.
     fn floor_pass_us(&self, pointers: &[u64]) -> f64 {
-        {
-            let started = Instant::now();
-            for &p in pointers {
-                let (mut t, mut m, mut o, mut id, mut rs, mut rz, mut ms, mut mb) = (0u32, 0u32, 0i32, 0u64, 0u64, 0usize, 0usize, 0u64);
-                let mut attributes: [c_int; 8] = [2, 8, 9, 7, 11, 12, 18, 19];
-                let mut data: [*mut c_void; 8] = [
-                    (&mut t as *mut u32).cast(),
-                    (&mut m as *mut u32).cast(),
-                    (&mut o as *mut i32).cast(),
-                    (&mut id as *mut u64).cast(),
-                    (&mut rs as *mut u64).cast(),
-                    (&mut rz as *mut usize).cast(),
-                    (&mut ms as *mut usize).cast(),
-                    (&mut mb as *mut u64).cast(),
-                ];
-                unsafe { (self.pointer_get_attributes)(8, attributes.as_mut_ptr(), data.as_mut_ptr(), p) };
-                std::hint::black_box((t, m, o, id, rs, rz, ms, mb));
-            }
-            started.elapsed().as_secs_f64() * 1e6
+        let started = Instant::now();
+        for &p in pointers {
+            let _ = std::hint::black_box(self.cuda.pointer_attributes(p));
         }
+        started.elapsed().as_secs_f64() * 1e6
     }
 
     /// One launch of the empty kernel and a synchronisation, in microseconds.
     fn launch_and_sync(&self) -> f64 {
         let started = Instant::now();
-        let code = unsafe {
-            (self.launch)(self.kernel, 1, 1, 1, 1, 1, 1, 0, std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut())
-        };
-        check("cuLaunchKernel", code);
-        check("cuStreamSynchronize", unsafe { (self.stream_synchronize)(std::ptr::null_mut()) });
+        check(self.cuda.launch_one_thread(self.kernel, cuda_engine::Stream::DEFAULT));
+        check(self.cuda.stream_synchronize(cuda_engine::Stream::DEFAULT));
         started.elapsed().as_secs_f64() * 1e6
     }
 }

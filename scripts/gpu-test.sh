@@ -8,7 +8,7 @@
 #   bash .gpu-carry/gpu-test.sh run
 #                                 on the GPU machine, from the repository root, with $OUT set
 #                                 to an output folder: runs the Rust GPU scenarios
-#                                 (tests/gpu.rs) and the C examples (cmake + ctest), writes
+#                                 (tests/gpu/) and the C examples (cmake + ctest), writes
 #                                 $OUT/gpu-results.md and the full log $OUT/gpu-log.txt. Every
 #                                 part runs; exits non-zero if any part failed.
 #   bash .gpu-carry/gpu-test.sh run PART...
@@ -20,7 +20,7 @@
 #                                 writing its table to $OUT/performance.md.
 #
 # .gpu-carry/ holds: gpu (the scenario program), tests/ (the other test programs, for running
-# by hand), bin/ (the crate's binaries and examples, release build), lib/libvram_monitor.so,
+# by hand), bin/ (the workspace's binaries, the doctor among them, and examples, release build), lib/libvram_monitor.so,
 # include/, c-examples/ and python/ when present, suites/ (scripts/gpu-suites/*.sh, run in
 # name order after the scenarios and examples), this script, and MANIFEST.txt.
 set -u
@@ -72,11 +72,11 @@ prepare() {
   command -v cargo >/dev/null 2>&1 || die "prepare needs cargo (run it on the development machine)"
   carry="$root/$CARRY_NAME"
 
-  echo "== cargo build --release"
-  cargo build --release || die "cargo build --release failed"
-  echo "== cargo test --release --no-run"
+  echo "== cargo build --release --workspace"
+  cargo build --release --workspace || die "cargo build --release --workspace failed"
+  echo "== cargo test --release --workspace --no-run"
   json=$(mktemp)
-  cargo test --release --no-run --message-format=json >"$json" || {
+  cargo test --release --workspace --no-run --message-format=json >"$json" || {
     rm -f "$json"
     die "cargo test --release --no-run failed (run it without --message-format=json to see why)"
   }
@@ -108,7 +108,7 @@ prepare() {
   # Binaries and examples (doctor, benchmarks, demo) for the suites below.
   mkdir -p "$carry/bin"
   json=$(mktemp)
-  cargo build --release --bins --examples --message-format=json >"$json" || die "cargo build --release --bins --examples failed"
+  cargo build --release --workspace --bins --examples --message-format=json >"$json" || die "cargo build --release --workspace --bins --examples failed"
   python3 - "$json" "$carry/bin" <<'PY'
 import json, shutil, sys
 for line in open(sys.argv[1]):

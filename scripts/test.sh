@@ -3,7 +3,8 @@
 #   0. parity: every function of the C header is reached by the C++ wrapper and the Python
 #      package (scripts/check-parity.py, after its self-test);
 #   1. Rust unit and integration tests, against the fake libcuda in tests/fake_cuda
-#      (the GPU scenarios in tests/gpu.rs report themselves skipped here);
+#      and the workspace's other crates (crates/cuda-engine, crates/doctor with its tests);
+#      the GPU scenarios in tests/gpu/ report themselves skipped here;
 #   2. the committed C header is what cbindgen generates (part of 1);
 #   3. the C tests in tests/c, plain and under AddressSanitizer + UndefinedBehaviorSanitizer;
 #   4. the CMake examples configured (they need the CUDA toolkit and a GPU: skipped here).
@@ -50,13 +51,13 @@ echo "== parity: every C function reached by the C++ wrapper and the Python pack
 python3 scripts/check-parity.py --self-test
 python3 scripts/check-parity.py
 
-echo "== build: the library (shared, static, Rust), its binaries and examples"
+echo "== build: the library (shared, static, Rust), the doctor, the other crates, examples"
 # `cargo test` alone does not produce the shared library the C tests link against.
-cargo build --all-targets
+cargo build --workspace --all-targets
 
 echo "== Rust tests (fake CUDA driver; GPU scenarios skip without a GPU)"
-cargo test --all-targets
-cargo test --doc
+cargo test --workspace --all-targets
+cargo test --workspace --doc
 
 echo "== C tests against the built library and the fake driver"
 cmake -S tests/c -B target/c-tests -DVRAM_MONITOR_LIB_DIR="$root/target/debug" >/dev/null

@@ -83,8 +83,14 @@ impl FakeDriverVariant {
     }
 }
 
+/// The repository root (it holds tests/fake_cuda): the test's own package, or the nearest folder
+/// above it for a package under crates/ (the doctor's tests use this harness too).
 fn manifest_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let package = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    match package.ancestors().find(|dir| dir.join("tests").join("fake_cuda").is_dir()) {
+        Some(root) => root.to_path_buf(),
+        None => package,
+    }
 }
 
 fn target_dir() -> PathBuf {

@@ -2,6 +2,8 @@
 //! driver (complete, without the pointer query, and as the toolkit's stub), and with bad
 //! arguments. Checks its exit status and what it says.
 
+// The repository's fake-driver harness (tests/support), shared with the root package's tests.
+#[path = "../../../tests/support/mod.rs"]
 mod support;
 
 use std::path::PathBuf;
