@@ -654,7 +654,7 @@ public:
         VramMonitorResult result = vram_monitor_device_health(handle_, nullptr, 0, &count);
         /* The count can change between the size query and the copy: retry until it fits. */
         for (int attempt = 0; attempt < 16 && result == VRAM_MONITOR_RESULT_BUFFER_TOO_SMALL; ++attempt) {
-            devices.resize(count);
+            devices.resize(count + 4);
             result = vram_monitor_device_health(handle_, devices.data(), devices.size(), &count);
         }
         check(result, "vram_monitor_device_health");
@@ -737,9 +737,13 @@ public:
         std::size_t needed = 0;
         VramMonitorResult result = vram_monitor_report(handle_, raw, nullptr, 0, &needed);
         std::string text;
-        /* The report can grow between the size query and the copy: retry until it fits. */
+        /* The report can grow between the size query and the copy (other threads register):
+         * room to spare, more on each try, so that a steady stream of registrations cannot keep
+         * it from fitting. */
+        std::size_t headroom = 4096;
         for (int attempt = 0; attempt < 16 && result == VRAM_MONITOR_RESULT_BUFFER_TOO_SMALL; ++attempt) {
-            text.resize(needed);
+            text.resize(needed + needed / 4 + headroom);
+            if (headroom < (std::size_t{1} << 24)) headroom *= 4;
             std::size_t length = 0;
             result = vram_monitor_report(handle_, raw, &text[0], text.size(), &length);
             if (result == VRAM_MONITOR_RESULT_OK) {

@@ -517,7 +517,7 @@ class Monitor:
         for _ in range(16):
             if code != Result.BUFFER_TOO_SMALL:
                 break
-            capacity = int(count.value)
+            capacity = int(count.value) + 4  # room for GPUs that gain registrations meanwhile
             array = (_native.VramMonitorDeviceHealth * capacity)()
             code = self._lib.vram_monitor_device_health(self._h(what), array, capacity, ctypes.byref(count))
             if code == Result.OK:
@@ -534,15 +534,21 @@ class Monitor:
         fmt = _REPORT_FORMATS[format]
         needed = ctypes.c_size_t(0)
         code = self._lib.vram_monitor_report(self._h(what), fmt, None, 0, ctypes.byref(needed))
+        # The report can grow between the size query and the copy (other threads register):
+        # room to spare, more on each try, so that a steady stream of registrations cannot
+        # keep it from fitting.
+        headroom = 4096
         for _ in range(16):
             if code != Result.BUFFER_TOO_SMALL:
                 break
-            buf = ctypes.create_string_buffer(needed.value)
+            size = needed.value + needed.value // 4 + headroom
+            buf = ctypes.create_string_buffer(size)
             length = ctypes.c_size_t(0)
-            code = self._lib.vram_monitor_report(self._h(what), fmt, buf, needed.value, ctypes.byref(length))
+            code = self._lib.vram_monitor_report(self._h(what), fmt, buf, size, ctypes.byref(length))
             if code == Result.OK:
                 return buf.raw[: length.value].decode("utf-8", "replace")
             needed = length
+            headroom = min(headroom * 4, 1 << 24)
         check(code, what)
         return ""
 
