@@ -72,13 +72,13 @@ prepare() {
   command -v cargo >/dev/null 2>&1 || die "prepare needs cargo (run it on the development machine)"
   carry="$root/$CARRY_NAME"
 
-  echo "== cargo build --release"
-  cargo build --release || die "cargo build --release failed"
-  echo "== cargo test --release --no-run"
+  echo "== cargo build --release --workspace"
+  cargo build --release --workspace || die "cargo build --release --workspace failed"
+  echo "== cargo test --release --workspace --no-run"
   json=$(mktemp)
-  cargo test --release --no-run --message-format=json >"$json" || {
+  cargo test --release --workspace --no-run --message-format=json >"$json" || {
     rm -f "$json"
-    die "cargo test --release --no-run failed (run it without --message-format=json to see why)"
+    die "cargo test --release --workspace --no-run failed (run it without --message-format=json to see why)"
   }
   [ -f target/release/libvram_monitor.so ] || die "target/release/libvram_monitor.so was not built"
 
@@ -99,8 +99,9 @@ prepare() {
   [ "$found_gpu" = 1 ] || die "cargo built no 'gpu' test program (is [[test]] name = \"gpu\" in Cargo.toml?)"
 
   cp target/release/libvram_monitor.so "$carry/lib/"
-  # Programs linked against it record its SONAME (libvram_monitor.so.<major>, see build.rs) and
-  # look for that name at run time. A copy, not a symlink: the carry may not keep links.
+  # Programs linked against it record its SONAME (libvram_monitor.so.<major>, see
+  # crates/libvram-monitor/build.rs) and look for that name at run time. A copy, not a
+  # symlink: the carry may not keep links.
   soname=$(readelf -d "$carry/lib/libvram_monitor.so" 2>/dev/null | sed -n 's/.*(SONAME).*\[\(.*\)\].*/\1/p')
   if [ -n "$soname" ] && [ "$soname" != libvram_monitor.so ]; then
     cp "$carry/lib/libvram_monitor.so" "$carry/lib/$soname"
@@ -108,7 +109,7 @@ prepare() {
   # Binaries and examples (doctor, benchmarks, demo) for the suites below.
   mkdir -p "$carry/bin"
   json=$(mktemp)
-  cargo build --release --bins --examples --message-format=json >"$json" || die "cargo build --release --bins --examples failed"
+  cargo build --release --workspace --bins --examples --message-format=json >"$json" || die "cargo build --release --workspace --bins --examples failed"
   python3 - "$json" "$carry/bin" <<'PY'
 import json, shutil, sys
 for line in open(sys.argv[1]):

@@ -2,10 +2,10 @@
 
 use std::ffi::{c_char, c_void, CStr};
 
-use super::handle::{enter, VramMonitor};
-use super::panic::guard;
-use super::result::VramMonitorResult;
-use crate::batch::Region;
+use crate::handle::{enter, VramMonitor};
+use crate::panic::guard;
+use crate::result::VramMonitorResult;
+use vram_monitor::batch::Region;
 
 /// One entry of `vram_monitor_register_many`: `[ptr, ptr + size)` under `label` (UTF-8, at
 /// most `VRAM_MONITOR_MAX_LABEL_BYTES`, copied).

@@ -4,10 +4,10 @@
 
 use std::ffi::{c_char, CStr};
 
-use super::handle::{enter, VramMonitor};
-use super::panic::guard;
-use super::result::VramMonitorResult;
-use crate::device_health::{DeviceHealth, Signal, SignalStatus};
+use crate::handle::{enter, VramMonitor};
+use crate::panic::guard;
+use crate::result::VramMonitorResult;
+use vram_monitor::device_health::{DeviceHealth, Signal, SignalStatus};
 
 /// Bytes of `VramMonitorDeviceHealth::uuid` and `::name`, the NUL included (NVML's own
 /// buffer size for both).

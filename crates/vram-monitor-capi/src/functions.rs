@@ -3,33 +3,33 @@
 //!
 //! Threading: every function may be called from any thread. `vram_monitor_free` may run
 //! while other threads are inside calls on the same monitor: it waits for them, and calls
-//! that begin once it has begun return `CLOSED` (src/ffi/handle.rs).
+//! that begin once it has begun return `CLOSED` (src/handle.rs).
 
 use std::ffi::{c_char, c_void, CStr};
 use std::time::Duration;
 
-use super::callback::{self, VramMonitorCallback, VramMonitorUserDataFree};
-use super::handle::{enter, VramMonitor};
-use super::panic::guard;
-use super::result::VramMonitorResult;
-use super::types::{VramMonitorCheckSummary, VramMonitorEvent, VramMonitorHealth, VramMonitorStall};
-use crate::monitor::{Monitor, MonitorOptions};
-use crate::report::ReportFormat;
-use crate::verdict::Verdict;
+use crate::callback::{self, VramMonitorCallback, VramMonitorUserDataFree};
+use crate::handle::{enter, VramMonitor};
+use crate::panic::guard;
+use crate::result::VramMonitorResult;
+use crate::types::{VramMonitorCheckSummary, VramMonitorEvent, VramMonitorHealth, VramMonitorStall};
+use vram_monitor::monitor::{Monitor, MonitorOptions};
+use vram_monitor::report::ReportFormat;
+use vram_monitor::verdict::Verdict;
 
 /// The default check interval in milliseconds (60 s).
 pub const VRAM_MONITOR_DEFAULT_INTERVAL_MS: u32 = 60_000;
 /// Labels longer than this many bytes are refused with `INVALID_LABEL`.
 pub const VRAM_MONITOR_MAX_LABEL_BYTES: u32 = 4096;
 // cbindgen only writes literal constants into the header; keep the literal honest.
-const _: () = assert!(VRAM_MONITOR_MAX_LABEL_BYTES as usize == crate::monitor::MAX_LABEL_BYTES);
+const _: () = assert!(VRAM_MONITOR_MAX_LABEL_BYTES as usize == vram_monitor::monitor::MAX_LABEL_BYTES);
 /// Default driver queries per slice of a check (see `vram_monitor_set_pacing`).
 pub const VRAM_MONITOR_DEFAULT_SLICE_QUERIES: u32 = 256;
 /// Default pause between slices of a check, in microseconds (see `vram_monitor_set_pacing`).
 pub const VRAM_MONITOR_DEFAULT_PAUSE_US: u32 = 50;
 // The header's literals must match the core's defaults.
-const _: () = assert!(VRAM_MONITOR_DEFAULT_SLICE_QUERIES == crate::monitor::DEFAULT_SLICE_QUERIES);
-const _: () = assert!(VRAM_MONITOR_DEFAULT_PAUSE_US as u128 == crate::monitor::DEFAULT_PAUSE.as_micros());
+const _: () = assert!(VRAM_MONITOR_DEFAULT_SLICE_QUERIES == vram_monitor::monitor::DEFAULT_SLICE_QUERIES);
+const _: () = assert!(VRAM_MONITOR_DEFAULT_PAUSE_US as u128 == vram_monitor::monitor::DEFAULT_PAUSE.as_micros());
 /// Major version of this header.
 pub const VRAM_MONITOR_VERSION_MAJOR: u32 = 0;
 /// Minor version of this header.
@@ -37,7 +37,7 @@ pub const VRAM_MONITOR_VERSION_MINOR: u32 = 1;
 /// Patch version of this header.
 pub const VRAM_MONITOR_VERSION_PATCH: u32 = 0;
 
-use super::result::try_ffi;
+use crate::result::try_ffi;
 
 /// Creates a monitor and starts its background thread ("vram-monitor"), which checks every
 /// registration every `interval_ms` milliseconds (`VRAM_MONITOR_DEFAULT_INTERVAL_MS` is the
@@ -56,10 +56,10 @@ pub unsafe extern "C" fn vram_monitor_new(interval_ms: u32, out_monitor: *mut *m
         if out_monitor.is_null() {
             return VramMonitorResult::NullArgument;
         }
-        super::log_bridge::install();
+        crate::log_bridge::install();
         let options = MonitorOptions { interval: Duration::from_millis(u64::from(interval_ms)), ..Default::default() };
         let monitor = try_ffi!(Monitor::new(options));
-        super::pin::pin_library();
+        crate::pin::pin_library();
         // SAFETY: checked non-NULL; the caller provides a writable pointer.
         unsafe { *out_monitor = VramMonitor::create(monitor) };
         VramMonitorResult::Ok
@@ -215,7 +215,7 @@ pub unsafe extern "C" fn vram_monitor_set_interval_ms(monitor: *mut VramMonitor,
 pub unsafe extern "C" fn vram_monitor_set_pacing(monitor: *mut VramMonitor, slice_queries: u32, pause_us: u32) -> VramMonitorResult {
     guard(|| {
         let monitor = enter!(monitor);
-        let pacing = crate::monitor::Pacing { slice_queries, pause: Duration::from_micros(u64::from(pause_us)) };
+        let pacing = vram_monitor::monitor::Pacing { slice_queries, pause: Duration::from_micros(u64::from(pause_us)) };
         try_ffi!(monitor.set_pacing(pacing));
         VramMonitorResult::Ok
     })
@@ -268,8 +268,8 @@ pub unsafe extern "C" fn vram_monitor_health(monitor: *const VramMonitor, out_he
 pub const VRAM_MONITOR_DEFAULT_STALL_DEADLINE_MS: u32 = 30_000;
 /// The default stall grace in milliseconds (30 s; see `vram_monitor_set_stall_limits`).
 pub const VRAM_MONITOR_DEFAULT_STALL_GRACE_MS: u32 = 30_000;
-const _: () = assert!(VRAM_MONITOR_DEFAULT_STALL_DEADLINE_MS as u128 == crate::watchdog::DEFAULT_STALL_DEADLINE.as_millis());
-const _: () = assert!(VRAM_MONITOR_DEFAULT_STALL_GRACE_MS as u128 == crate::watchdog::DEFAULT_STALL_GRACE.as_millis());
+const _: () = assert!(VRAM_MONITOR_DEFAULT_STALL_DEADLINE_MS as u128 == vram_monitor::watchdog::DEFAULT_STALL_DEADLINE.as_millis());
+const _: () = assert!(VRAM_MONITOR_DEFAULT_STALL_GRACE_MS as u128 == vram_monitor::watchdog::DEFAULT_STALL_GRACE.as_millis());
 
 /// Fills `*out_stall` with the stall state: whether the monitor stopped checking, whether a
 /// check is in progress and for how long, when the last one started, and the limits in
@@ -313,7 +313,7 @@ pub unsafe extern "C" fn vram_monitor_set_stall_limits(monitor: *mut VramMonitor
     guard(|| {
         let monitor = enter!(monitor);
         // Out of Duration's range is out of ours too: from_millis takes any u64.
-        let limits = crate::watchdog::StallLimits { deadline: Duration::from_millis(deadline_ms), grace: Duration::from_millis(grace_ms) };
+        let limits = vram_monitor::watchdog::StallLimits { deadline: Duration::from_millis(deadline_ms), grace: Duration::from_millis(grace_ms) };
         try_ffi!(monitor.set_stall_limits(limits));
         VramMonitorResult::Ok
     })
@@ -398,7 +398,10 @@ pub extern "C" fn vram_monitor_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
 }
 
-// Keeps the event type in the header even though no function takes it directly.
+// Exported since the first release, once to keep the event type in the header (cbindgen.toml's
+// `include` does that now). The symbol stays, as every exported symbol does; C never calls it,
+// so the header does not declare it.
+/// cbindgen:ignore
 #[doc(hidden)]
 #[no_mangle]
 pub extern "C" fn vram_monitor_event_layout_anchor(_event: *const VramMonitorEvent) {}

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use super::result::VramMonitorResult;
-use crate::monitor::Monitor;
+use crate::result::VramMonitorResult;
+use vram_monitor::monitor::Monitor;
 
 /// A residency monitor: registrations and one background thread. Opaque.
 pub struct VramMonitor {
@@ -90,7 +90,7 @@ impl VramMonitor {
             drained: (Mutex::new(()), Condvar::new()),
         }));
         let address = handle as *mut VramMonitor;
-        crate::sync::lock(&TOMBSTONES).push(address as usize);
+        vram_monitor::sync::lock(&TOMBSTONES).push(address as usize);
         address
     }
 
@@ -98,7 +98,7 @@ impl VramMonitor {
         self.calls[slot].0.fetch_sub(1, Ordering::SeqCst);
         if self.closing.load(Ordering::SeqCst) {
             let (lock, drained) = &self.drained;
-            let _guard = crate::sync::lock(lock);
+            let _guard = vram_monitor::sync::lock(lock);
             drained.notify_all();
         }
     }
@@ -134,7 +134,7 @@ impl VramMonitor {
     }
 
     /// The Rust monitor behind a C handle, for Rust code that holds one (for example to set
-    /// a [`crate::DeviceHealthSource`], which has no C form), or `None` once
+    /// a [`vram_monitor::DeviceHealthSource`], which has no C form), or `None` once
     /// `vram_monitor_free` has begun. The monitor stays alive while `body` runs: a free on
     /// another thread waits for it.
     pub fn with_monitor<R>(&self, body: impl FnOnce(&Monitor) -> R) -> Option<R> {
@@ -174,7 +174,7 @@ impl VramMonitor {
         }
         {
             let (lock, drained) = &self.drained;
-            let mut guard = crate::sync::lock(lock);
+            let mut guard = vram_monitor::sync::lock(lock);
             while self.calls_in_progress() != 0 {
                 // A timeout as well as the notification: a wake-up cannot be lost for good.
                 guard = drained.wait_timeout(guard, Duration::from_millis(10)).unwrap_or_else(|e| e.into_inner()).0;
@@ -209,7 +209,7 @@ macro_rules! enter {
     ($handle:expr) => {{
         let handle = $handle;
         if handle.is_null() {
-            return $crate::ffi::VramMonitorResult::NullArgument;
+            return $crate::VramMonitorResult::NullArgument;
         }
         // SAFETY: a pointer from vram_monitor_new; handles are never deallocated, so even a
         // freed one is readable (it answers CLOSED).

@@ -7,10 +7,10 @@
 use std::ffi::{c_char, c_void, CStr};
 use std::time::Duration;
 
-use super::handle::{enter, VramMonitor};
-use super::panic::guard;
-use super::result::{try_ffi, VramMonitorResult};
-use crate::integrity::{IntegrityOptions, DEFAULT_MAX_GPU_SHARE_PPM, DEFAULT_SLICE_BYTES};
+use crate::handle::{enter, VramMonitor};
+use crate::panic::guard;
+use crate::result::{try_ffi, VramMonitorResult};
+use vram_monitor::integrity::{IntegrityOptions, DEFAULT_MAX_GPU_SHARE_PPM, DEFAULT_SLICE_BYTES};
 
 /// Default bytes per background verification slice (64 MiB).
 pub const VRAM_MONITOR_DEFAULT_INTEGRITY_SLICE_BYTES: u64 = 64 << 20;
@@ -20,7 +20,7 @@ pub const VRAM_MONITOR_DEFAULT_INTEGRITY_GPU_SHARE_PPM: u32 = 10_000;
 pub const VRAM_MONITOR_INTEGRITY_CHUNK_BYTES: u64 = 1 << 20;
 const _: () = assert!(VRAM_MONITOR_DEFAULT_INTEGRITY_SLICE_BYTES == DEFAULT_SLICE_BYTES);
 const _: () = assert!(VRAM_MONITOR_DEFAULT_INTEGRITY_GPU_SHARE_PPM == DEFAULT_MAX_GPU_SHARE_PPM);
-const _: () = assert!(VRAM_MONITOR_INTEGRITY_CHUNK_BYTES == crate::integrity::fingerprint::CHUNK_BYTES);
+const _: () = assert!(VRAM_MONITOR_INTEGRITY_CHUNK_BYTES == vram_monitor::integrity::fingerprint::CHUNK_BYTES);
 
 /// How background verification is paced. Zero in any field means its default.
 #[repr(C)]
@@ -369,7 +369,7 @@ pub unsafe extern "C" fn vram_monitor_integrity(monitor: *const VramMonitor, out
         }
         let status = monitor.integrity();
         let (failed_device, failed_code) = match &status.failed {
-            Some((device, crate::driver::DriverError::Call { code, .. })) => (*device, *code),
+            Some((device, vram_monitor::driver::DriverError::Call { code, .. })) => (*device, *code),
             Some((device, _)) => (*device, -1),
             None => (-1, 0),
         };
