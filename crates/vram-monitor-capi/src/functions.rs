@@ -9,7 +9,7 @@ use std::ffi::{c_char, c_void, CStr};
 use std::time::Duration;
 
 use crate::callback::{self, VramMonitorCallback, VramMonitorUserDataFree};
-use crate::handle::{enter, VramMonitor};
+use crate::handle::{on_monitor, VramMonitor};
 use crate::panic::guard;
 use crate::result::VramMonitorResult;
 use crate::types::{VramMonitorCheckSummary, VramMonitorEvent, VramMonitorHealth, VramMonitorStall};
@@ -129,8 +129,7 @@ pub unsafe extern "C" fn vram_monitor_register(
     label: *const c_char,
     out_id: *mut u64,
 ) -> VramMonitorResult {
-    guard(|| {
-        let monitor = enter!(monitor);
+    on_monitor(monitor, |monitor| {
         if ptr.is_null() || label.is_null() || out_id.is_null() {
             return VramMonitorResult::NullArgument;
         }
@@ -154,8 +153,8 @@ pub unsafe extern "C" fn vram_monitor_register(
 /// # Safety
 /// Pointer arguments must be NULL or valid as documented above.
 pub unsafe extern "C" fn vram_monitor_unregister(monitor: *mut VramMonitor, id: u64) -> VramMonitorResult {
-    guard(|| {
-        try_ffi!(enter!(monitor).unregister(id));
+    on_monitor(monitor, |monitor| {
+        try_ffi!(monitor.unregister(id));
         VramMonitorResult::Ok
     })
 }
@@ -177,8 +176,7 @@ pub unsafe extern "C" fn vram_monitor_set_callback(
     user_data: *mut c_void,
     free_user_data: VramMonitorUserDataFree,
 ) -> VramMonitorResult {
-    guard(|| {
-        let monitor = enter!(monitor);
+    on_monitor(monitor, |monitor| {
         monitor.set_callback(callback.map(|f| callback::wrap(f, user_data, free_user_data)));
         VramMonitorResult::Ok
     })
@@ -194,8 +192,7 @@ pub unsafe extern "C" fn vram_monitor_set_callback(
 /// # Safety
 /// Pointer arguments must be NULL or valid as documented above.
 pub unsafe extern "C" fn vram_monitor_set_interval_ms(monitor: *mut VramMonitor, interval_ms: u32) -> VramMonitorResult {
-    guard(|| {
-        let monitor = enter!(monitor);
+    on_monitor(monitor, |monitor| {
         try_ffi!(monitor.set_interval(Duration::from_millis(u64::from(interval_ms))));
         VramMonitorResult::Ok
     })
@@ -213,8 +210,7 @@ pub unsafe extern "C" fn vram_monitor_set_interval_ms(monitor: *mut VramMonitor,
 /// In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
 #[no_mangle]
 pub unsafe extern "C" fn vram_monitor_set_pacing(monitor: *mut VramMonitor, slice_queries: u32, pause_us: u32) -> VramMonitorResult {
-    guard(|| {
-        let monitor = enter!(monitor);
+    on_monitor(monitor, |monitor| {
         let pacing = vram_monitor::monitor::Pacing { slice_queries, pause: Duration::from_micros(u64::from(pause_us)) };
         try_ffi!(monitor.set_pacing(pacing));
         VramMonitorResult::Ok
@@ -235,8 +231,8 @@ pub unsafe extern "C" fn vram_monitor_check_now(
     monitor: *mut VramMonitor,
     out_summary: *mut VramMonitorCheckSummary,
 ) -> VramMonitorResult {
-    guard(|| {
-        let summary = try_ffi!(enter!(monitor).check_now());
+    on_monitor(monitor, |monitor| {
+        let summary = try_ffi!(monitor.check_now());
         if !out_summary.is_null() {
             unsafe { *out_summary = VramMonitorCheckSummary::from(&summary) };
         }
@@ -253,8 +249,7 @@ pub unsafe extern "C" fn vram_monitor_check_now(
 /// # Safety
 /// Pointer arguments must be NULL or valid as documented above.
 pub unsafe extern "C" fn vram_monitor_health(monitor: *const VramMonitor, out_health: *mut VramMonitorHealth) -> VramMonitorResult {
-    guard(|| {
-        let monitor = enter!(monitor);
+    on_monitor(monitor, |monitor| {
         if out_health.is_null() {
             return VramMonitorResult::NullArgument;
         }
@@ -281,8 +276,7 @@ const _: () = assert!(VRAM_MONITOR_DEFAULT_STALL_GRACE_MS as u128 == vram_monito
 /// # Safety
 /// Pointer arguments must be NULL or valid as documented above.
 pub unsafe extern "C" fn vram_monitor_stall(monitor: *const VramMonitor, out_stall: *mut VramMonitorStall) -> VramMonitorResult {
-    guard(|| {
-        let monitor = enter!(monitor);
+    on_monitor(monitor, |monitor| {
         if out_stall.is_null() {
             return VramMonitorResult::NullArgument;
         }
@@ -310,8 +304,7 @@ pub unsafe extern "C" fn vram_monitor_stall(monitor: *const VramMonitor, out_sta
 /// # Safety
 /// Pointer arguments must be NULL or valid as documented above.
 pub unsafe extern "C" fn vram_monitor_set_stall_limits(monitor: *mut VramMonitor, deadline_ms: u64, grace_ms: u64) -> VramMonitorResult {
-    guard(|| {
-        let monitor = enter!(monitor);
+    on_monitor(monitor, |monitor| {
         // Out of Duration's range is out of ours too: from_millis takes any u64.
         let limits = vram_monitor::watchdog::StallLimits { deadline: Duration::from_millis(deadline_ms), grace: Duration::from_millis(grace_ms) };
         try_ffi!(monitor.set_stall_limits(limits));
@@ -341,8 +334,7 @@ pub unsafe extern "C" fn vram_monitor_report(
     buf_len: usize,
     out_len: *mut usize,
 ) -> VramMonitorResult {
-    guard(|| {
-        let monitor = enter!(monitor);
+    on_monitor(monitor, |monitor| {
         if out_len.is_null() || (buf.is_null() && buf_len > 0) {
             return VramMonitorResult::NullArgument;
         }

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
+use crate::panic::guard;
 use crate::result::VramMonitorResult;
 use vram_monitor::monitor::Monitor;
 
@@ -202,21 +203,25 @@ impl VramMonitor {
     }
 }
 
-/// Enters a call on `$handle` (a `*const`/`*mut VramMonitor`): returns `NULL_ARGUMENT` for
-/// NULL, `CLOSED` once free has begun, `FORKED` in a forked child; otherwise evaluates to a
-/// [`Call`] that derefs to the monitor and keeps free waiting until it is dropped.
-macro_rules! enter {
-    ($handle:expr) => {{
-        let handle = $handle;
+/// The preamble of every exported function that takes a monitor, in one place (as rustls-ffi's
+/// `try_ref_from_ptr!`): inside the panic guard, returns `NULL_ARGUMENT` for a NULL `handle`,
+/// `CLOSED` once free has begun, `FORKED` in a forked child; otherwise runs `body` with the
+/// [`Call`], which derefs to the monitor and keeps free waiting until `body` returns. `body`
+/// checks the other arguments and converts; its `return` (and `try_ffi!`'s) is the function's
+/// result.
+///
+/// # Safety
+/// `handle` is NULL or a pointer from `vram_monitor_new` (freed or not: handles are never
+/// deallocated, a freed one answers `CLOSED`).
+pub(crate) unsafe fn on_monitor(handle: *const VramMonitor, body: impl FnOnce(&Call<'_>) -> VramMonitorResult) -> VramMonitorResult {
+    guard(|| {
         if handle.is_null() {
-            return $crate::VramMonitorResult::NullArgument;
+            return VramMonitorResult::NullArgument;
         }
-        // SAFETY: a pointer from vram_monitor_new; handles are never deallocated, so even a
-        // freed one is readable (it answers CLOSED).
+        // SAFETY: per this function's contract.
         match unsafe { &*handle }.enter() {
-            Ok(call) => call,
-            Err(refused) => return refused,
+            Ok(call) => body(&call),
+            Err(refused) => refused,
         }
-    }};
+    })
 }
-pub(crate) use enter;
