@@ -41,7 +41,7 @@ pub use error::Error;
 pub use events::{Event, EventKind};
 pub use health::{CheckSummary, Health};
 pub use integrity::{IntegrityOptions, IntegrityStatus, SealInfo, VerifySummary};
-pub use monitor::{Callback, Monitor, MonitorOptions, Pacing, DEFAULT_INTERVAL};
+pub use monitor::{Callback, Monitor, MonitorOptions, MonitorView, Pacing, DEFAULT_INTERVAL};
 pub use process_vram::{ProcessVram, VramSource};
 pub use registration_guard::Registration;
 pub use registry::{RegistrationId, RegistrationInfo};

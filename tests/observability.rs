@@ -386,22 +386,50 @@ fn http_listening_twice_on_one_port_is_a_bind_error() {
 }
 
 #[test]
-fn the_endpoint_stops_and_its_threads_are_joined_when_the_monitor_is_dropped() {
+fn dropping_the_endpoint_in_a_forked_child_returns_and_the_parents_keeps_serving() {
+    // The endpoint's thread is the parent's: a child that drops the server (as it would when
+    // it unwinds or exits through destructors) must not wait for a thread it does not have,
+    // nor stop the parent's (the server forgets its thread there; glibc would also let a join
+    // return at once, other C libraries need not).
+    let (server, _) = fixed_server(HttpOptions::default());
+    let addr = server.local_addr();
+    assert_eq!(get(addr, "/livez").status, 200);
+    // SAFETY: the child only drops the server and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        unsafe { libc::alarm(10) };
+        drop(server);
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "the child hung or failed: status {status:#x}");
+    assert_eq!(get(addr, "/livez").status, 200, "the parent's endpoint still serves");
+}
+
+#[test]
+fn the_endpoint_stops_and_its_threads_are_joined_when_the_server_is_dropped() {
     fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let fake = Fake::get();
         let m = Monitor::new(MonitorOptions::default()).unwrap();
         let ptr = fake.alloc(Kind::Device, MIB, 0);
         m.register(ptr, MIB as u64, "w").unwrap();
         assert_eq!(threads_named("vram-monitor-ht"), 0);
-        let addr = m.serve_http(Some("127.0.0.1:0")).unwrap();
-        assert_eq!(m.http_address(), Some(addr));
-        assert_eq!(m.serve_http(Some("127.0.0.1:0")), Err(vram_monitor::Error::AlreadyServing));
-        // A slow client is connected while the monitor is freed.
+        let server = HttpServer::serve(&m, Some("127.0.0.1:0"), HttpOptions::default()).unwrap();
+        let addr = server.local_addr();
+        assert_eq!(addr.ip(), std::net::Ipv4Addr::LOCALHOST);
+        // A slow client is connected while the server is dropped.
         let mut slow = connect(addr);
         slow.write_all(b"GET /he").unwrap();
-        assert_eq!(get(addr, "/health").status, 200);
+        let json: Value = serde_json::from_str(&get(addr, "/health").body).unwrap();
+        assert_eq!(json["health"]["registrations"], 1, "it serves the monitor's state");
         assert!(threads_named("vram-monitor-ht") >= 1);
+        // The monitor does not own the endpoint: dropped first, the endpoint still answers,
+        // with the state the monitor ended in.
         drop(m);
+        assert_eq!(get(addr, "/health").status, 200);
+        drop(server);
         assert_eq!(threads_named("vram-monitor-ht"), 0, "every HTTP thread is joined by the drop");
         let refused = TcpStream::connect_timeout(&addr, Duration::from_secs(2));
         assert!(refused.is_err(), "the port is closed after the drop");
@@ -582,10 +610,11 @@ fn the_json_health_matches_docs_health_schema() {
         // NVML as it is on this machine (absent on CI: every figure "unavailable").
         let m = Monitor::new(MonitorOptions::default()).unwrap();
         m.register(fake.alloc(Kind::Device, MIB, 0), MIB as u64, "nvml as it is").unwrap();
-        let addr = m.serve_http(Some("127.0.0.1:0")).unwrap();
+        let server = HttpServer::serve(&m, Some("127.0.0.1:0"), HttpOptions::default()).unwrap();
         m.check_now().unwrap();
         check_document(&objects, &serde_json::from_str(&m.report(ReportFormat::Json)).unwrap(), false, &mut seen);
-        check_document(&objects, &serde_json::from_str(&get(addr, "/health").body).unwrap(), true, &mut seen);
+        check_document(&objects, &serde_json::from_str(&get(server.local_addr(), "/health").body).unwrap(), true, &mut seen);
+        drop(server);
         drop(m);
 
         // Every kind of figure: values, faults, unsupported, unreadable; a violation.
@@ -603,9 +632,9 @@ fn the_json_health_matches_docs_health_schema() {
         m.register(gone, MIB as u64, "gpu1").unwrap();
         fake.free(gone);
         m.check_now().unwrap();
-        let addr = m.serve_http(Some("127.0.0.1:0")).unwrap();
+        let server = HttpServer::serve(&m, Some("127.0.0.1:0"), HttpOptions::default()).unwrap();
         check_document(&objects, &serde_json::from_str(&m.report(ReportFormat::Json)).unwrap(), false, &mut seen);
-        check_document(&objects, &serde_json::from_str(&get(addr, "/health").body).unwrap(), true, &mut seen);
+        check_document(&objects, &serde_json::from_str(&get(server.local_addr(), "/health").body).unwrap(), true, &mut seen);
         script.set(1, Err("scripted: unreadable".into()));
         m.check_now().unwrap();
         check_document(&objects, &serde_json::from_str(&m.report(ReportFormat::Json)).unwrap(), false, &mut seen);

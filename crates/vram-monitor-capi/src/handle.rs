@@ -8,6 +8,10 @@
 //! 2 KiB, so a call with a handle that was freed returns `CLOSED` instead of reading
 //! freed memory (a host that creates and frees monitors in a loop keeps one tombstone per
 //! monitor).
+//!
+//! The handle also owns the built-in HTTP endpoint when the host started one
+//! (`vram_monitor_serve_http`): the monitor knows nothing of its outputs, the endpoint reads
+//! the monitor's read view, and free stops it before it drops the monitor.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
@@ -16,7 +20,10 @@ use std::time::Duration;
 
 use crate::panic::guard;
 use crate::result::VramMonitorResult;
+use vram_monitor::http::{HttpOptions, HttpServer};
 use vram_monitor::monitor::Monitor;
+use vram_monitor::sync::lock;
+use vram_monitor::Error;
 
 /// A residency monitor: registrations and one background thread. Opaque.
 pub struct VramMonitor {
@@ -29,6 +36,8 @@ pub struct VramMonitor {
     monitor: AtomicPtr<Monitor>,
     /// Where free waits for the last call in progress to leave.
     drained: (Mutex<()>, Condvar),
+    /// The built-in HTTP endpoint, while it serves (`vram_monitor_serve_http`).
+    http: Mutex<Option<HttpServer>>,
 }
 
 const CALL_SLOTS: usize = 16;
@@ -68,6 +77,29 @@ impl std::ops::Deref for Call<'_> {
     }
 }
 
+impl Call<'_> {
+    /// The body of `vram_monitor_serve_http`: serves this monitor's read view on `address`
+    /// (`None`: 127.0.0.1:9464) until `stop_http` or free; returns the address it listens on.
+    pub(crate) fn serve_http(&self, address: Option<&str>) -> Result<std::net::SocketAddr, Error> {
+        let address = vram_monitor::http::parse_address(address)?;
+        let mut http = lock(&self.handle.http);
+        if http.is_some() {
+            return Err(Error::AlreadyServing);
+        }
+        let server = HttpServer::start(address, HttpOptions::default(), std::sync::Arc::new(self.monitor.view()))?;
+        let bound = server.local_addr();
+        *http = Some(server);
+        Ok(bound)
+    }
+
+    /// The body of `vram_monitor_stop_http`: stops the endpoint and joins its thread; returns
+    /// whether one was serving.
+    pub(crate) fn stop_http(&self) -> bool {
+        let server = lock(&self.handle.http).take();
+        server.is_some()
+    }
+}
+
 impl Drop for Call<'_> {
     fn drop(&mut self) {
         let me = self.handle as *const VramMonitor as usize;
@@ -89,17 +121,18 @@ impl VramMonitor {
             closing: AtomicBool::new(false),
             monitor: AtomicPtr::new(Box::into_raw(Box::new(monitor))),
             drained: (Mutex::new(()), Condvar::new()),
+            http: Mutex::new(None),
         }));
         let address = handle as *mut VramMonitor;
-        vram_monitor::sync::lock(&TOMBSTONES).push(address as usize);
+        lock(&TOMBSTONES).push(address as usize);
         address
     }
 
     fn leave(&self, slot: usize) {
         self.calls[slot].0.fetch_sub(1, Ordering::SeqCst);
         if self.closing.load(Ordering::SeqCst) {
-            let (lock, drained) = &self.drained;
-            let _guard = vram_monitor::sync::lock(lock);
+            let (mutex, drained) = &self.drained;
+            let _guard = lock(mutex);
             drained.notify_all();
         }
     }
@@ -174,13 +207,16 @@ impl VramMonitor {
             return VramMonitorResult::Closed;
         }
         {
-            let (lock, drained) = &self.drained;
-            let mut guard = vram_monitor::sync::lock(lock);
+            let (mutex, drained) = &self.drained;
+            let mut guard = lock(mutex);
             while self.calls_in_progress() != 0 {
                 // A timeout as well as the notification: a wake-up cannot be lost for good.
                 guard = drained.wait_timeout(guard, Duration::from_millis(10)).unwrap_or_else(|e| e.into_inner()).0;
             }
         }
+        // The endpoint first (it joins its thread; it reads only the monitor's read view),
+        // then the monitor: its thread, the watchdog, the callback's user data.
+        drop(lock(&self.http).take());
         let monitor = self.monitor.swap(std::ptr::null_mut(), Ordering::SeqCst);
         if !monitor.is_null() {
             // SAFETY: from Box::into_raw in create; no call is inside and none can enter.
@@ -191,7 +227,9 @@ impl VramMonitor {
 
     /// In a forked child the calls counted in the parent's other threads never leave (those
     /// threads do not exist here): close without waiting, and leak the monitor (dropping it
-    /// there neither joins nor runs finalisers: `Monitor::in_forked_child`).
+    /// there neither joins nor runs finalisers: `Monitor::in_forked_child`). The HTTP
+    /// endpoint stays in the tombstone, untouched: its lock may be held by a thread that does
+    /// not exist here, and its thread is the parent's.
     fn close_in_forked_child(&self) -> VramMonitorResult {
         self.closing.store(true, Ordering::SeqCst);
         let monitor = self.monitor.swap(std::ptr::null_mut(), Ordering::SeqCst);

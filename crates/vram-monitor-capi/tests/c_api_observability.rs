@@ -142,7 +142,11 @@ fn a_device_memory_fault_fires_an_event_and_makes_health_503() {
         let events = recorder(m);
         m.register(fake.alloc(Kind::Device, MIB, 0), MIB as u64, "gpu0.w").unwrap();
         m.register(fake.alloc(Kind::Device, 2 * MIB, 1), 2 * MIB as u64, "gpu1.w").unwrap();
-        let addr = m.serve_http(Some("127.0.0.1:0")).unwrap();
+        // The endpoint is the handle's: free stops it (checked at the end).
+        let mut port = 0u16;
+        let address = CString::new("127.0.0.1:0").unwrap();
+        assert_eq!(unsafe { vram_monitor_serve_http(handle, address.as_ptr(), &mut port) }, VramMonitorResult::Ok);
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
 
         assert!(m.check_now().unwrap().healthy);
         let devices = m.device_health();
