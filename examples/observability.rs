@@ -32,7 +32,7 @@
 
 use std::io::{BufRead, Write};
 
-use vram_monitor::http::HttpOptions;
+use vram_monitor::http::{HttpOptions, HttpServer};
 use vram_monitor::{Driver, DeviceHealthSource, DeviceReading, Monitor, MonitorOptions, RemappedRows, ReportFormat, Signal};
 
 /// Device health as a healthy GPU with a known UUID would give it (see the options above).
@@ -150,13 +150,15 @@ fn main() {
     let mut second = memory.alloc();
     monitor.register(first, BUFFER as u64, "weights.0").expect("device memory registers");
     let mut second_id = monitor.register(second, BUFFER as u64, "weights.1").expect("device memory registers");
-    let bound = match monitor.serve_http_with(Some(&address), options) {
-        Ok(bound) => bound,
+    // Serves until `endpoint` is dropped (at the end of main).
+    let endpoint = match HttpServer::serve(&monitor, Some(&address), options) {
+        Ok(endpoint) => endpoint,
         Err(e) => {
-            eprintln!("serve_http({address}): {e}");
+            eprintln!("HttpServer::serve({address}): {e}");
             std::process::exit(3);
         }
     };
+    let bound = endpoint.local_addr();
     monitor.check_now().expect("check");
     if let Some(path) = arg(&args, "--port-file") {
         std::fs::write(&path, format!("{}\n", bound.port())).expect("write the port file");

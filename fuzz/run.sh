@@ -39,7 +39,7 @@ lib=$out/lib
 CARGO_TARGET_DIR=$lib RUSTFLAGS="-C passes=sancov-module -C llvm-args=-sanitizer-coverage-level=3 \
   -C llvm-args=-sanitizer-coverage-inline-8bit-counters -C llvm-args=-sanitizer-coverage-pc-table \
   -C llvm-args=-sanitizer-coverage-trace-compares -C debug-assertions -C overflow-checks -C force-frame-pointers=yes" \
-  cargo build --release --lib --quiet --target "$(rustc -vV | sed -n 's/^host: //p')"
+  cargo build --release -p libvram-monitor --quiet --target "$(rustc -vV | sed -n 's/^host: //p')"
 libdir=$lib/$(rustc -vV | sed -n 's/^host: //p')/release
 cc -std=c11 -shared -fPIC -pthread -O2 -Wl,-soname,libcuda.so.1 -I tests/fake_cuda \
    -o "$out/fake/libcuda.so.1" tests/fake_cuda/fake_cuda.c

@@ -133,12 +133,6 @@
 #define VRAM_MONITOR_DEVICE_STRING_BYTES 96
 
 /**
- * A check leaves a progress mark at least every this many driver queries (and after every
- * slice), so an unpaced check ([`crate::Pacing::FLAT_OUT`]) progresses too.
- */
-#define PROGRESS_QUERIES 256
-
-/**
  * The result of every fallible function. Values are grouped by range and never reused:
  * 0 success; 1xx bad arguments; 2xx registration refused, by verdict (200 + verdict);
  * 3xx CUDA driver; 4xx threading and state; 5xx internal; 6xx the built-in HTTP endpoint;

@@ -1,4 +1,5 @@
-"""Builds libvram_monitor (the crate one folder up) with cargo and puts it in the package as
+"""Builds libvram_monitor (crates/libvram-monitor, the C ABI's library crate of the workspace one
+folder up) with cargo and puts it in the package as
 vram_monitor/_libvram_monitor*.so; vram_monitor/_native.py loads that copy first.
 
 The wheel is tagged py3-none-<platform>: the library is loaded with ctypes, not imported as an
@@ -29,7 +30,7 @@ setup(
     rust_extensions=[
         RustExtension(
             "vram_monitor._libvram_monitor",
-            path=os.path.join(os.path.dirname(HERE), "Cargo.toml"),
+            path=os.path.join(os.path.dirname(HERE), "crates", "libvram-monitor", "Cargo.toml"),
             binding=Binding.NoBinding,
             debug=False,
         )

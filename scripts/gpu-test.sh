@@ -78,7 +78,7 @@ prepare() {
   json=$(mktemp)
   cargo test --release --workspace --no-run --message-format=json >"$json" || {
     rm -f "$json"
-    die "cargo test --release --no-run failed (run it without --message-format=json to see why)"
+    die "cargo test --release --workspace --no-run failed (run it without --message-format=json to see why)"
   }
   [ -f target/release/libvram_monitor.so ] || die "target/release/libvram_monitor.so was not built"
 
@@ -99,8 +99,9 @@ prepare() {
   [ "$found_gpu" = 1 ] || die "cargo built no 'gpu' test program (is [[test]] name = \"gpu\" in Cargo.toml?)"
 
   cp target/release/libvram_monitor.so "$carry/lib/"
-  # Programs linked against it record its SONAME (libvram_monitor.so.<major>, see build.rs) and
-  # look for that name at run time. A copy, not a symlink: the carry may not keep links.
+  # Programs linked against it record its SONAME (libvram_monitor.so.<major>, see
+  # crates/libvram-monitor/build.rs) and look for that name at run time. A copy, not a
+  # symlink: the carry may not keep links.
   soname=$(readelf -d "$carry/lib/libvram_monitor.so" 2>/dev/null | sed -n 's/.*(SONAME).*\[\(.*\)\].*/\1/p')
   if [ -n "$soname" ] && [ "$soname" != libvram_monitor.so ]; then
     cp "$carry/lib/libvram_monitor.so" "$carry/lib/$soname"

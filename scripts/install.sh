@@ -94,8 +94,9 @@ if [ "$build" = 1 ]; then
   command -v cargo >/dev/null 2>&1 || die "cargo is required (https://rustup.rs), or pass --no-build"
   flags=()
   [ "$profile" = release ] && flags+=(--release)
-  echo "== cargo build ${flags[*]} --lib --bin vram-monitor-doctor"
-  cargo build "${flags[@]}" --lib --bin vram-monitor-doctor
+  # --workspace: the libraries of every crate, libvram_monitor.so and .a (crates/libvram-monitor) among them.
+  echo "== cargo build ${flags[*]} --workspace --lib --bin vram-monitor-doctor"
+  cargo build "${flags[@]}" --workspace --lib --bin vram-monitor-doctor
 fi
 
 target_dir=${CARGO_TARGET_DIR:-target}
@@ -107,11 +108,11 @@ done
 if command -v readelf >/dev/null 2>&1; then
   soname=$(readelf -d "$built/libvram_monitor.so" | sed -n 's/.*(SONAME).*\[\(.*\)\].*/\1/p')
   [ "$soname" = "libvram_monitor.so.$major" ] ||
-    die "$built/libvram_monitor.so has SONAME '$soname', expected libvram_monitor.so.$major (is build.rs in use?)"
+    die "$built/libvram_monitor.so has SONAME '$soname', expected libvram_monitor.so.$major (is crates/libvram-monitor/build.rs in use?)"
 fi
 
 # The system libraries a program linking the static library needs (what
-# `rustc --print native-static-libs` reports for this crate on Linux with glibc).
+# `rustc --print native-static-libs` reports for crates/libvram-monitor on Linux with glibc).
 static_libs="-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc"
 static_libs_cmake="gcc_s;util;rt;pthread;m;dl;c"
 

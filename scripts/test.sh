@@ -2,10 +2,13 @@
 # Runs every test that runs without a GPU:
 #   0. parity: every function of the C header is reached by the C++ wrapper and the Python
 #      package (scripts/check-parity.py, after its self-test);
-#   1. Rust unit and integration tests, against the fake libcuda in tests/fake_cuda
-#      and the workspace's other crates (crates/cuda-engine, crates/doctor with its tests);
-#      the GPU scenarios in tests/gpu/ report themselves skipped here;
-#   2. the committed C header is what cbindgen generates (part of 1);
+#   1. Rust unit and integration tests of the workspace (the core, the C ABI in
+#      crates/vram-monitor-capi, the engine-side CUDA kit in crates/cuda-engine, the doctor in
+#      crates/doctor), against the fake libcuda in tests/fake_cuda (the GPU scenarios in
+#      tests/gpu/ report themselves skipped here); before them, the symbols of the build
+#      (scripts/check-symbols.sh: a Rust program linking the core gets no C symbol, the .so
+#      exports exactly the header's functions, the SONAME);
+#   2. the committed C header is what cbindgen generates (part of 1: crates/vram-monitor-capi/tests/header.rs);
 #   3. the C tests in tests/c, plain and under AddressSanitizer + UndefinedBehaviorSanitizer;
 #   4. the CMake examples configured (they need the CUDA toolkit and a GPU: skipped here).
 #   4b. the C and C++ tests under valgrind (helgrind, memcheck), and the fuzz targets over their
@@ -51,9 +54,12 @@ echo "== parity: every C function reached by the C++ wrapper and the Python pack
 python3 scripts/check-parity.py --self-test
 python3 scripts/check-parity.py
 
-echo "== build: the library (shared, static, Rust), the doctor, the other crates, examples"
+echo "== build: the workspace (the core, the C ABI, libvram_monitor.so and .a, the doctor, the CUDA kit), its binaries and examples"
 # `cargo test` alone does not produce the shared library the C tests link against.
 cargo build --workspace --all-targets
+
+echo "== symbols: no C symbol in the core's rlib; the .so and .a export the header's functions; SONAME"
+bash scripts/check-symbols.sh target/debug
 
 echo "== Rust tests (fake CUDA driver; GPU scenarios skip without a GPU)"
 cargo test --workspace --all-targets

@@ -30,7 +30,8 @@ pub enum Error {
     /// The built-in HTTP endpoint could not listen on the address (in use, not permitted,
     /// not an address of this machine). The text says why.
     HttpBind(String),
-    /// The built-in HTTP endpoint is already serving; stop it first.
+    /// The built-in HTTP endpoint of a C handle is already serving (`vram_monitor_serve_http`);
+    /// stop it first.
     AlreadyServing,
     /// The same range appears twice in one `register_many` call (this is the later entry).
     DuplicateRange,

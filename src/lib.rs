@@ -5,8 +5,9 @@
 //! log records, when one stops being resident: paged to host (managed memory), mapped from
 //! host RAM, freed, or replaced by another buffer at the same address.
 //!
-//! The Rust API is [`Monitor`]; the C API (in [`ffi`], header `include/vram_monitor.h`) is a
-//! thin skin over it.
+//! The Rust API is [`Monitor`]. The C API (header `include/vram_monitor.h`, the library
+//! `libvram_monitor.so` / `.a`) is a thin skin over it in a crate of its own,
+//! `crates/vram-monitor-capi`: this crate exports no C symbol.
 #![deny(missing_docs)]
 
 pub mod batch;
@@ -16,7 +17,6 @@ pub mod driver;
 pub mod error;
 pub mod events;
 pub mod fork;
-pub mod ffi;
 pub mod health;
 pub mod http;
 pub mod inspect;
@@ -28,7 +28,7 @@ pub mod prometheus;
 pub mod registration_guard;
 pub mod registry;
 pub mod report;
-mod sync;
+pub mod sync;
 #[cfg(feature = "cudarc")]
 pub mod cudarc_buffers;
 pub mod verdict;
@@ -41,7 +41,7 @@ pub use error::Error;
 pub use events::{Event, EventKind};
 pub use health::{CheckSummary, Health};
 pub use integrity::{IntegrityOptions, IntegrityStatus, SealInfo, VerifySummary};
-pub use monitor::{Callback, Monitor, MonitorOptions, Pacing, DEFAULT_INTERVAL};
+pub use monitor::{Callback, Monitor, MonitorOptions, MonitorView, Pacing, DEFAULT_INTERVAL};
 pub use process_vram::{ProcessVram, VramSource};
 pub use registration_guard::Registration;
 pub use registry::{RegistrationId, RegistrationInfo};

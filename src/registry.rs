@@ -367,11 +367,10 @@ impl Hasher for IntegerHasher {
     }
 }
 
-// cbindgen reads every type alias in the crate and cannot instantiate these: private, Rust only.
-/// cbindgen:ignore
 type IntegerMap<V> = HashMap<u64, V, BuildHasherDefault<IntegerHasher>>;
-/// cbindgen:ignore
-type IntegerSet = HashSet<u64, BuildHasherDefault<IntegerHasher>>;
+// Generic like IntegerMap (cbindgen, which reads this crate for the C ABI's enums, passes over
+// generic aliases; a plain one it tries to declare, and fails on std's three-parameter HashSet).
+type IntegerSet<K = u64> = HashSet<K, BuildHasherDefault<IntegerHasher>>;
 
 /// A shard on cache lines of its own: without the padding, neighbouring shards' locks share
 /// a line, and threads working on different shards still stall each other.

@@ -3,8 +3,11 @@
 //! `GET /livez` (200 while the monitor is alive and checking, 503 when it has stalled) and
 //! `GET /metrics` (the Prometheus text format).
 //!
-//! Off unless the host asks for it ([`crate::Monitor::serve_http`]). Loopback unless told
-//! otherwise; read-only (GET and HEAD; anything else is 405); one request per connection.
+//! Off unless the host asks for it ([`HttpServer::serve`] in Rust, `vram_monitor_serve_http`
+//! in C). It serves from a [`MonitorView`], the monitor's read view: the monitor does not know
+//! the endpoint, and whoever started it owns it (the Rust host its [`HttpServer`], a C host
+//! its handle). Loopback unless told otherwise; read-only (GET and HEAD; anything else is
+//! 405); one request per connection.
 //!
 //! One thread ("vram-monitor-http") serves every connection from a `poll(2)` loop over
 //! non-blocking sockets (`event_loop.rs`), so no client can hold up another: an idle or slow
@@ -18,7 +21,7 @@
 //! [`HttpOptions::max_connections`]). Requests are parsed with `httparse` (`request.rs`); the
 //! answers are built in `routes.rs`.
 //!
-//! Stopping ([`HttpServer`]'s drop, which the monitor does when it is freed) wakes the loop
+//! Stopping ([`HttpServer`]'s drop, which the C handle does when it is freed) wakes the loop
 //! through a socket pair made when the server started, so it needs no new file descriptor,
 //! and joins the thread: when it returns the port is closed and nothing of the endpoint runs.
 
@@ -38,6 +41,7 @@ use std::time::Duration;
 use crate::device_health::DeviceHealth;
 use crate::error::Error;
 use crate::health::Health;
+use crate::monitor::{Monitor, MonitorView};
 
 /// The address used when none is given: loopback, port 9464 (the port commonly used for
 /// Prometheus exporters embedded in applications).
@@ -113,9 +117,11 @@ pub fn parse_address(address: Option<&str>) -> Result<SocketAddr, Error> {
         .map_err(|_| Error::InvalidArgument("the HTTP address must be PORT, localhost:PORT, IPv4:PORT or [IPv6]:PORT"))
 }
 
-/// A running endpoint. Dropping it stops it and joins its thread.
+/// A running endpoint. Dropping it stops it and joins its thread (in a child forked since it
+/// started, where that thread does not exist, dropping it only forgets it).
 pub struct HttpServer {
     local_addr: SocketAddr,
+    origin: crate::fork::Origin,
     stop: Arc<AtomicBool>,
     /// Our end of the socket pair the loop polls: a byte written here wakes it.
     waker: UnixStream,
@@ -123,6 +129,16 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
+    /// Serves `monitor` ([`Monitor::view`]) on `address` (`None` or `""`: 127.0.0.1:9464; see
+    /// [`parse_address`]) until the returned server is dropped. [`Error::Forked`] in a child
+    /// forked after the monitor was created.
+    pub fn serve(monitor: &Monitor, address: Option<&str>, options: HttpOptions) -> Result<HttpServer, Error> {
+        if monitor.in_forked_child() {
+            return Err(Error::Forked);
+        }
+        HttpServer::start(parse_address(address)?, options, Arc::new(monitor.view()))
+    }
+
     /// Binds `address` and starts serving `snapshot` on a thread named "vram-monitor-http".
     pub fn start(address: SocketAddr, options: HttpOptions, snapshot: Arc<dyn Snapshot>) -> Result<HttpServer, Error> {
         if options.max_request_bytes < 64
@@ -158,7 +174,7 @@ impl HttpServer {
         } else {
             log::warn!(target: "vram_monitor", "serving /health, /livez, /readyz and /metrics on http://{local_addr}, reachable beyond this machine");
         }
-        Ok(HttpServer { local_addr, stop, waker, thread: Some(thread) })
+        Ok(HttpServer { local_addr, origin: crate::fork::Origin::here(), stop, waker, thread: Some(thread) })
     }
 
     /// The address it listens on (with the port the system chose when asked for port 0).
@@ -168,6 +184,11 @@ impl HttpServer {
 
     fn stop_and_join(&mut self) {
         let Some(thread) = self.thread.take() else { return };
+        if self.origin.is_forked_child() {
+            // The thread is the parent's: nothing to wake or join here.
+            std::mem::forget(thread);
+            return;
+        }
         self.stop.store(true, Ordering::Release);
         // A full pair means a wake-up is already pending; the loop also looks at the flag at
         // least every event_loop::MAX_WAIT, so the join below cannot wait for ever. send with
@@ -186,6 +207,22 @@ impl HttpServer {
 impl Drop for HttpServer {
     fn drop(&mut self) {
         self.stop_and_join();
+    }
+}
+
+/// A monitor's state, as the endpoint serves it.
+impl Snapshot for MonitorView {
+    fn health(&self) -> Health {
+        MonitorView::health(self)
+    }
+    fn devices(&self) -> Vec<DeviceHealth> {
+        self.device_health()
+    }
+    fn figures(&self) -> Vec<crate::prometheus::RegistrationFigures> {
+        self.tally().into_iter().map(Into::into).collect()
+    }
+    fn live(&self) -> bool {
+        !MonitorView::health(self).stalled
     }
 }
 

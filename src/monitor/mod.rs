@@ -17,7 +17,7 @@ use crate::events::{Event, EventKind};
 use crate::health::{CheckSummary, Health};
 use crate::inspect::inspect;
 use crate::process_vram::{self, ProcessVram};
-use crate::registry::{Change, RegistrationId, RegistrationInfo, Registry};
+use crate::registry::{Change, RegistrationId, RegistrationInfo, Registry, Tally};
 use crate::report::{self, ReportFormat};
 use crate::verdict::Verdict;
 use crate::watchdog::{StallClock, StallLimits, Watchdog, PROGRESS_QUERIES};
@@ -156,8 +156,34 @@ pub struct Monitor {
     /// The process that created the monitor. After `fork()` the child has a copy of the
     /// monitor but not its thread: see [`Monitor::in_forked_child`].
     origin: crate::fork::Origin,
-    /// The built-in HTTP endpoint, when the host started it (src/http.rs).
-    http: Mutex<Option<crate::http::HttpServer>>,
+}
+
+/// What an output reads of a monitor: the health snapshot, the GPUs' memory health, and the
+/// registrations tallied by device and verdict, each read when asked, never waiting for a
+/// check. The HTTP endpoint serves from one (`http::HttpServer::serve`) without holding the
+/// monitor, and the monitor knows nothing of it. Cheap to clone, `Send` and
+/// `Sync`; it stays readable after the monitor is dropped, showing the state it ended in.
+#[derive(Clone)]
+pub struct MonitorView {
+    shared: Arc<Shared>,
+}
+
+impl MonitorView {
+    /// The health snapshot ([`Monitor::health`]).
+    pub fn health(&self) -> Health {
+        self.shared.health()
+    }
+
+    /// The memory health of the GPUs that hold registrations ([`Monitor::device_health`]).
+    pub fn device_health(&self) -> Vec<DeviceHealth> {
+        self.shared.device_health.snapshot()
+    }
+
+    /// Registrations and their bytes by device and verdict: counts, no copy of each
+    /// registration.
+    pub fn tally(&self) -> Vec<Tally> {
+        self.shared.registry.tally()
+    }
 }
 
 
@@ -235,7 +261,6 @@ impl Monitor {
             watchdog: None,
             watchdog_id: None,
             origin: crate::fork::Origin::here(),
-            http: Mutex::new(None),
         };
         // On failure, dropping `monitor` stops and joins the thread started above.
         let (period, watched) = (Arc::clone(&monitor.shared), Arc::clone(&monitor.shared));
@@ -424,37 +449,9 @@ impl Monitor {
         self.shared.device_health.set_source(source);
     }
 
-    /// Starts the built-in HTTP endpoint (`GET /health`, `GET /metrics`; see
-    /// [`crate::http`]) on `address` (`None`: 127.0.0.1:9464; see
-    /// [`crate::http::parse_address`]) and returns the address it listens on. It stops when
-    /// the monitor is dropped or [`Monitor::stop_http`] is called.
-    pub fn serve_http(&self, address: Option<&str>) -> Result<std::net::SocketAddr, Error> {
-        self.serve_http_with(address, crate::http::HttpOptions::default())
-    }
-
-    /// [`Monitor::serve_http`] with other bounds than the defaults.
-    pub fn serve_http_with(&self, address: Option<&str>, options: crate::http::HttpOptions) -> Result<std::net::SocketAddr, Error> {
-        self.not_forked()?;
-        let address = crate::http::parse_address(address)?;
-        let mut http = lock(&self.http);
-        if http.is_some() {
-            return Err(Error::AlreadyServing);
-        }
-        let server = crate::http::HttpServer::start(address, options, Arc::clone(&self.shared) as Arc<dyn crate::http::Snapshot>)?;
-        let bound = server.local_addr();
-        *http = Some(server);
-        Ok(bound)
-    }
-
-    /// Stops the HTTP endpoint and joins its threads; returns whether one was serving.
-    pub fn stop_http(&self) -> bool {
-        let server = lock(&self.http).take();
-        server.is_some()
-    }
-
-    /// Where the HTTP endpoint listens, if it is serving.
-    pub fn http_address(&self) -> Option<std::net::SocketAddr> {
-        lock(&self.http).as_ref().map(|s| s.local_addr())
+    /// A read view of this monitor, for outputs that serve its state ([`MonitorView`]).
+    pub fn view(&self) -> MonitorView {
+        MonitorView { shared: Arc::clone(&self.shared) }
     }
 }
 
@@ -493,21 +490,6 @@ impl Shared {
             integrity_last_pass_unix_ms: integrity.last_pass_unix_ms,
             integrity_failed: integrity.failed,
         }
-    }
-}
-
-impl crate::http::Snapshot for Shared {
-    fn health(&self) -> Health {
-        Shared::health(self)
-    }
-    fn devices(&self) -> Vec<DeviceHealth> {
-        self.device_health.snapshot()
-    }
-    fn figures(&self) -> Vec<crate::prometheus::RegistrationFigures> {
-        self.registry.tally().into_iter().map(Into::into).collect()
-    }
-    fn live(&self) -> bool {
-        !Shared::health(self).stalled
     }
 }
 
@@ -559,17 +541,13 @@ impl Monitor {
             std::mem::forget(self.commands.clone());
             std::mem::forget(self.thread.take());
             std::mem::forget(self.watchdog.take());
-            // Nor is the HTTP thread: forget the server rather than join a thread that is gone.
-            std::mem::forget(self.http.get_mut().unwrap_or_else(|e| e.into_inner()).take());
             return;
         }
-        // Stop the check in progress first (it looks at this flag between slices), then the
-        // HTTP endpoint, which reads what the monitor thread writes.
+        // Stop the check in progress first (it looks at this flag between slices).
         self.shared.stopping.store(true, Ordering::Release);
         // The watchdog first: it waits on nothing the monitor thread holds, so this waits for
         // at most the callback it may be running.
         drop(self.watchdog.take());
-        drop(self.http.get_mut().unwrap_or_else(|e| e.into_inner()).take());
         let _ = self.commands.send(Command::Stop);
         if let Some(thread) = self.thread.take() {
             if std::thread::current().id() != self.thread_id {

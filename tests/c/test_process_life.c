@@ -57,6 +57,9 @@ static int forked_child_checks(VramMonitor *m, unsigned long long dev, uint64_t 
     CHECK_RESULT(vram_monitor_set_interval_ms(m, 5), VRAM_MONITOR_RESULT_FORKED);
     CHECK_RESULT(vram_monitor_set_pacing(m, 1, 0), VRAM_MONITOR_RESULT_FORKED);
     CHECK_RESULT(vram_monitor_set_callback(m, quiet_event, NULL, NULL), VRAM_MONITOR_RESULT_FORKED);
+    /* The parent's endpoint (the handle owns it) is neither started again nor joined here. */
+    CHECK_RESULT(vram_monitor_serve_http(m, "127.0.0.1:0", NULL), VRAM_MONITOR_RESULT_FORKED);
+    CHECK_RESULT(vram_monitor_stop_http(m), VRAM_MONITOR_RESULT_FORKED);
     CHECK_RESULT(vram_monitor_free(m), VRAM_MONITOR_RESULT_FORKED);
     CHECK(atomic_load(&parent_frees) == 0, "child: the parent's user data finaliser did not run in the child");
     CHECK(strcmp(vram_monitor_result_str(VRAM_MONITOR_RESULT_FORKED), "unknown result code") != 0,
@@ -119,6 +122,8 @@ static void fork_child_gets_forked(void) {
     CHECK_RESULT(vram_monitor_set_callback(m, quiet_event, NULL, parent_free), VRAM_MONITOR_RESULT_OK);
     dev = fake_alloc_or_die(FAKE_CUDA_DEVICE, 2 * MiB, 0);
     CHECK_RESULT(vram_monitor_register(m, as_ptr(dev), MiB, "parent", &id), VRAM_MONITOR_RESULT_OK);
+    /* Serving HTTP: its thread is the parent's, and free in the child must not wait for it. */
+    CHECK_RESULT(vram_monitor_serve_http(m, "127.0.0.1:0", NULL), VRAM_MONITOR_RESULT_OK);
     /* Fork several times while the monitor thread checks every millisecond... */
     for (i = 0; i < 5; i++) {
         fflush(stdout);

@@ -83,14 +83,17 @@ impl FakeDriverVariant {
     }
 }
 
-/// The repository root (it holds tests/fake_cuda): the test's own package, or the nearest folder
-/// above it for a package under crates/ (the doctor's tests use this harness too).
-fn manifest_dir() -> PathBuf {
-    let package = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    match package.ancestors().find(|dir| dir.join("tests").join("fake_cuda").is_dir()) {
-        Some(root) => root.to_path_buf(),
-        None => package,
-    }
+/// The repository root, the workspace's: this module serves the tests of the core (tests/),
+/// of the C ABI (crates/vram-monitor-capi/tests/) and of the doctor (crates/doctor/tests/),
+/// which include it by `#[path]`, so it
+/// walks up from the test's package to the folder that holds the fake driver's source.
+fn repo_root() -> PathBuf {
+    let package = Path::new(env!("CARGO_MANIFEST_DIR"));
+    package
+        .ancestors()
+        .find(|dir| dir.join("tests/fake_cuda/fake_cuda.c").is_file())
+        .unwrap_or_else(|| panic!("no tests/fake_cuda/fake_cuda.c in {} or a folder above it", package.display()))
+        .to_path_buf()
 }
 
 fn target_dir() -> PathBuf {
@@ -100,10 +103,10 @@ fn target_dir() -> PathBuf {
             if dir.is_absolute() {
                 dir
             } else {
-                manifest_dir().join(dir)
+                repo_root().join(dir)
             }
         }
-        _ => manifest_dir().join("target"),
+        _ => repo_root().join("target"),
     }
 }
 
@@ -131,7 +134,7 @@ pub fn fake_driver_dir(variant: FakeDriverVariant) -> PathBuf {
 }
 
 fn build_fake_driver(variant: FakeDriverVariant) -> PathBuf {
-    let src_dir = manifest_dir().join("tests").join("fake_cuda");
+    let src_dir = repo_root().join("tests").join("fake_cuda");
     let source = src_dir.join("fake_cuda.c");
     let header = src_dir.join("fake_cuda_control.h");
     let out_dir = target_dir().join("fake-cuda").join(variant.dir_name());

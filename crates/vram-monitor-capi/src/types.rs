@@ -2,10 +2,10 @@
 
 use std::ffi::{c_char, c_void};
 
-use crate::events::EventKind;
-use crate::health::{CheckSummary, Health};
-use crate::process_vram::VramSource;
-use crate::verdict::Verdict;
+use vram_monitor::events::EventKind;
+use vram_monitor::health::{CheckSummary, Health};
+use vram_monitor::process_vram::VramSource;
+use vram_monitor::verdict::Verdict;
 
 /// The health snapshot, filled by `vram_monitor_health`.
 #[repr(C)]

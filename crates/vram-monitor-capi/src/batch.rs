@@ -2,10 +2,9 @@
 
 use std::ffi::{c_char, c_void, CStr};
 
-use super::handle::{enter, VramMonitor};
-use super::panic::guard;
-use super::result::VramMonitorResult;
-use crate::batch::Region;
+use crate::handle::{on_monitor, VramMonitor};
+use crate::result::VramMonitorResult;
+use vram_monitor::batch::Region;
 
 /// One entry of `vram_monitor_register_many`: `[ptr, ptr + size)` under `label` (UTF-8, at
 /// most `VRAM_MONITOR_MAX_LABEL_BYTES`, copied).
@@ -82,8 +81,7 @@ pub unsafe extern "C" fn vram_monitor_register_many(
     out_results: *mut VramMonitorResult,
     out_registered: *mut usize,
 ) -> VramMonitorResult {
-    guard(|| {
-        let monitor = enter!(monitor);
+    on_monitor(monitor, |monitor| {
         if (regions.is_null() && count > 0) || out_ids.is_null() || out_results.is_null() {
             return VramMonitorResult::NullArgument;
         }
@@ -178,8 +176,7 @@ pub unsafe extern "C" fn vram_monitor_registration(
     label_buf_len: usize,
     out_label_len: *mut usize,
 ) -> VramMonitorResult {
-    guard(|| {
-        let monitor = enter!(monitor);
+    on_monitor(monitor, |monitor| {
         if out_info.is_null() || (label_buf.is_null() && label_buf_len > 0) {
             return VramMonitorResult::NullArgument;
         }

@@ -105,7 +105,7 @@ impl log::Log for Bridge {
             let message = CString::new(render(record).replace('\0', " ")).unwrap_or_default();
             // SAFETY: the host registered a valid function; the strings outlive the call.
             // Nothing reaches the host once it has begun to exit (src/process_exit.rs).
-            crate::process_exit::deliver(|| unsafe {
+            vram_monitor::process_exit::deliver(|| unsafe {
                 (sink.callback)(record.level().into(), target.as_ptr(), message.as_ptr(), sink.user_data)
             });
         } else if record.level() <= self.stderr_level {
@@ -138,7 +138,7 @@ pub extern "C" fn vram_monitor_set_log_callback(callback: VramMonitorLogCallback
     let _ = std::panic::catch_unwind(|| {
         install();
         if callback.is_some() {
-            crate::process_exit::arm();
+            vram_monitor::process_exit::arm();
         }
         let mut sink = SINK.write().unwrap_or_else(|e| e.into_inner());
         *sink = callback.map(|callback| Sink { callback, user_data });

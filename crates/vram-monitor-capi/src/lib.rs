@@ -1,6 +1,12 @@
-//! The C ABI: every `extern "C"` function, the result codes, and the `#[repr(C)]` mirrors of
-//! the core's types. This layer checks arguments, converts, and guards against panics; the
-//! logic lives in the core.
+//! The C ABI of vram-monitor: every `extern "C"` function, the result codes, and the
+//! `#[repr(C)]` mirrors of the core's types (header `include/vram_monitor.h`, generated from
+//! this crate by cbindgen: `tests/header.rs`). This layer checks arguments, converts, and
+//! guards against panics; the logic lives in the core, the `vram-monitor` crate.
+//!
+//! An rlib: crates/libvram-monitor links it into `libvram_monitor.so` and `libvram_monitor.a`.
+//! Rust code that drives the C functions directly (the tests) links this crate; a Rust
+//! engine uses the core and gets none of these symbols.
+#![deny(missing_docs)]
 
 mod batch;
 mod callback;

@@ -3,33 +3,33 @@
 //!
 //! Threading: every function may be called from any thread. `vram_monitor_free` may run
 //! while other threads are inside calls on the same monitor: it waits for them, and calls
-//! that begin once it has begun return `CLOSED` (src/ffi/handle.rs).
+//! that begin once it has begun return `CLOSED` (src/handle.rs).
 
 use std::ffi::{c_char, c_void, CStr};
 use std::time::Duration;
 
-use super::callback::{self, VramMonitorCallback, VramMonitorUserDataFree};
-use super::handle::{enter, VramMonitor};
-use super::panic::guard;
-use super::result::VramMonitorResult;
-use super::types::{VramMonitorCheckSummary, VramMonitorEvent, VramMonitorHealth, VramMonitorStall};
-use crate::monitor::{Monitor, MonitorOptions};
-use crate::report::ReportFormat;
-use crate::verdict::Verdict;
+use crate::callback::{self, VramMonitorCallback, VramMonitorUserDataFree};
+use crate::handle::{on_monitor, VramMonitor};
+use crate::panic::guard;
+use crate::result::VramMonitorResult;
+use crate::types::{VramMonitorCheckSummary, VramMonitorEvent, VramMonitorHealth, VramMonitorStall};
+use vram_monitor::monitor::{Monitor, MonitorOptions};
+use vram_monitor::report::ReportFormat;
+use vram_monitor::verdict::Verdict;
 
 /// The default check interval in milliseconds (60 s).
 pub const VRAM_MONITOR_DEFAULT_INTERVAL_MS: u32 = 60_000;
 /// Labels longer than this many bytes are refused with `INVALID_LABEL`.
 pub const VRAM_MONITOR_MAX_LABEL_BYTES: u32 = 4096;
 // cbindgen only writes literal constants into the header; keep the literal honest.
-const _: () = assert!(VRAM_MONITOR_MAX_LABEL_BYTES as usize == crate::monitor::MAX_LABEL_BYTES);
+const _: () = assert!(VRAM_MONITOR_MAX_LABEL_BYTES as usize == vram_monitor::monitor::MAX_LABEL_BYTES);
 /// Default driver queries per slice of a check (see `vram_monitor_set_pacing`).
 pub const VRAM_MONITOR_DEFAULT_SLICE_QUERIES: u32 = 256;
 /// Default pause between slices of a check, in microseconds (see `vram_monitor_set_pacing`).
 pub const VRAM_MONITOR_DEFAULT_PAUSE_US: u32 = 50;
 // The header's literals must match the core's defaults.
-const _: () = assert!(VRAM_MONITOR_DEFAULT_SLICE_QUERIES == crate::monitor::DEFAULT_SLICE_QUERIES);
-const _: () = assert!(VRAM_MONITOR_DEFAULT_PAUSE_US as u128 == crate::monitor::DEFAULT_PAUSE.as_micros());
+const _: () = assert!(VRAM_MONITOR_DEFAULT_SLICE_QUERIES == vram_monitor::monitor::DEFAULT_SLICE_QUERIES);
+const _: () = assert!(VRAM_MONITOR_DEFAULT_PAUSE_US as u128 == vram_monitor::monitor::DEFAULT_PAUSE.as_micros());
 /// Major version of this header.
 pub const VRAM_MONITOR_VERSION_MAJOR: u32 = 0;
 /// Minor version of this header.
@@ -37,7 +37,7 @@ pub const VRAM_MONITOR_VERSION_MINOR: u32 = 1;
 /// Patch version of this header.
 pub const VRAM_MONITOR_VERSION_PATCH: u32 = 0;
 
-use super::result::try_ffi;
+use crate::result::try_ffi;
 
 /// Creates a monitor and starts its background thread ("vram-monitor"), which checks every
 /// registration every `interval_ms` milliseconds (`VRAM_MONITOR_DEFAULT_INTERVAL_MS` is the
@@ -56,10 +56,10 @@ pub unsafe extern "C" fn vram_monitor_new(interval_ms: u32, out_monitor: *mut *m
         if out_monitor.is_null() {
             return VramMonitorResult::NullArgument;
         }
-        super::log_bridge::install();
+        crate::log_bridge::install();
         let options = MonitorOptions { interval: Duration::from_millis(u64::from(interval_ms)), ..Default::default() };
         let monitor = try_ffi!(Monitor::new(options));
-        super::pin::pin_library();
+        crate::pin::pin_library();
         // SAFETY: checked non-NULL; the caller provides a writable pointer.
         unsafe { *out_monitor = VramMonitor::create(monitor) };
         VramMonitorResult::Ok
@@ -129,8 +129,7 @@ pub unsafe extern "C" fn vram_monitor_register(
     label: *const c_char,
     out_id: *mut u64,
 ) -> VramMonitorResult {
-    guard(|| {
-        let monitor = enter!(monitor);
+    on_monitor(monitor, |monitor| {
         if ptr.is_null() || label.is_null() || out_id.is_null() {
             return VramMonitorResult::NullArgument;
         }
@@ -154,8 +153,8 @@ pub unsafe extern "C" fn vram_monitor_register(
 /// # Safety
 /// Pointer arguments must be NULL or valid as documented above.
 pub unsafe extern "C" fn vram_monitor_unregister(monitor: *mut VramMonitor, id: u64) -> VramMonitorResult {
-    guard(|| {
-        try_ffi!(enter!(monitor).unregister(id));
+    on_monitor(monitor, |monitor| {
+        try_ffi!(monitor.unregister(id));
         VramMonitorResult::Ok
     })
 }
@@ -177,8 +176,7 @@ pub unsafe extern "C" fn vram_monitor_set_callback(
     user_data: *mut c_void,
     free_user_data: VramMonitorUserDataFree,
 ) -> VramMonitorResult {
-    guard(|| {
-        let monitor = enter!(monitor);
+    on_monitor(monitor, |monitor| {
         monitor.set_callback(callback.map(|f| callback::wrap(f, user_data, free_user_data)));
         VramMonitorResult::Ok
     })
@@ -194,8 +192,7 @@ pub unsafe extern "C" fn vram_monitor_set_callback(
 /// # Safety
 /// Pointer arguments must be NULL or valid as documented above.
 pub unsafe extern "C" fn vram_monitor_set_interval_ms(monitor: *mut VramMonitor, interval_ms: u32) -> VramMonitorResult {
-    guard(|| {
-        let monitor = enter!(monitor);
+    on_monitor(monitor, |monitor| {
         try_ffi!(monitor.set_interval(Duration::from_millis(u64::from(interval_ms))));
         VramMonitorResult::Ok
     })
@@ -213,9 +210,8 @@ pub unsafe extern "C" fn vram_monitor_set_interval_ms(monitor: *mut VramMonitor,
 /// In a child process forked after `vram_monitor_new`, returns `FORKED` and does nothing.
 #[no_mangle]
 pub unsafe extern "C" fn vram_monitor_set_pacing(monitor: *mut VramMonitor, slice_queries: u32, pause_us: u32) -> VramMonitorResult {
-    guard(|| {
-        let monitor = enter!(monitor);
-        let pacing = crate::monitor::Pacing { slice_queries, pause: Duration::from_micros(u64::from(pause_us)) };
+    on_monitor(monitor, |monitor| {
+        let pacing = vram_monitor::monitor::Pacing { slice_queries, pause: Duration::from_micros(u64::from(pause_us)) };
         try_ffi!(monitor.set_pacing(pacing));
         VramMonitorResult::Ok
     })
@@ -235,8 +231,8 @@ pub unsafe extern "C" fn vram_monitor_check_now(
     monitor: *mut VramMonitor,
     out_summary: *mut VramMonitorCheckSummary,
 ) -> VramMonitorResult {
-    guard(|| {
-        let summary = try_ffi!(enter!(monitor).check_now());
+    on_monitor(monitor, |monitor| {
+        let summary = try_ffi!(monitor.check_now());
         if !out_summary.is_null() {
             unsafe { *out_summary = VramMonitorCheckSummary::from(&summary) };
         }
@@ -253,8 +249,7 @@ pub unsafe extern "C" fn vram_monitor_check_now(
 /// # Safety
 /// Pointer arguments must be NULL or valid as documented above.
 pub unsafe extern "C" fn vram_monitor_health(monitor: *const VramMonitor, out_health: *mut VramMonitorHealth) -> VramMonitorResult {
-    guard(|| {
-        let monitor = enter!(monitor);
+    on_monitor(monitor, |monitor| {
         if out_health.is_null() {
             return VramMonitorResult::NullArgument;
         }
@@ -268,8 +263,8 @@ pub unsafe extern "C" fn vram_monitor_health(monitor: *const VramMonitor, out_he
 pub const VRAM_MONITOR_DEFAULT_STALL_DEADLINE_MS: u32 = 30_000;
 /// The default stall grace in milliseconds (30 s; see `vram_monitor_set_stall_limits`).
 pub const VRAM_MONITOR_DEFAULT_STALL_GRACE_MS: u32 = 30_000;
-const _: () = assert!(VRAM_MONITOR_DEFAULT_STALL_DEADLINE_MS as u128 == crate::watchdog::DEFAULT_STALL_DEADLINE.as_millis());
-const _: () = assert!(VRAM_MONITOR_DEFAULT_STALL_GRACE_MS as u128 == crate::watchdog::DEFAULT_STALL_GRACE.as_millis());
+const _: () = assert!(VRAM_MONITOR_DEFAULT_STALL_DEADLINE_MS as u128 == vram_monitor::watchdog::DEFAULT_STALL_DEADLINE.as_millis());
+const _: () = assert!(VRAM_MONITOR_DEFAULT_STALL_GRACE_MS as u128 == vram_monitor::watchdog::DEFAULT_STALL_GRACE.as_millis());
 
 /// Fills `*out_stall` with the stall state: whether the monitor stopped checking, whether a
 /// check is in progress and for how long, when the last one started, and the limits in
@@ -281,8 +276,7 @@ const _: () = assert!(VRAM_MONITOR_DEFAULT_STALL_GRACE_MS as u128 == crate::watc
 /// # Safety
 /// Pointer arguments must be NULL or valid as documented above.
 pub unsafe extern "C" fn vram_monitor_stall(monitor: *const VramMonitor, out_stall: *mut VramMonitorStall) -> VramMonitorResult {
-    guard(|| {
-        let monitor = enter!(monitor);
+    on_monitor(monitor, |monitor| {
         if out_stall.is_null() {
             return VramMonitorResult::NullArgument;
         }
@@ -310,10 +304,9 @@ pub unsafe extern "C" fn vram_monitor_stall(monitor: *const VramMonitor, out_sta
 /// # Safety
 /// Pointer arguments must be NULL or valid as documented above.
 pub unsafe extern "C" fn vram_monitor_set_stall_limits(monitor: *mut VramMonitor, deadline_ms: u64, grace_ms: u64) -> VramMonitorResult {
-    guard(|| {
-        let monitor = enter!(monitor);
+    on_monitor(monitor, |monitor| {
         // Out of Duration's range is out of ours too: from_millis takes any u64.
-        let limits = crate::watchdog::StallLimits { deadline: Duration::from_millis(deadline_ms), grace: Duration::from_millis(grace_ms) };
+        let limits = vram_monitor::watchdog::StallLimits { deadline: Duration::from_millis(deadline_ms), grace: Duration::from_millis(grace_ms) };
         try_ffi!(monitor.set_stall_limits(limits));
         VramMonitorResult::Ok
     })
@@ -341,8 +334,7 @@ pub unsafe extern "C" fn vram_monitor_report(
     buf_len: usize,
     out_len: *mut usize,
 ) -> VramMonitorResult {
-    guard(|| {
-        let monitor = enter!(monitor);
+    on_monitor(monitor, |monitor| {
         if out_len.is_null() || (buf.is_null() && buf_len > 0) {
             return VramMonitorResult::NullArgument;
         }
@@ -398,7 +390,10 @@ pub extern "C" fn vram_monitor_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
 }
 
-// Keeps the event type in the header even though no function takes it directly.
+// Exported since the first release, once to keep the event type in the header (cbindgen.toml's
+// `include` does that now). The symbol stays, as every exported symbol does; C never calls it,
+// so the header does not declare it.
+/// cbindgen:ignore
 #[doc(hidden)]
 #[no_mangle]
 pub extern "C" fn vram_monitor_event_layout_anchor(_event: *const VramMonitorEvent) {}

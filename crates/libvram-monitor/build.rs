@@ -29,7 +29,7 @@ fn main() {
 }
 
 /// `target/<profile>` (or `target/<triple>/<profile>`): OUT_DIR is
-/// `<profile dir>/build/vram-monitor-<hash>/out`.
+/// `<profile dir>/build/libvram-monitor-<hash>/out`.
 fn profile_dir() -> Option<PathBuf> {
     let out = PathBuf::from(std::env::var_os("OUT_DIR")?);
     let dir = out.ancestors().nth(3)?.to_path_buf();

@@ -3,7 +3,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use super::result::VramMonitorResult;
+use crate::result::VramMonitorResult;
 
 /// Runs `body`; a panic becomes [`VramMonitorResult::Panic`].
 pub(crate) fn guard(body: impl FnOnce() -> VramMonitorResult) -> VramMonitorResult {

@@ -7,10 +7,9 @@
 use std::ffi::{c_char, c_void, CStr};
 use std::time::Duration;
 
-use super::handle::{enter, VramMonitor};
-use super::panic::guard;
-use super::result::{try_ffi, VramMonitorResult};
-use crate::integrity::{IntegrityOptions, DEFAULT_MAX_GPU_SHARE_PPM, DEFAULT_SLICE_BYTES};
+use crate::handle::{on_monitor, VramMonitor};
+use crate::result::{try_ffi, VramMonitorResult};
+use vram_monitor::integrity::{IntegrityOptions, DEFAULT_MAX_GPU_SHARE_PPM, DEFAULT_SLICE_BYTES};
 
 /// Default bytes per background verification slice (64 MiB).
 pub const VRAM_MONITOR_DEFAULT_INTEGRITY_SLICE_BYTES: u64 = 64 << 20;
@@ -20,7 +19,7 @@ pub const VRAM_MONITOR_DEFAULT_INTEGRITY_GPU_SHARE_PPM: u32 = 10_000;
 pub const VRAM_MONITOR_INTEGRITY_CHUNK_BYTES: u64 = 1 << 20;
 const _: () = assert!(VRAM_MONITOR_DEFAULT_INTEGRITY_SLICE_BYTES == DEFAULT_SLICE_BYTES);
 const _: () = assert!(VRAM_MONITOR_DEFAULT_INTEGRITY_GPU_SHARE_PPM == DEFAULT_MAX_GPU_SHARE_PPM);
-const _: () = assert!(VRAM_MONITOR_INTEGRITY_CHUNK_BYTES == crate::integrity::fingerprint::CHUNK_BYTES);
+const _: () = assert!(VRAM_MONITOR_INTEGRITY_CHUNK_BYTES == vram_monitor::integrity::fingerprint::CHUNK_BYTES);
 
 /// How background verification is paced. Zero in any field means its default.
 #[repr(C)]
@@ -139,8 +138,7 @@ pub unsafe extern "C" fn vram_monitor_enable_integrity(
     device: i32,
     options: *const VramMonitorIntegrityOptions,
 ) -> VramMonitorResult {
-    guard(|| {
-        let monitor = enter!(monitor);
+    on_monitor(monitor, |monitor| {
         // SAFETY: NULL or valid per the contract.
         let options = if options.is_null() { VramMonitorIntegrityOptions::default() } else { unsafe { *options } };
         try_ffi!(monitor.enable_integrity(device, options.to_core()));
@@ -158,8 +156,7 @@ pub unsafe extern "C" fn vram_monitor_enable_integrity(
 /// `monitor` must be NULL or a handle from `vram_monitor_new`.
 #[no_mangle]
 pub unsafe extern "C" fn vram_monitor_disable_integrity(monitor: *mut VramMonitor, device: i32) -> VramMonitorResult {
-    guard(|| {
-        let monitor = enter!(monitor);
+    on_monitor(monitor, |monitor| {
         try_ffi!(monitor.disable_integrity(device));
         VramMonitorResult::Ok
     })
@@ -175,8 +172,7 @@ pub unsafe extern "C" fn vram_monitor_set_integrity_options(
     monitor: *mut VramMonitor,
     options: *const VramMonitorIntegrityOptions,
 ) -> VramMonitorResult {
-    guard(|| {
-        let monitor = enter!(monitor);
+    on_monitor(monitor, |monitor| {
         if options.is_null() {
             return VramMonitorResult::NullArgument;
         }
@@ -202,8 +198,7 @@ pub unsafe extern "C" fn vram_monitor_set_integrity_options(
 /// `monitor` must be NULL or a handle from `vram_monitor_new`.
 #[no_mangle]
 pub unsafe extern "C" fn vram_monitor_seal(monitor: *mut VramMonitor, id: u64) -> VramMonitorResult {
-    guard(|| {
-        let monitor = enter!(monitor);
+    on_monitor(monitor, |monitor| {
         try_ffi!(monitor.seal(id));
         VramMonitorResult::Ok
     })
@@ -217,8 +212,7 @@ pub unsafe extern "C" fn vram_monitor_seal(monitor: *mut VramMonitor, id: u64) -
 /// `monitor` must be NULL or a handle from `vram_monitor_new`.
 #[no_mangle]
 pub unsafe extern "C" fn vram_monitor_reseal(monitor: *mut VramMonitor, id: u64) -> VramMonitorResult {
-    guard(|| {
-        let monitor = enter!(monitor);
+    on_monitor(monitor, |monitor| {
         try_ffi!(monitor.reseal(id));
         VramMonitorResult::Ok
     })
@@ -231,8 +225,7 @@ pub unsafe extern "C" fn vram_monitor_reseal(monitor: *mut VramMonitor, id: u64)
 /// `monitor` must be NULL or a handle from `vram_monitor_new`.
 #[no_mangle]
 pub unsafe extern "C" fn vram_monitor_unseal(monitor: *mut VramMonitor, id: u64) -> VramMonitorResult {
-    guard(|| {
-        let monitor = enter!(monitor);
+    on_monitor(monitor, |monitor| {
         try_ffi!(monitor.unseal(id));
         VramMonitorResult::Ok
     })
@@ -251,8 +244,7 @@ pub unsafe extern "C" fn vram_monitor_register_sealed(
     label: *const c_char,
     out_id: *mut u64,
 ) -> VramMonitorResult {
-    guard(|| {
-        let monitor = enter!(monitor);
+    on_monitor(monitor, |monitor| {
         if ptr.is_null() || label.is_null() || out_id.is_null() {
             return VramMonitorResult::NullArgument;
         }
@@ -282,8 +274,7 @@ pub unsafe extern "C" fn vram_monitor_register_sealed(
 /// `monitor` must be NULL or a handle from `vram_monitor_new`; `out_id` NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn vram_monitor_rebind(monitor: *mut VramMonitor, id: u64, out_id: *mut u64) -> VramMonitorResult {
-    guard(|| {
-        let monitor = enter!(monitor);
+    on_monitor(monitor, |monitor| {
         if out_id.is_null() {
             return VramMonitorResult::NullArgument;
         }
@@ -304,8 +295,7 @@ pub unsafe extern "C" fn vram_monitor_rebind(monitor: *mut VramMonitor, id: u64,
 /// `out_summary` must be NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn vram_monitor_verify_now(monitor: *mut VramMonitor, out_summary: *mut VramMonitorVerifySummary) -> VramMonitorResult {
-    guard(|| {
-        let monitor = enter!(monitor);
+    on_monitor(monitor, |monitor| {
         let summary = try_ffi!(monitor.verify_now());
         if !out_summary.is_null() {
             // SAFETY: checked non-NULL; writable per the contract.
@@ -330,8 +320,7 @@ pub unsafe extern "C" fn vram_monitor_verify_now(monitor: *mut VramMonitor, out_
 /// `out_info` must be NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn vram_monitor_seal_info(monitor: *const VramMonitor, id: u64, out_info: *mut VramMonitorSealInfo) -> VramMonitorResult {
-    guard(|| {
-        let monitor = enter!(monitor);
+    on_monitor(monitor, |monitor| {
         if out_info.is_null() {
             return VramMonitorResult::NullArgument;
         }
@@ -362,14 +351,13 @@ pub unsafe extern "C" fn vram_monitor_seal_info(monitor: *const VramMonitor, id:
 /// `out` must be NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn vram_monitor_integrity(monitor: *const VramMonitor, out: *mut VramMonitorIntegrity) -> VramMonitorResult {
-    guard(|| {
-        let monitor = enter!(monitor);
+    on_monitor(monitor, |monitor| {
         if out.is_null() {
             return VramMonitorResult::NullArgument;
         }
         let status = monitor.integrity();
         let (failed_device, failed_code) = match &status.failed {
-            Some((device, crate::driver::DriverError::Call { code, .. })) => (*device, *code),
+            Some((device, vram_monitor::driver::DriverError::Call { code, .. })) => (*device, *code),
             Some((device, _)) => (*device, -1),
             None => (-1, 0),
         };

@@ -2,9 +2,9 @@
 
 use std::ffi::c_char;
 
-use crate::driver::DriverError;
-use crate::error::Error;
-use crate::verdict::Verdict;
+use vram_monitor::driver::DriverError;
+use vram_monitor::error::Error;
+use vram_monitor::verdict::Verdict;
 
 /// The result of every fallible function. Values are grouped by range and never reused:
 /// 0 success; 1xx bad arguments; 2xx registration refused, by verdict (200 + verdict);
@@ -194,7 +194,7 @@ macro_rules! try_ffi {
     ($e:expr) => {
         match $e {
             Ok(v) => v,
-            Err(error) => return $crate::ffi::VramMonitorResult::from(&error),
+            Err(error) => return $crate::VramMonitorResult::from(&error),
         }
     };
 }

@@ -8,14 +8,22 @@
 //! 2 KiB, so a call with a handle that was freed returns `CLOSED` instead of reading
 //! freed memory (a host that creates and frees monitors in a loop keeps one tombstone per
 //! monitor).
+//!
+//! The handle also owns the built-in HTTP endpoint when the host started one
+//! (`vram_monitor_serve_http`): the monitor knows nothing of its outputs, the endpoint reads
+//! the monitor's read view, and free stops it before it drops the monitor.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use super::result::VramMonitorResult;
-use crate::monitor::Monitor;
+use crate::panic::guard;
+use crate::result::VramMonitorResult;
+use vram_monitor::http::{HttpOptions, HttpServer};
+use vram_monitor::monitor::Monitor;
+use vram_monitor::sync::lock;
+use vram_monitor::Error;
 
 /// A residency monitor: registrations and one background thread. Opaque.
 pub struct VramMonitor {
@@ -28,6 +36,8 @@ pub struct VramMonitor {
     monitor: AtomicPtr<Monitor>,
     /// Where free waits for the last call in progress to leave.
     drained: (Mutex<()>, Condvar),
+    /// The built-in HTTP endpoint, while it serves (`vram_monitor_serve_http`).
+    http: Mutex<Option<HttpServer>>,
 }
 
 const CALL_SLOTS: usize = 16;
@@ -67,6 +77,29 @@ impl std::ops::Deref for Call<'_> {
     }
 }
 
+impl Call<'_> {
+    /// The body of `vram_monitor_serve_http`: serves this monitor's read view on `address`
+    /// (`None`: 127.0.0.1:9464) until `stop_http` or free; returns the address it listens on.
+    pub(crate) fn serve_http(&self, address: Option<&str>) -> Result<std::net::SocketAddr, Error> {
+        let address = vram_monitor::http::parse_address(address)?;
+        let mut http = lock(&self.handle.http);
+        if http.is_some() {
+            return Err(Error::AlreadyServing);
+        }
+        let server = HttpServer::start(address, HttpOptions::default(), std::sync::Arc::new(self.monitor.view()))?;
+        let bound = server.local_addr();
+        *http = Some(server);
+        Ok(bound)
+    }
+
+    /// The body of `vram_monitor_stop_http`: stops the endpoint and joins its thread; returns
+    /// whether one was serving.
+    pub(crate) fn stop_http(&self) -> bool {
+        let server = lock(&self.handle.http).take();
+        server.is_some()
+    }
+}
+
 impl Drop for Call<'_> {
     fn drop(&mut self) {
         let me = self.handle as *const VramMonitor as usize;
@@ -88,17 +121,18 @@ impl VramMonitor {
             closing: AtomicBool::new(false),
             monitor: AtomicPtr::new(Box::into_raw(Box::new(monitor))),
             drained: (Mutex::new(()), Condvar::new()),
+            http: Mutex::new(None),
         }));
         let address = handle as *mut VramMonitor;
-        crate::sync::lock(&TOMBSTONES).push(address as usize);
+        lock(&TOMBSTONES).push(address as usize);
         address
     }
 
     fn leave(&self, slot: usize) {
         self.calls[slot].0.fetch_sub(1, Ordering::SeqCst);
         if self.closing.load(Ordering::SeqCst) {
-            let (lock, drained) = &self.drained;
-            let _guard = crate::sync::lock(lock);
+            let (mutex, drained) = &self.drained;
+            let _guard = lock(mutex);
             drained.notify_all();
         }
     }
@@ -134,7 +168,7 @@ impl VramMonitor {
     }
 
     /// The Rust monitor behind a C handle, for Rust code that holds one (for example to set
-    /// a [`crate::DeviceHealthSource`], which has no C form), or `None` once
+    /// a [`vram_monitor::DeviceHealthSource`], which has no C form), or `None` once
     /// `vram_monitor_free` has begun. The monitor stays alive while `body` runs: a free on
     /// another thread waits for it.
     pub fn with_monitor<R>(&self, body: impl FnOnce(&Monitor) -> R) -> Option<R> {
@@ -173,13 +207,16 @@ impl VramMonitor {
             return VramMonitorResult::Closed;
         }
         {
-            let (lock, drained) = &self.drained;
-            let mut guard = crate::sync::lock(lock);
+            let (mutex, drained) = &self.drained;
+            let mut guard = lock(mutex);
             while self.calls_in_progress() != 0 {
                 // A timeout as well as the notification: a wake-up cannot be lost for good.
                 guard = drained.wait_timeout(guard, Duration::from_millis(10)).unwrap_or_else(|e| e.into_inner()).0;
             }
         }
+        // The endpoint first (it joins its thread; it reads only the monitor's read view),
+        // then the monitor: its thread, the watchdog, the callback's user data.
+        drop(lock(&self.http).take());
         let monitor = self.monitor.swap(std::ptr::null_mut(), Ordering::SeqCst);
         if !monitor.is_null() {
             // SAFETY: from Box::into_raw in create; no call is inside and none can enter.
@@ -190,7 +227,9 @@ impl VramMonitor {
 
     /// In a forked child the calls counted in the parent's other threads never leave (those
     /// threads do not exist here): close without waiting, and leak the monitor (dropping it
-    /// there neither joins nor runs finalisers: `Monitor::in_forked_child`).
+    /// there neither joins nor runs finalisers: `Monitor::in_forked_child`). The HTTP
+    /// endpoint stays in the tombstone, untouched: its lock may be held by a thread that does
+    /// not exist here, and its thread is the parent's.
     fn close_in_forked_child(&self) -> VramMonitorResult {
         self.closing.store(true, Ordering::SeqCst);
         let monitor = self.monitor.swap(std::ptr::null_mut(), Ordering::SeqCst);
@@ -202,21 +241,25 @@ impl VramMonitor {
     }
 }
 
-/// Enters a call on `$handle` (a `*const`/`*mut VramMonitor`): returns `NULL_ARGUMENT` for
-/// NULL, `CLOSED` once free has begun, `FORKED` in a forked child; otherwise evaluates to a
-/// [`Call`] that derefs to the monitor and keeps free waiting until it is dropped.
-macro_rules! enter {
-    ($handle:expr) => {{
-        let handle = $handle;
+/// The preamble of every exported function that takes a monitor, in one place (as rustls-ffi's
+/// `try_ref_from_ptr!`): inside the panic guard, returns `NULL_ARGUMENT` for a NULL `handle`,
+/// `CLOSED` once free has begun, `FORKED` in a forked child; otherwise runs `body` with the
+/// [`Call`], which derefs to the monitor and keeps free waiting until `body` returns. `body`
+/// checks the other arguments and converts; its `return` (and `try_ffi!`'s) is the function's
+/// result.
+///
+/// # Safety
+/// `handle` is NULL or a pointer from `vram_monitor_new` (freed or not: handles are never
+/// deallocated, a freed one answers `CLOSED`).
+pub(crate) unsafe fn on_monitor(handle: *const VramMonitor, body: impl FnOnce(&Call<'_>) -> VramMonitorResult) -> VramMonitorResult {
+    guard(|| {
         if handle.is_null() {
-            return $crate::ffi::VramMonitorResult::NullArgument;
+            return VramMonitorResult::NullArgument;
         }
-        // SAFETY: a pointer from vram_monitor_new; handles are never deallocated, so even a
-        // freed one is readable (it answers CLOSED).
+        // SAFETY: per this function's contract.
         match unsafe { &*handle }.enter() {
-            Ok(call) => call,
-            Err(refused) => return refused,
+            Ok(call) => body(&call),
+            Err(refused) => refused,
         }
-    }};
+    })
 }
-pub(crate) use enter;

@@ -4,10 +4,9 @@
 
 use std::ffi::{c_char, CStr};
 
-use super::handle::{enter, VramMonitor};
-use super::panic::guard;
-use super::result::VramMonitorResult;
-use crate::device_health::{DeviceHealth, Signal, SignalStatus};
+use crate::handle::{on_monitor, VramMonitor};
+use crate::result::VramMonitorResult;
+use vram_monitor::device_health::{DeviceHealth, Signal, SignalStatus};
 
 /// Bytes of `VramMonitorDeviceHealth::uuid` and `::name`, the NUL included (NVML's own
 /// buffer size for both).
@@ -124,9 +123,8 @@ pub unsafe extern "C" fn vram_monitor_device_health(
     capacity: usize,
     out_count: *mut usize,
 ) -> VramMonitorResult {
-    guard(|| {
+    on_monitor(monitor, |monitor| {
         // FORKED in a forked child: its locks may be held by a thread that does not exist there.
-        let monitor = enter!(monitor);
         if out_count.is_null() || (out.is_null() && capacity > 0) {
             return VramMonitorResult::NullArgument;
         }
@@ -179,8 +177,7 @@ pub unsafe extern "C" fn vram_monitor_serve_http(
     address: *const c_char,
     out_port: *mut u16,
 ) -> VramMonitorResult {
-    guard(|| {
-        let monitor = enter!(monitor);
+    on_monitor(monitor, |monitor| {
         let address = if address.is_null() {
             None
         } else {
@@ -213,8 +210,8 @@ pub unsafe extern "C" fn vram_monitor_serve_http(
 /// # Safety
 /// Pointer arguments must be NULL or valid as documented above.
 pub unsafe extern "C" fn vram_monitor_stop_http(monitor: *mut VramMonitor) -> VramMonitorResult {
-    guard(|| {
-        enter!(monitor).stop_http();
+    on_monitor(monitor, |monitor| {
+        monitor.stop_http();
         VramMonitorResult::Ok
     })
 }

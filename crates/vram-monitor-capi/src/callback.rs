@@ -3,9 +3,9 @@
 use std::ffi::{c_void, CString};
 use std::sync::Arc;
 
-use super::types::VramMonitorEvent;
-use crate::events::Event;
-use crate::monitor::Callback;
+use crate::types::VramMonitorEvent;
+use vram_monitor::events::Event;
+use vram_monitor::monitor::Callback;
 
 /// Receives events. Runs on the monitor's thread ("vram-monitor"), except the
 /// `HEALTH_CHANGED` events of a stall, which the watchdog thread ("vram-monitor-watchdog")
