@@ -18,7 +18,9 @@
 #   5b. the README's first command (scripts/demo.sh) on the fake driver, its story checked;
 #   6. scripts/install.sh to a temporary prefix, then C and C++ consumers built through
 #      find_package and pkg-config (shared and static) and run (tests/install/test_install.sh);
-#   7. the Python package (python/), pip-installed into a fresh virtual environment, against the fake driver.
+#   7. the Python package (python/), pip-installed into a fresh virtual environment, against the fake driver;
+#      a wheel made by `python -m build` (our library inside, no driver library), and an import
+#      that loads no libcuda.
 # Installs the C toolchain and CMake with apt-get when run as root; otherwise says what to
 # install. The GPU suite runs on a GPU machine: see scripts/gpu-test.sh.
 set -euo pipefail
@@ -142,5 +144,30 @@ target/python-venv/bin/python -m mypy --strict --no-incremental python/vram_moni
 (cd target && env -u VRAM_MONITOR_LIBRARY LD_LIBRARY_PATH="$root/target/fake-cuda/complete" \
   VRAM_MONITOR_TEST_INSTALLED=1 VRAM_MONITOR_TEST_REQUIRE_FAKE=1 VRAM_MONITOR_LOG=off PYTHONDONTWRITEBYTECODE=1 \
   python-venv/bin/python -m unittest discover -s "$root/python/tests" -t "$root/python/tests" -p 'test_*.py' -v)
+
+echo "== Python wheel: python -m build makes one; it carries our library and no driver library"
+target/python-venv/bin/python -m pip install -q build
+rm -rf target/python-dist
+target/python-venv/bin/python -m build --wheel --outdir target/python-dist ./python >target/python-build.log 2>&1 ||
+  { tail -n 40 target/python-build.log; echo "error: python -m build --wheel ./python failed" >&2; exit 1; }
+target/python-venv/bin/python - target/python-dist/*.whl <<'PY'
+import sys, zipfile
+names = zipfile.ZipFile(sys.argv[1]).namelist()
+libraries = [n for n in names if ".so" in n]
+assert any("vram_monitor" in n for n in libraries), "no libvram_monitor in the wheel: %s" % names
+bundled = [n for n in libraries if "libcuda" in n or "nvidia-ml" in n]
+assert not bundled, "the wheel bundles a driver library: %s" % bundled
+print("wheel %s: %s, no driver library" % (sys.argv[1].rsplit("/", 1)[-1], ", ".join(libraries)))
+PY
+
+echo "== importing the package touches no CUDA driver (libcuda not loaded by the import)"
+for path in "" "$root/target/fake-cuda/complete"; do
+  (cd target && env -u VRAM_MONITOR_LIBRARY LD_LIBRARY_PATH="$path" python-venv/bin/python -c '
+import vram_monitor
+maps = open("/proc/self/maps").read()
+assert "libcuda" not in maps, "importing vram_monitor loaded libcuda"
+print("import vram_monitor: libcuda not loaded (LD_LIBRARY_PATH=%r)" % __import__("os").environ.get("LD_LIBRARY_PATH"))
+')
+done
 
 echo "== all tests passed"
