@@ -7,7 +7,7 @@
  *                 a register inside a slow driver query (200 ms) returns before free does; a
  *                 check_now in progress returns a real summary or CLOSED, never OK with zeros;
  *                 four threads calling register / unregister / health / report / check_now /
- *                 set_interval while free runs (50 rounds; 5 under valgrind) get only OK or
+ *                 set_interval while free runs (100 rounds; 20 under valgrind) get only OK or
  *                 CLOSED; every call after free returned, a second free too, gets CLOSED; free
  *                 from a user-data finaliser run inside set_callback is refused.
  *  two-copies     a second copy of the library (another file, dlopen'ed RTLD_LOCAL) beside the
@@ -164,7 +164,7 @@ static void *hammer_calls(void *arg) {
 }
 
 static void free_racing_four_threads(void) {
-    int rounds = under_valgrind() ? 5 : 50, round, t, unexpected = 0, calls = 0;
+    int rounds = under_valgrind() ? 20 : 100, round, t, unexpected = 0, calls = 0;
     unsigned long long dev = fake_alloc_or_die(FAKE_CUDA_DEVICE, MiB, 0);
     char title[128];
 
