@@ -79,7 +79,7 @@ ctest --test-dir target/c-tests-sanitized --output-on-failure
 
 echo "== C and C++ tests under valgrind: helgrind (threads) and memcheck (memory, also inside the Rust library)"
 # Suppressions and what helgrind cannot see: tests/valgrind/rust-sync.supp (the library's
-# futex-based locks) and tests/valgrind/libstdcxx-shared-ptr.supp. Findings fail the run.
+# futex-based locks), tests/valgrind/libstdcxx-shared-ptr.supp and helgrind-reused-lock-address.supp. Findings fail the run.
 if ! have valgrind; then
   if [ "$(id -u)" = 0 ] && have apt-get; then
     apt-get update -qq
