@@ -20,7 +20,8 @@
 #                                 writing its table to $OUT/performance.md.
 #
 # .gpu-carry/ holds: gpu (the scenario program), tests/ (the other test programs, for running
-# by hand), bin/ (the workspace's binaries, the doctor among them, and examples, release build), lib/libvram_monitor.so,
+# by hand: the core's by name, e.g. tests/all, the other members' as <folder>-<name>, e.g.
+# tests/vram-monitor-capi-all), bin/ (the workspace's binaries, the doctor among them, and examples, release build), lib/libvram_monitor.so,
 # include/, c-examples/ and python/ when present, suites/ (scripts/gpu-suites/*.sh, run in
 # name order after the scenarios and examples), this script, and MANIFEST.txt.
 set -u
@@ -34,11 +35,12 @@ die() {
   exit 1
 }
 
-# Prints "<target name>\t<first kind>\t<executable>" for each test program in cargo's JSON.
+# Prints "<target name>\t<first kind>\t<executable>\t<package's Cargo.toml>" for each test
+# program in cargo's JSON.
 test_executables() {
   if command -v jq >/dev/null 2>&1; then
     jq -r 'select(.reason == "compiler-artifact" and .profile.test == true and .executable != null)
-           | "\(.target.name)\t\(.target.kind[0])\t\(.executable)"' "$1"
+           | "\(.target.name)\t\(.target.kind[0])\t\(.executable)\t\(.manifest_path)"' "$1"
   else
     python3 - "$1" <<'EOF'
 import json, sys
@@ -48,7 +50,7 @@ for line in open(sys.argv[1]):
     except ValueError:
         continue
     if m.get("reason") == "compiler-artifact" and m.get("profile", {}).get("test") and m.get("executable"):
-        print("%s\t%s\t%s" % (m["target"]["name"], m["target"]["kind"][0], m["executable"]))
+        print("%s\t%s\t%s\t%s" % (m["target"]["name"], m["target"]["kind"][0], m["executable"], m.get("manifest_path", "")))
 EOF
   fi
 }
@@ -64,7 +66,7 @@ copy_tree() {
 }
 
 prepare() {
-  local script root carry json line name kind exe found_gpu=0 bytes soname
+  local script root carry json line name kind exe manifest found_gpu=0 bytes soname
   script=$(readlink -f "$0")
   root=$(cd "$(dirname "$script")/.." && pwd)
   cd "$root" || die "cannot enter $root"
@@ -84,11 +86,15 @@ prepare() {
 
   rm -rf "$carry"
   mkdir -p "$carry/lib" "$carry/tests"
-  while IFS=$'\t' read -r name kind exe; do
+  while IFS=$'\t' read -r name kind exe manifest; do
     [ -n "$exe" ] || continue
     if [ "$name" = gpu ] && [ "$kind" = test ]; then
       cp "$exe" "$carry/gpu"
       found_gpu=1
+    elif [ "$kind" = test ] && [ -n "$manifest" ] && [ "$manifest" != "$root/Cargo.toml" ]; then
+      # Another member's test program: named after its folder too, since two members may
+      # have one of the same name (the core's and the C ABI's `all`).
+      cp "$exe" "$carry/tests/$(basename "$(dirname "$manifest")")-$name"
     elif [ "$kind" = test ]; then
       cp "$exe" "$carry/tests/$name"
     else

@@ -1,6 +1,9 @@
 //! Host memory per registration (label excluded), the target of at most 128 bytes,
 //! counted exactly by a counting allocator (this test binary's own). Deterministic: the
 //! tables grow the same way on every machine, so this is a test, not a benchmark.
+//!
+//! A test binary of its own, not a module of tests/all: the counting allocator is the whole
+//! process's, so any test running beside it there would change its count.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicI64, Ordering};

@@ -7,13 +7,16 @@
 //! and `VRAM_MONITOR_TEST_CHILD=<test_name>`; in the child the same test function sees that
 //! variable and runs its body.
 //!
+//! The core's tests are one binary, tests/all/main.rs (`#[macro_use] #[path = "../support/mod.rs"]
+//! mod support;`), with a module per topic; in one of them:
+//!
 //! ```ignore
-//! mod support;
-//! use support::{fake_driver_test, Fake, FakeDriverVariant, Kind};
+//! use crate::support::{fake_driver_test, Fake, FakeDriverVariant, Kind};
 //!
 //! #[test]
 //! fn managed_memory_is_reported() {
-//!     fake_driver_test("managed_memory_is_reported", FakeDriverVariant::Complete, &[], || {
+//!     // In tests/all/stall.rs, test_name!() is "stall::managed_memory_is_reported".
+//!     fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
 //!         let fake = Fake::get();
 //!         let ptr = fake.alloc(Kind::Managed, 1 << 20, 0);
 //!         // ... drive vram_monitor here ...

@@ -1,5 +1,5 @@
-//! Helpers shared by the observability tests of the core (tests/observability.rs) and of
-//! the C ABI (crates/vram-monitor-capi/tests/c_api_observability.rs): a raw HTTP/1.1 client,
+//! Helpers shared by the observability tests of the core (tests/all/observability.rs) and of
+//! the C ABI (crates/vram-monitor-capi/tests/all/c_api_observability.rs): a raw HTTP/1.1 client,
 //! the threads of this process by name, a scripted device-health source, and a parser for
 //! the Prometheus exposition text. Included with `#[path]` (it is not a test of its own).
 #![allow(dead_code)]

@@ -2,13 +2,11 @@
 //! the facts file `cuda-pointer-facts.md` (what the driver answers, measured on the GPU machine), by calling its driver symbols directly, and proves the
 //! harness in tests/support fails when it should. Independent of the library's API.
 
-mod support;
-
 use std::ffi::{c_int, c_uint, c_void, CStr};
 use std::os::raw::c_char;
 use std::time::{Duration, Instant};
 
-use support::{fake_driver_test, no_driver_test, Fake, FakeDriverVariant, Kind};
+use crate::support::{fake_driver_test, no_driver_test, Fake, FakeDriverVariant, Kind};
 
 const SUCCESS: i32 = 0;
 const INVALID_VALUE: i32 = 1;
@@ -236,7 +234,7 @@ fn device(base: u64, size: usize, ordinal: i32, buffer_id: u64) -> Attrs {
 
 #[test]
 fn every_call_but_version_needs_cuinit() {
-    fake_driver_test("every_call_but_version_needs_cuinit", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let fake = Fake::get();
         let d = Driver::get();
         let ptr = fake.alloc(Kind::Device, MIB, 0);
@@ -263,7 +261,7 @@ fn every_call_but_version_needs_cuinit() {
 #[test]
 fn init_result_and_device_count_from_environment() {
     let env = [("FAKE_CUDA_INIT_RESULT", "34"), ("FAKE_CUDA_DEVICE_COUNT", "4")];
-    fake_driver_test("init_result_and_device_count_from_environment", FakeDriverVariant::Complete, &env, || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &env, || {
         let fake = Fake::get();
         let d = Driver::get();
         assert_eq!(d.init(), STUB_LIBRARY);
@@ -277,7 +275,7 @@ fn init_result_and_device_count_from_environment() {
 
 #[test]
 fn init_result_from_control_call() {
-    fake_driver_test("init_result_from_control_call", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let fake = Fake::get();
         let d = Driver::get();
         fake.set_init_result(100);
@@ -292,7 +290,7 @@ fn init_result_from_control_call() {
 
 #[test]
 fn pointer_attributes_reproduce_the_facts_table() {
-    fake_driver_test("pointer_attributes_reproduce_the_facts_table", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let fake = Fake::get();
         let d = Driver::get();
         d.init_ok();
@@ -350,7 +348,7 @@ fn pointer_attributes_reproduce_the_facts_table() {
 
 #[test]
 fn vmm_reservations_and_mappings() {
-    fake_driver_test("vmm_reservations_and_mappings", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let fake = Fake::get();
         let d = Driver::get();
         d.init_ok();
@@ -420,7 +418,7 @@ fn vmm_reservations_and_mappings() {
 
 #[test]
 fn reallocate_set_kind_and_set_device() {
-    fake_driver_test("reallocate_set_kind_and_set_device", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let fake = Fake::get();
         let d = Driver::get();
         d.init_ok();
@@ -462,7 +460,7 @@ fn reallocate_set_kind_and_set_device() {
 
 #[test]
 fn injected_and_invalid_query_errors_write_nothing() {
-    fake_driver_test("injected_and_invalid_query_errors_write_nothing", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let fake = Fake::get();
         let d = Driver::get();
         d.init_ok();
@@ -520,7 +518,7 @@ fn injected_and_invalid_query_errors_write_nothing() {
 
 #[test]
 fn query_counter_delay_and_reset() {
-    fake_driver_test("query_counter_delay_and_reset", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let fake = Fake::get();
         let d = Driver::get();
         assert_eq!(fake.pointer_queries(), 0);
@@ -563,7 +561,7 @@ fn query_counter_delay_and_reset() {
 
 #[test]
 fn contexts_and_memory_info() {
-    fake_driver_test("contexts_and_memory_info", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let fake = Fake::get();
         let d = Driver::get();
         d.init_ok();
@@ -640,7 +638,7 @@ fn contexts_and_memory_info() {
 
 #[test]
 fn without_pointer_query_variant_lacks_the_symbol() {
-    fake_driver_test("without_pointer_query_variant_lacks_the_symbol", FakeDriverVariant::WithoutPointerQuery, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::WithoutPointerQuery, &[], || {
         let fake = Fake::get();
         let d = Driver::get();
         assert!(!d.has("cuPointerGetAttributes"));
@@ -653,7 +651,7 @@ fn without_pointer_query_variant_lacks_the_symbol() {
 
 #[test]
 fn cudarc_loads_the_same_fake() {
-    fake_driver_test("cudarc_loads_the_same_fake", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         use cudarc::driver::sys;
         let fake = Fake::get();
         // cudarc dlopen()s "libcuda.so" first; the fake's soname is libcuda.so.1: one instance.
@@ -677,7 +675,7 @@ fn cudarc_loads_the_same_fake() {
 
 #[test]
 fn cudarc_sees_a_stub_library_and_formats_the_error() {
-    fake_driver_test("cudarc_sees_a_stub_library_and_formats_the_error", FakeDriverVariant::Complete, &[("FAKE_CUDA_INIT_RESULT", "34")], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[("FAKE_CUDA_INIT_RESULT", "34")], || {
         let err = cudarc::driver::result::init().unwrap_err();
         assert_eq!(err.0, cudarc::driver::sys::CUresult::CUDA_ERROR_STUB_LIBRARY);
         let text = format!("{err}");
@@ -687,7 +685,7 @@ fn cudarc_sees_a_stub_library_and_formats_the_error() {
 
 #[test]
 fn no_driver_means_no_libcuda() {
-    no_driver_test("no_driver_means_no_libcuda", || {
+    no_driver_test(&test_name!(), || {
         assert!(unsafe { libloading::Library::new("libcuda.so") }.is_err());
         assert!(unsafe { libloading::Library::new("libcuda.so.1") }.is_err());
         assert!(!unsafe { cudarc::driver::sys::is_culib_present() });
@@ -696,7 +694,7 @@ fn no_driver_means_no_libcuda() {
 
 #[test]
 fn concurrent_use_from_many_threads() {
-    fake_driver_test("concurrent_use_from_many_threads", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let fake = Fake::get();
         Driver::get().init_ok();
         let per_thread = 2000;
@@ -733,7 +731,7 @@ fn concurrent_use_from_many_threads() {
 
 #[test]
 fn hundred_thousand_allocations_stay_fast_and_correct() {
-    fake_driver_test("hundred_thousand_allocations_stay_fast_and_correct", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let fake = Fake::get();
         let d = Driver::get();
         d.init_ok();
@@ -761,7 +759,7 @@ fn hundred_thousand_allocations_stay_fast_and_correct() {
 /// Runs (and fails) only as the child of `harness_reports_a_failing_child`.
 #[test]
 fn child_that_fails() {
-    if std::env::var(support::CHILD_ENV).as_deref() == Ok("child_that_fails") {
+    if std::env::var(crate::support::CHILD_ENV).as_deref() == Ok(test_name!().as_str()) {
         panic!("deliberate failure in the child");
     }
 }
@@ -776,7 +774,13 @@ fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
 
 #[test]
 fn harness_reports_a_failing_child() {
-    let result = std::panic::catch_unwind(|| fake_driver_test("child_that_fails", FakeDriverVariant::Complete, &[], || {}));
+    // The libtest name of the sibling test above: this module's path, then its name.
+    let here = test_name!();
+    let child = match here.rsplit_once("::") {
+        Some((module, _)) => format!("{module}::child_that_fails"),
+        None => "child_that_fails".to_string(),
+    };
+    let result = std::panic::catch_unwind(|| fake_driver_test(&child, FakeDriverVariant::Complete, &[], || {}));
     let text = panic_text(result.expect_err("the harness must fail when the child fails"));
     assert!(text.contains("test child failed") && text.contains("deliberate failure in the child"), "{text}");
 }
@@ -789,14 +793,14 @@ fn harness_reports_a_child_that_ran_no_test() {
 }
 
 mod nested {
-    use super::support::{fake_driver_test, FakeDriverVariant};
+    use crate::support::{fake_driver_test, FakeDriverVariant};
 
     #[test]
     fn test_name_macro_gives_the_libtest_name() {
         let name = crate::test_name!();
-        assert_eq!(name, "nested::test_name_macro_gives_the_libtest_name");
+        assert_eq!(name, "fake_driver_selftest::nested::test_name_macro_gives_the_libtest_name");
         fake_driver_test(&name, FakeDriverVariant::Complete, &[], || {
-            assert_eq!(std::env::var(super::support::CHILD_ENV).unwrap(), name);
+            assert_eq!(std::env::var(crate::support::CHILD_ENV).unwrap(), name);
         });
     }
 }

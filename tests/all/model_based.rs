@@ -13,12 +13,10 @@
 //! 2. Deterministic interleavings of the core synchronisation, with a Rust driver that holds the
 //!    monitor thread inside a driver query until the test lets it go: an unregister (and a
 //!    register) that lands in the middle of a check. These pin down the races that the stress
-//!    test (tests/stress.rs) can only hit by chance. Loom is not used: it would need every
+//!    test (tests/all/stress.rs) can only hit by chance. Loom is not used: it would need every
 //!    lock, atomic and channel of the library (crossbeam-channel included) swapped for loom's
 //!    under cfg(loom); the gated driver reaches the interesting interleavings through the
 //!    library's own seam (the `Driver` trait) without touching the library.
-
-mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex};
@@ -26,7 +24,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use support::{fake_driver_test, Fake, FakeDriverVariant, Kind};
+use crate::support::{fake_driver_test, Fake, FakeDriverVariant, Kind};
 use vram_monitor::{
     Driver, DriverError, Error, Event, EventKind, MemoryType, Monitor, MonitorOptions, PointerInfo, Verdict,
 };
@@ -398,7 +396,7 @@ impl Model {
 
 #[test]
 fn api_sequences_match_the_reference_model() {
-    fake_driver_test("api_sequences_match_the_reference_model", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let fake = Fake::get();
         let cases = std::env::var("VRAM_MONITOR_MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
         let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });

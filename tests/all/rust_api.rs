@@ -2,13 +2,11 @@
 //! (borrowed and `Arc`-owned), closures as callbacks, and guards stored in the engine's own
 //! structs. (cudarc buffers need a GPU: tests/cudarc_gpu.rs.)
 
-mod support;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{fake_driver_test, Fake, FakeDriverVariant, Kind};
+use crate::support::{fake_driver_test, Fake, FakeDriverVariant, Kind};
 use vram_monitor::{Error, Event, EventKind, Monitor, MonitorOptions, Registration, Verdict};
 
 const MIB: usize = 1 << 20;
@@ -19,7 +17,7 @@ fn quiet_monitor() -> Monitor {
 
 #[test]
 fn a_borrowed_guard_unregisters_when_dropped() {
-    fake_driver_test("a_borrowed_guard_unregisters_when_dropped", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let monitor = quiet_monitor();
         let fake = Fake::get();
         let ptr = fake.alloc(Kind::Device, 4 * MIB, 0);
@@ -52,7 +50,7 @@ fn a_borrowed_guard_unregisters_when_dropped() {
 
 #[test]
 fn a_refused_registration_gives_no_guard() {
-    fake_driver_test("a_refused_registration_gives_no_guard", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let monitor = Arc::new(quiet_monitor());
         let fake = Fake::get();
         let host = fake.alloc(Kind::Host, MIB, 0);
@@ -76,7 +74,7 @@ struct Model {
 
 #[test]
 fn owned_guards_live_and_die_with_the_engines_structs() {
-    fake_driver_test("owned_guards_live_and_die_with_the_engines_structs", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let fake = Fake::get();
         let monitor = Arc::new(quiet_monitor());
         let model = Model {
@@ -111,7 +109,7 @@ fn owned_guards_live_and_die_with_the_engines_structs() {
 
 #[test]
 fn a_guard_keeps_its_monitor_alive_and_leak_keeps_watching() {
-    fake_driver_test("a_guard_keeps_its_monitor_alive_and_leak_keeps_watching", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let fake = Fake::get();
         let ptr = fake.alloc(Kind::Device, MIB, 0);
         let guard = {
@@ -138,7 +136,7 @@ fn a_guard_keeps_its_monitor_alive_and_leak_keeps_watching() {
 
 #[test]
 fn closures_are_callbacks() {
-    fake_driver_test("closures_are_callbacks", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let fake = Fake::get();
         let monitor = quiet_monitor();
         let seen: Arc<Mutex<Vec<(EventKind, String, Verdict)>>> = Arc::default();

@@ -2,13 +2,10 @@
 //! violations as critical records with their structured fields, reach it. Runs against the
 //! fake libcuda in a child process (tests/support at the repository root).
 
-#[path = "../../../tests/support/mod.rs"]
-mod support;
-
 use std::ffi::{c_char, c_void, CStr};
 use std::sync::Mutex;
 
-use support::{fake_driver_test, Fake, FakeDriverVariant, Kind};
+use crate::support::{fake_driver_test, Fake, FakeDriverVariant, Kind};
 use vram_monitor::{Monitor, MonitorOptions};
 use vram_monitor_capi::{vram_monitor_set_log_callback, VramMonitorLogLevel};
 
@@ -22,7 +19,7 @@ fn violations_reach_the_hosts_log_callback_as_critical_records_with_fields() {
         let message = unsafe { CStr::from_ptr(message) }.to_string_lossy().into_owned();
         RECORDS.lock().unwrap().push((level, target, message));
     }
-    fake_driver_test("violations_reach_the_hosts_log_callback_as_critical_records_with_fields", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         vram_monitor_set_log_callback(Some(collect), std::ptr::null_mut());
         let fake = Fake::get();
         let m = Monitor::new(MonitorOptions::default()).expect("monitor starts on the fake driver");

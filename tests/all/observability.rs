@@ -1,15 +1,11 @@
 //! Observability: the Prometheus text, the built-in HTTP endpoint, the GPUs' memory health,
 //! and the JSON and metrics schema in docs/health-schema.md, through the Rust API. (The same
-//! through the C API: crates/vram-monitor-capi/tests/c_api_observability.rs.)
+//! through the C API: crates/vram-monitor-capi/tests/all/c_api_observability.rs.)
 //!
 //! The HTTP tests speak raw HTTP/1.1 over a `TcpStream` so that malformed, oversized and slow
 //! requests can be sent; they serve a fixed snapshot and need no driver. The rest run against
 //! the fake libcuda in child processes (tests/support). scripts/observability-test.sh adds
 //! curl, `promtool check metrics` and a real Prometheus scrape.
-
-mod support;
-#[path = "support/observe.rs"]
-mod observe;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -18,9 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use observe::{clean_reading, connect, get, parse_exposition, parse_response, read_response, recorder, request, threads_named, unsupported_reading, Script};
+use crate::observe::{clean_reading, connect, get, parse_exposition, parse_response, read_response, recorder, request, threads_named, unsupported_reading, Script};
 use serde_json::Value;
-use support::{fake_driver_test, Fake, FakeDriverVariant, Kind};
+use crate::support::{fake_driver_test, Fake, FakeDriverVariant, Kind};
 use vram_monitor::device_health::{RemappedRows, Signal};
 use vram_monitor::http::{HttpOptions, HttpServer, Snapshot};
 use vram_monitor::{DeviceHealth, Event, EventKind, Health, Monitor, MonitorOptions, ProcessVram, ReportFormat};

@@ -15,15 +15,13 @@
 //! `soak` is ignored by default: `scripts/soak.sh` runs it for 30 minutes or more, sampling
 //! resident memory every round, and checks it stays flat.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{fake_driver_test, Fake, FakeDriverVariant, Kind};
+use crate::support::{fake_driver_test, Fake, FakeDriverVariant, Kind};
 use vram_monitor::{DriverError, Error, Event, EventKind, Monitor, MonitorOptions, ReportFormat, Verdict};
 
 const MIB: u64 = 1 << 20;
@@ -643,7 +641,7 @@ fn env_secs(name: &str, default: u64) -> u64 {
 
 #[test]
 fn stress_16_threads() {
-    fake_driver_test("stress_16_threads", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let seconds = env_secs("VRAM_MONITOR_STRESS_SECONDS", 12).max(3);
         let config = Config {
             threads: 16,
@@ -668,7 +666,7 @@ fn stress_16_threads() {
 #[test]
 #[ignore = "a soak run: scripts/soak.sh"]
 fn soak() {
-    fake_driver_test("soak", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let seconds = env_secs("VRAM_MONITOR_SOAK_SECONDS", 1800);
         let round = Duration::from_secs(env_secs("VRAM_MONITOR_SOAK_ROUND_SECONDS", 60));
         let config = Config {

@@ -1,18 +1,15 @@
 //! Content integrity through the real CUDA adapter (src/integrity/cuda.rs) and the fake
 //! libcuda, which holds content, loads the fingerprint PTX and runs its kernel on the host
-//! (tests/fake_cuda/README.md). tests/integrity_model.rs covers the core with a model GPU;
+//! (tests/fake_cuda/README.md). tests/all/integrity_model.rs covers the core with a model GPU;
 //! this file proves the adapter's driver calls and every fault row of the issue against a
 //! driver that behaves like the real one: sticky errors, destroyed contexts, refused modules.
 //! Each test runs in its own child process (see tests/support).
-
-#[macro_use]
-mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{fake_driver_test, Fake, FakeDriverVariant, Kind};
+use crate::support::{fake_driver_test, Fake, FakeDriverVariant, Kind};
 use vram_monitor::integrity::cuda::CudaGpu;
 use vram_monitor::integrity::fingerprint::{self, CHUNK_BYTES};
 use vram_monitor::integrity::gpu::Gpu;

@@ -5,13 +5,10 @@
 //!
 //! No timing assertions: the tests wait (with generous bounds) for states to be reached.
 
-#[macro_use]
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{fake_driver_test, Fake, FakeDriverVariant, Kind};
+use crate::support::{fake_driver_test, Fake, FakeDriverVariant, Kind};
 use vram_monitor::{Error, Event, EventKind, Monitor, MonitorOptions, Pacing, ReportFormat, StallLimits};
 
 const MIB: usize = 1 << 20;

@@ -2,24 +2,19 @@
 //! through `vram_monitor_serve_http` / `vram_monitor_stop_http` / `vram_monitor_free`, the
 //! GPUs' memory health through `vram_monitor_device_health`, the Prometheus text and the JSON
 //! through `vram_monitor_report`, and the header's report-format macros. (The same through the
-//! Rust API: tests/observability.rs at the repository root, whose helpers this shares.)
+//! Rust API: tests/all/observability.rs at the repository root, whose helpers this shares.)
 //!
 //! Each test that needs a driver runs against the fake libcuda in a child process
 //! (tests/support at the repository root).
-
-#[path = "../../../tests/support/mod.rs"]
-mod support;
-#[path = "../../../tests/support/observe.rs"]
-mod observe;
 
 use std::ffi::{c_char, CStr, CString};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use observe::{clean_reading, get, parse_exposition, parse_response, recorder, threads_named, unsupported_reading, value, Script};
+use crate::observe::{clean_reading, get, parse_exposition, parse_response, recorder, threads_named, unsupported_reading, value, Script};
 use serde_json::Value;
-use support::{fake_driver_test, Fake, FakeDriverVariant, Kind};
+use crate::support::{fake_driver_test, Fake, FakeDriverVariant, Kind};
 use vram_monitor::device_health::{RemappedRows, Signal};
 use vram_monitor::{Event, EventKind, Monitor, ReportFormat};
 use vram_monitor_capi::*;

@@ -1,12 +1,10 @@
 //! The Rust API against the fake libcuda, loaded through the same dynamic-loading path as
 //! the real driver. Each test runs in its own child process (see tests/support).
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{fake_driver_test, no_driver_test, Fake, FakeDriverVariant, Kind};
+use crate::support::{fake_driver_test, no_driver_test, Fake, FakeDriverVariant, Kind};
 use vram_monitor::{DriverError, Error, Event, EventKind, Monitor, MonitorOptions, Verdict, VramSource};
 
 const MIB: usize = 1 << 20;
@@ -33,7 +31,7 @@ fn violations(events: &[Event]) -> Vec<(u64, Verdict)> {
 
 #[test]
 fn registration_refuses_every_kind_of_memory_that_is_not_vram() {
-    fake_driver_test("registration_refuses_every_kind_of_memory_that_is_not_vram", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let fake = Fake::get();
         let m = monitor();
         let device = fake.alloc(Kind::Device, 4 * MIB, 0);
@@ -63,7 +61,7 @@ fn registration_refuses_every_kind_of_memory_that_is_not_vram() {
 
 #[test]
 fn a_range_that_runs_into_a_neighbouring_allocation_is_out_of_range() {
-    fake_driver_test("a_range_that_runs_into_a_neighbouring_allocation_is_out_of_range", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let fake = Fake::get();
         let m = monitor();
         // Two VMM device mappings back to back are one range; two plain allocations are not,
@@ -86,7 +84,7 @@ fn a_range_that_runs_into_a_neighbouring_allocation_is_out_of_range() {
 
 #[test]
 fn every_change_underneath_gives_its_verdict_and_exactly_one_event() {
-    fake_driver_test("every_change_underneath_gives_its_verdict_and_exactly_one_event", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let fake = Fake::get();
         let m = monitor();
         let events = recorder(&m);
@@ -165,7 +163,7 @@ fn every_change_underneath_gives_its_verdict_and_exactly_one_event() {
 
 #[test]
 fn a_failed_query_is_check_failed_not_a_movement_and_the_rest_are_still_checked() {
-    fake_driver_test("a_failed_query_is_check_failed_not_a_movement_and_the_rest_are_still_checked", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let fake = Fake::get();
         let m = monitor();
         let events = recorder(&m);
@@ -197,7 +195,7 @@ fn a_failed_query_is_check_failed_not_a_movement_and_the_rest_are_still_checked(
 
 #[test]
 fn an_unknown_result_code_from_the_driver_is_a_clean_error() {
-    fake_driver_test("an_unknown_result_code_from_the_driver_is_a_clean_error", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let fake = Fake::get();
         let m = monitor();
         let ptr = fake.alloc(Kind::Device, MIB, 0);
@@ -220,7 +218,7 @@ fn an_unknown_result_code_from_the_driver_is_a_clean_error() {
 
 #[test]
 fn the_periodic_thread_finds_violations_and_a_new_interval_takes_effect_at_once() {
-    fake_driver_test("the_periodic_thread_finds_violations_and_a_new_interval_takes_effect_at_once", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let fake = Fake::get();
         let m = monitor();
         assert_eq!(m.interval(), Duration::from_secs(60));
@@ -250,7 +248,7 @@ fn the_periodic_thread_finds_violations_and_a_new_interval_takes_effect_at_once(
 
 #[test]
 fn drop_returns_promptly_in_the_middle_of_a_long_wait_and_no_callback_runs_after_it() {
-    fake_driver_test("drop_returns_promptly_in_the_middle_of_a_long_wait_and_no_callback_runs_after_it", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let fake = Fake::get();
         let m = monitor();
         let calls = Arc::new(Mutex::new(0u32));
@@ -272,7 +270,7 @@ fn drop_returns_promptly_in_the_middle_of_a_long_wait_and_no_callback_runs_after
 
 #[test]
 fn check_now_from_a_callback_is_refused_instead_of_deadlocking() {
-    fake_driver_test("check_now_from_a_callback_is_refused_instead_of_deadlocking", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let fake = Fake::get();
         let m = Arc::new(monitor());
         let inner = Arc::downgrade(&m);
@@ -298,7 +296,7 @@ fn check_now_from_a_callback_is_refused_instead_of_deadlocking() {
 
 #[test]
 fn no_context_is_created_and_process_vram_comes_from_the_engines_context() {
-    fake_driver_test("no_context_is_created_and_process_vram_comes_from_the_engines_context", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let fake = Fake::get();
         let m = monitor();
         let ptr = fake.alloc(Kind::Device, 64 * MIB, 0);
@@ -320,7 +318,7 @@ fn no_context_is_created_and_process_vram_comes_from_the_engines_context() {
 
 #[test]
 fn a_driver_without_the_pointer_query_is_a_result_not_a_panic() {
-    fake_driver_test("a_driver_without_the_pointer_query_is_a_result_not_a_panic", FakeDriverVariant::WithoutPointerQuery, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::WithoutPointerQuery, &[], || {
         match Monitor::new(MonitorOptions::default()) {
             Err(Error::Driver(DriverError::SymbolMissing(name))) => assert_eq!(name, "cuPointerGetAttributes"),
             Err(other) => panic!("expected SymbolMissing, got {other:?}"),
@@ -331,7 +329,7 @@ fn a_driver_without_the_pointer_query_is_a_result_not_a_panic() {
 
 #[test]
 fn a_stub_libcuda_is_a_result_not_a_panic() {
-    fake_driver_test("a_stub_libcuda_is_a_result_not_a_panic", FakeDriverVariant::Complete, &[("FAKE_CUDA_INIT_RESULT", "34")], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[("FAKE_CUDA_INIT_RESULT", "34")], || {
         match Monitor::new(MonitorOptions::default()) {
             Err(Error::Driver(DriverError::InitFailed(34))) => {}
             Err(other) => panic!("expected InitFailed(34), got {other:?}"),
@@ -342,7 +340,7 @@ fn a_stub_libcuda_is_a_result_not_a_panic() {
 
 #[test]
 fn no_driver_is_a_result_not_a_panic() {
-    no_driver_test("no_driver_is_a_result_not_a_panic", || {
+    no_driver_test(&test_name!(), || {
         match Monitor::new(MonitorOptions::default()) {
             Err(Error::Driver(DriverError::NotFound)) => {}
             Err(other) => panic!("expected NotFound, got {other:?}"),
@@ -353,7 +351,7 @@ fn no_driver_is_a_result_not_a_panic() {
 
 #[test]
 fn the_json_report_lists_every_registration_with_its_verdict() {
-    fake_driver_test("the_json_report_lists_every_registration_with_its_verdict", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let fake = Fake::get();
         let m = monitor();
         let a = fake.alloc(Kind::Device, MIB, 0);
@@ -375,7 +373,7 @@ fn the_json_report_lists_every_registration_with_its_verdict() {
 
 #[test]
 fn a_registration_over_several_mappings_gets_one_event_per_check() {
-    fake_driver_test("a_registration_over_several_mappings_gets_one_event_per_check", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let fake = Fake::get();
         let m = monitor();
         let events = recorder(&m);
@@ -397,7 +395,7 @@ fn a_registration_over_several_mappings_gets_one_event_per_check() {
 
 #[test]
 fn a_driver_that_failed_to_initialise_is_tried_again() {
-    fake_driver_test("a_driver_that_failed_to_initialise_is_tried_again", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let fake = Fake::get();
         fake.set_init_result(802); // CUDA_ERROR_SYSTEM_NOT_READY: the fabric manager is not up yet
         match Monitor::new(MonitorOptions::default()) {
@@ -412,7 +410,7 @@ fn a_driver_that_failed_to_initialise_is_tried_again() {
 
 #[test]
 fn register_many_asks_once_per_allocation_and_reads_back_one_registration() {
-    fake_driver_test("register_many_asks_once_per_allocation_and_reads_back_one_registration", FakeDriverVariant::Complete, &[], || {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let fake = Fake::get();
         let m = monitor();
         let bases: Vec<u64> = (0..10).map(|_| fake.alloc(Kind::Device, 100 * 4096, 0)).collect();
