@@ -160,7 +160,7 @@ impl Monitor {
         let mut events = Vec::new();
         for &id in ids {
             if let Some(Some(Change::Verdict { registration, from })) = self.shared.registry.set_modified(id, false) {
-                events.push(Event::about(crate::EventKind::Recovered, &registration, from, registration.verdict, None, false));
+                events.push(Event::about(crate::EventKind::Recovered, &registration, from, registration.verdict, None));
             }
         }
         if !events.is_empty() {

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::driver::{CudaDriver, Driver};
-use crate::device_health::{DeviceHealth, DeviceHealthMonitor, DeviceHealthSource};
+use crate::adapters::nvml::NvmlSource;
+use crate::core::device_health::{DeviceHealth, DeviceHealthSource, DeviceHealthTracker, NVML_READ_PERIOD};
 use crate::error::Error;
 use crate::events::{Event, EventKind};
 use crate::health::{CheckSummary, Health};
@@ -22,7 +23,11 @@ use crate::report::{self, ReportFormat};
 use crate::verdict::Verdict;
 use crate::watchdog::{StallClock, StallLimits, Watchdog, PROGRESS_QUERIES};
 
+#[cfg(feature = "cudarc")]
+pub mod cudarc_buffers;
 mod integrity;
+pub mod registration_guard;
+pub mod watchdog;
 
 /// The default check interval: 60 seconds.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
@@ -132,11 +137,11 @@ struct Shared {
     /// another (a flood of them must not bury the periodic check under commands).
     reschedule_queued: AtomicBool,
     reported_healthy: AtomicBool,
-    /// The GPUs' own memory health (src/device_health.rs).
-    device_health: DeviceHealthMonitor,
-    /// The marks the monitor thread leaves for the watchdog (src/watchdog.rs).
+    /// The GPUs' own memory health (src/core/device_health).
+    device_health: DeviceHealthTracker,
+    /// The marks the monitor thread leaves for the watchdog (src/monitor/watchdog.rs).
     stall: StallClock,
-    /// Content integrity: lent contexts, seals, background verification (src/integrity).
+    /// Content integrity: lent contexts, seals, background verification (src/core/integrity).
     integrity: crate::integrity::Integrity,
     /// Events of calls made on other threads, delivered by the monitor thread in order.
     posted: Mutex<Vec<Event>>,
@@ -150,7 +155,7 @@ pub struct Monitor {
     commands: Sender<Command>,
     thread: Option<JoinHandle<()>>,
     thread_id: ThreadId,
-    /// The thread that notices when the monitor thread stalls (src/watchdog.rs).
+    /// The thread that notices when the monitor thread stalls (src/monitor/watchdog.rs).
     watchdog: Option<Watchdog>,
     watchdog_id: Option<ThreadId>,
     /// The process that created the monitor. After `fork()` the child has a copy of the
@@ -240,9 +245,9 @@ impl Monitor {
             stopping: AtomicBool::new(false),
             reschedule_queued: AtomicBool::new(false),
             reported_healthy: AtomicBool::new(true),
-            device_health: DeviceHealthMonitor::new(),
+            device_health: DeviceHealthTracker::with_source(Box::new(NvmlSource::new()), NVML_READ_PERIOD),
             stall: StallClock::new(),
-            integrity: crate::integrity::Integrity::new(gpu),
+            integrity: crate::integrity::Integrity::new(gpu, crate::adapters::cuda::fingerprint::default_gpu),
             posted: Mutex::new(Vec::new()),
         });
         crate::process_exit::arm();
@@ -687,7 +692,7 @@ fn sweep(shared: &Shared) -> CheckSummary {
             if queries_in_slice >= pacing.slice_queries {
                 queries_in_slice = 0;
                 since_mark = 0;
-                // A slice completed: progress (the watchdog's rule; see src/watchdog.rs).
+                // A slice completed: progress (the watchdog's rule; see src/monitor/watchdog.rs).
                 shared.stall.progress();
                 pacing.pause();
             } else if since_mark >= PROGRESS_QUERIES {
@@ -729,7 +734,7 @@ fn sweep(shared: &Shared) -> CheckSummary {
     let process_vram = read_vram.then(|| process_vram::read(&*shared.driver, &shared.registry.devices()));
     let device_faults = shared.device_health.refresh(&*shared.driver, || shared.registry.devices(), &mut events);
     // The check's results are in: it ends here, where the health it reports is judged, with
-    // the watchdog kept out (src/watchdog.rs) so that a stall reported by it is ended by
+    // the watchdog kept out (src/monitor/watchdog.rs) so that a stall reported by it is ended by
     // exactly one event.
     let reported = lock(&shared.stall.reported);
     shared.stall.end();
@@ -900,14 +905,14 @@ fn merged_events(shared: &Shared, changed: HashMap<RegistrationId, Merged>) -> V
     for m in merged {
         if let Some(error) = &m.failed {
             let detail = error.to_string();
-            events.push(Event::about(EventKind::CheckFailed, &m.now, m.now.verdict, Verdict::CheckFailed, Some(&detail), false));
+            events.push(Event::about(EventKind::CheckFailed, &m.now, m.now.verdict, Verdict::CheckFailed, Some(&detail)));
         }
         if m.now.verdict != m.from {
             let kind = if m.now.verdict.is_violation() { EventKind::Violation } else { EventKind::Recovered };
             if kind == EventKind::Violation {
                 shared.total_violations.fetch_add(1, Ordering::Relaxed);
             }
-            events.push(Event::about(kind, &m.now, m.from, m.now.verdict, None, false));
+            events.push(Event::about(kind, &m.now, m.from, m.now.verdict, None));
         }
     }
     events
@@ -935,7 +940,7 @@ fn deliver(shared: &Shared, event: &Event) {
     }
     let callback = lock(&shared.callback).clone();
     if let Some(callback) = callback {
-        // Nothing reaches the host once it has begun to exit (src/process_exit.rs).
+        // Nothing reaches the host once it has begun to exit (src/adapters/process_exit.rs).
         let delivered = crate::process_exit::deliver(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(event))));
         if let Some(Err(_)) = delivered {
             log::error!(target: "vram_monitor", "an event callback panicked; the monitor goes on");

@@ -2,12 +2,11 @@
 //! verified again in the background, in paced slices, with a context the engine lends.
 //!
 //! The rooms: [`fingerprint`] the function (and its reference), [`gpu`] the port to the
-//! driver, [`cuda`] its adapter, [`lane`] one device's lent context, kernel and pacing,
+//! driver (its adapter is [`crate::adapters::cuda::fingerprint`]), [`lane`] one device's lent context, kernel and pacing,
 //! [`seal`] one sealed registration's fingerprints. This file ties them into the
 //! [`Integrity`] state the monitor owns; the monitor decides when a slice runs and turns
 //! what verification finds into verdicts and events.
 
-pub mod cuda;
 pub mod fingerprint;
 pub mod gpu;
 pub mod lane;
@@ -182,6 +181,9 @@ impl State {
 /// (slices are short: 64 MiB at HBM speed is tens of microseconds).
 pub struct Integrity {
     gpu: OnceCell<Arc<dyn Gpu>>,
+    /// Where the GPU comes from when none was given: the adapter the monitor names (the CUDA
+    /// driver), asked when integrity is first enabled.
+    default_gpu: fn() -> Result<Arc<dyn Gpu>, DriverError>,
     state: Mutex<State>,
     /// What the health snapshot reads, refreshed whenever the state changes: a `/health`
     /// probe or an unregister must never wait behind a verification holding `state`.
@@ -231,20 +233,16 @@ impl Drop for Changing<'_> {
     }
 }
 
-impl Default for Integrity {
-    fn default() -> Self {
-        Integrity::new(None)
-    }
-}
 
 impl Integrity {
-    /// Integrity through `gpu`, or the CUDA driver (found when first enabled) for `None`.
-    pub fn new(gpu: Option<Arc<dyn Gpu>>) -> Integrity {
+    /// Integrity through `gpu`, or for `None` through `default_gpu` (asked when first
+    /// enabled; the monitor passes the CUDA adapter's).
+    pub fn new(gpu: Option<Arc<dyn Gpu>>, default_gpu: fn() -> Result<Arc<dyn Gpu>, DriverError>) -> Integrity {
         let cell = OnceCell::new();
         if let Some(gpu) = gpu {
             let _ = cell.set(gpu);
         }
-        Integrity { gpu: cell, state: Mutex::new(State::default()), figures: Mutex::new(HealthFigures::default()), sealed_ids: Mutex::default() }
+        Integrity { gpu: cell, default_gpu, state: Mutex::new(State::default()), figures: Mutex::new(HealthFigures::default()), sealed_ids: Mutex::default() }
     }
 
     /// The state locked for a change (see [`Changing`]).
@@ -254,7 +252,7 @@ impl Integrity {
 
     fn gpu(&self) -> Result<&Arc<dyn Gpu>, Error> {
         self.gpu
-            .get_or_try_init(|| cuda::CudaGpu::get().map(|g| Arc::new(*g) as Arc<dyn Gpu>))
+            .get_or_try_init(self.default_gpu)
             .map_err(Error::Driver)
     }
 

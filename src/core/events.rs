@@ -83,7 +83,6 @@ impl Event {
         previous_verdict: Verdict,
         verdict: Verdict,
         detail: Option<&str>,
-        healthy: bool,
     ) -> Event {
         let message = match kind {
             EventKind::Violation => format!(
@@ -125,7 +124,8 @@ impl Event {
             device: registration.device,
             verdict,
             previous_verdict,
-            healthy,
+            // Filled in by the monitor once the check's health is known.
+            healthy: false,
             message,
             timestamp_unix_ms: crate::clock::unix_ms(),
             modified_chunks: 0,
@@ -195,7 +195,7 @@ impl Event {
             "{chunks} of its 1 MiB chunks differ from the sealed fingerprint, the first at byte offset {first_offset} ({:#x})",
             registration.ptr.wrapping_add(first_offset)
         );
-        let mut event = Event::about(EventKind::Modified, registration, previous_verdict, Verdict::Modified, Some(&detail), false);
+        let mut event = Event::about(EventKind::Modified, registration, previous_verdict, Verdict::Modified, Some(&detail));
         event.modified_chunks = chunks;
         event.first_modified_offset = first_offset;
         event

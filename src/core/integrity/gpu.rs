@@ -1,5 +1,5 @@
 //! The port through which integrity runs its kernel: the few driver calls that need a
-//! context. Production uses the CUDA driver ([`super::cuda::CudaGpu`]); tests reach the same
+//! context. Production uses the CUDA driver ([`CudaGpu`](crate::adapters::cuda::fingerprint::CudaGpu)); tests reach the same
 //! adapter through the fake `libcuda`, or implement this trait for a model.
 
 use crate::driver::DriverError;

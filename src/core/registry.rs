@@ -181,7 +181,7 @@ struct Registration {
     device: i32,
     verdict: u8,
     failing: bool,
-    /// Sealed and found with bytes that differ from the fingerprint (src/integrity): the
+    /// Sealed and found with bytes that differ from the fingerprint (src/core/integrity): the
     /// verdict is MODIFIED while the memory is otherwise resident.
     modified: bool,
 }

@@ -5,10 +5,11 @@ use std::ffi::{c_char, c_int, c_uint, c_void};
 
 use once_cell::sync::OnceCell;
 
-use super::gpu::{ContextHandle, Gpu, Kernel};
-use crate::driver::{symbol, DriverError};
+use crate::core::integrity::gpu::{ContextHandle, Gpu, Kernel};
+use super::symbol;
+use crate::core::driver::DriverError;
 
-/// The fingerprint kernel (src/integrity/fingerprint.cu, compiled by scripts/gen-ptx.sh),
+/// The fingerprint kernel (src/adapters/cuda/fingerprint.cu, compiled by scripts/gen-ptx.sh),
 /// NUL-terminated as `cuModuleLoadData` wants PTX text. The driver JITs it for the GPU at
 /// hand: no nvcc or NVRTC at run time.
 static PTX: &str = concat!(include_str!("fingerprint.ptx"), "\0");
@@ -219,7 +220,7 @@ impl Gpu for CudaGpu {
     }
 
     fn fingerprint(&self, kernel: &Kernel, base: u64, length: u64, first_word: u64, out: &mut [u64]) -> Result<(), DriverError> {
-        let chunks = length.div_ceil(super::fingerprint::CHUNK_BYTES);
+        let chunks = length.div_ceil(crate::core::integrity::fingerprint::CHUNK_BYTES);
         if chunks == 0 || chunks > kernel.scratch_chunks || out.len() as u64 != chunks {
             return Err(DriverError::Call { function: "cuLaunchKernel", code: 1 });
         }
@@ -254,4 +255,12 @@ impl Gpu for CudaGpu {
             call("cuStreamSynchronize", (self.stream_synchronize)(stream))
         }
     }
+}
+
+/// The CUDA adapter as the integrity port: what the monitor gives [`Integrity`] to find the
+/// GPU when integrity is first enabled.
+///
+/// [`Integrity`]: crate::core::integrity::Integrity
+pub fn default_gpu() -> Result<std::sync::Arc<dyn Gpu>, DriverError> {
+    CudaGpu::get().map(|g| std::sync::Arc::new(*g) as std::sync::Arc<dyn Gpu>)
 }
