@@ -6,14 +6,17 @@
 //! every entry inside that extent is judged by it. All entries are judged by answers taken
 //! within the one call, one consistent snapshot.
 
-use crate::sync::lock;
+use crate::core::sync::lock;
 use std::sync::Mutex;
 
-use crate::driver::{Driver, DriverError, PointerInfo};
-use crate::error::Error;
-use crate::inspect::{inspect, Inspection};
-use crate::registry::RegistrationId;
-use crate::verdict::Verdict;
+use crate::core::driver::{Driver, DriverError, PointerInfo};
+use crate::core::error::Error;
+use crate::core::inspect::{inspect, Inspection};
+use crate::core::registry::RegistrationId;
+use crate::core::verdict::Verdict;
+
+/// Labels longer than this are refused (they are copied into every event and report).
+pub const MAX_LABEL_BYTES: usize = 4096;
 
 /// One entry of [`crate::Monitor::register_many`]: `[ptr, ptr + size)` under `label`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,7 +85,7 @@ pub(crate) fn validate(ptr: u64, size: u64, label: &str) -> Result<(), Error> {
     if ptr.checked_add(size).is_none() {
         return Err(Error::InvalidArgument("ptr + size wraps the address space"));
     }
-    if label.len() > crate::monitor::MAX_LABEL_BYTES {
+    if label.len() > MAX_LABEL_BYTES {
         return Err(Error::InvalidLabel("longer than 4096 bytes"));
     }
     Ok(())

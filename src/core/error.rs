@@ -1,8 +1,8 @@
 //! The errors of the Rust API. The C API maps each to one result code.
 
-use crate::driver::DriverError;
-use crate::registry::RegistrationId;
-use crate::verdict::Verdict;
+use crate::core::driver::DriverError;
+use crate::core::registry::RegistrationId;
+use crate::core::verdict::Verdict;
 
 /// Why a monitor call did not do what was asked.
 #[derive(Debug, Clone, PartialEq, Eq)]

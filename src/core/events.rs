@@ -1,7 +1,7 @@
 //! Events: what the engine hears when something changes, and the log record for each.
 
-use crate::registry::{RegistrationId, RegistrationInfo};
-use crate::verdict::Verdict;
+use crate::core::registry::{RegistrationId, RegistrationInfo};
+use crate::core::verdict::Verdict;
 
 /// What an event reports. The numbers are part of the C ABI.
 #[repr(i32)]
@@ -127,7 +127,7 @@ impl Event {
             // Filled in by the monitor once the check's health is known.
             healthy: false,
             message,
-            timestamp_unix_ms: crate::clock::unix_ms(),
+            timestamp_unix_ms: crate::core::clock::unix_ms(),
             modified_chunks: 0,
             first_modified_offset: 0,
         }
@@ -163,7 +163,7 @@ impl Event {
             previous_verdict: if healthy { Verdict::NotMapped } else { Verdict::Resident },
             healthy,
             message,
-            timestamp_unix_ms: crate::clock::unix_ms(),
+            timestamp_unix_ms: crate::core::clock::unix_ms(),
             modified_chunks: 0,
             first_modified_offset: 0,
         }
@@ -183,7 +183,7 @@ impl Event {
             previous_verdict: Verdict::Resident,
             healthy,
             message,
-            timestamp_unix_ms: crate::clock::unix_ms(),
+            timestamp_unix_ms: crate::core::clock::unix_ms(),
             modified_chunks: 0,
             first_modified_offset: 0,
         }
@@ -202,7 +202,7 @@ impl Event {
     }
 
     /// The event for a device whose lent context failed during verification.
-    pub(crate) fn integrity_failed(device: i32, error: &crate::driver::DriverError) -> Event {
+    pub(crate) fn integrity_failed(device: i32, error: &crate::core::driver::DriverError) -> Event {
         Event {
             kind: EventKind::IntegrityFailed,
             registration_id: 0,
@@ -214,7 +214,7 @@ impl Event {
             previous_verdict: Verdict::Resident,
             healthy: false,
             message: format!("integrity verification on GPU{device} failed in the lent context: {error}; content unknown"),
-            timestamp_unix_ms: crate::clock::unix_ms(),
+            timestamp_unix_ms: crate::core::clock::unix_ms(),
             modified_chunks: 0,
             first_modified_offset: 0,
         }

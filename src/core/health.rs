@@ -1,7 +1,7 @@
 //! The health snapshot an engine serves from its own health endpoint, and the summary of one
 //! full check.
 
-use crate::process_vram::ProcessVram;
+use crate::core::process_vram::ProcessVram;
 
 /// The monitor's state, read at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

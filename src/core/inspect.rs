@@ -4,8 +4,8 @@
 
 use smallvec::SmallVec;
 
-use crate::driver::{Driver, DriverError, PointerInfo};
-use crate::verdict::{classify_kind, Piece, Verdict};
+use crate::core::driver::{Driver, DriverError, PointerInfo};
+use crate::core::verdict::{classify_kind, Piece, Verdict};
 
 /// What registration-time inspection found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,7 +89,7 @@ pub fn inspect(driver: &dyn Driver, ptr: u64, size: u64) -> Result<Inspection, D
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::driver::MemoryType;
+    use crate::core::driver::MemoryType;
 
     /// Answers like the H100 did: ordinary allocations report RANGE = the allocation and
     /// MAPPING = the 2 MiB chunk around it; VMM mappings report RANGE = the reservation.

@@ -11,15 +11,15 @@
 //! ten thousand queries). Locks are per shard and held only to copy or update a few entries,
 //! never while the driver is asked, so registering never waits for a check to finish.
 
-use crate::sync::lock;
+use crate::core::sync::lock;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use crate::driver::{DriverError, PointerInfo};
-use crate::verdict::{classify_piece, Piece, Verdict};
+use crate::core::driver::{DriverError, PointerInfo};
+use crate::core::verdict::{classify_piece, Piece, Verdict};
 
 /// Identifies a registration. Never 0 and unique in the process, so an id from another
 /// monitor is never mistaken for one of this monitor's.
@@ -110,7 +110,7 @@ pub struct RegistrationInfo {
     /// The allocations or mappings that held it when registered.
     pub pieces: Vec<Piece>,
     /// Its content-integrity state when sealed (`None`: not sealed, residency only).
-    pub seal: Option<crate::integrity::SealInfo>,
+    pub seal: Option<crate::core::integrity::SealInfo>,
 }
 
 impl RegistrationInfo {
@@ -436,12 +436,12 @@ pub fn is_mark(fingerprint: u64) -> bool {
 /// A fingerprint of everything the verdicts depend on in an answer (never FAILED or a mark).
 pub fn fingerprint(info: &PointerInfo) -> u64 {
     let raw_type = match info.memory_type {
-        crate::driver::MemoryType::Unregistered => 0,
-        crate::driver::MemoryType::Host => 1,
-        crate::driver::MemoryType::Device => 2,
-        crate::driver::MemoryType::Array => 3,
-        crate::driver::MemoryType::Unified => 4,
-        crate::driver::MemoryType::Other(x) => u64::from(x),
+        crate::core::driver::MemoryType::Unregistered => 0,
+        crate::core::driver::MemoryType::Host => 1,
+        crate::core::driver::MemoryType::Device => 2,
+        crate::core::driver::MemoryType::Array => 3,
+        crate::core::driver::MemoryType::Unified => 4,
+        crate::core::driver::MemoryType::Other(x) => u64::from(x),
     };
     let words = [
         raw_type | (u64::from(info.is_managed) << 32),
@@ -477,9 +477,11 @@ pub struct Stale {
     pub current: u64,
 }
 
-/// Registrations and their bytes for one device and verdict.
+/// Registrations and their bytes for one device and verdict: how many, and how many bytes
+/// (one entry may stand for one registration or for many). What the Prometheus output needs
+/// of the registrations, with no copy of each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Tally {
+pub struct RegistrationFigures {
     /// Device ordinal.
     pub device: i32,
     /// Verdict.
@@ -489,6 +491,9 @@ pub struct Tally {
     /// Sum of their sizes.
     pub bytes: u64,
 }
+
+/// The name [`RegistrationFigures`] had in the registry.
+pub type Tally = RegistrationFigures;
 
 /// Counts kept in step with the registrations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -687,8 +692,8 @@ impl Registry {
 
     /// Registrations and bytes per (device, verdict), for metrics: counted under each shard's
     /// lock in turn, without copying labels or pieces.
-    pub fn tally(&self) -> Vec<Tally> {
-        let mut tallies: Vec<Tally> = Vec::new();
+    pub fn tally(&self) -> Vec<RegistrationFigures> {
+        let mut tallies: Vec<RegistrationFigures> = Vec::new();
         for shard in self.registrations.iter() {
             let shard = lock(shard);
             for (_, registration) in shard.iter() {
@@ -699,7 +704,7 @@ impl Registry {
                         t.registrations += 1;
                         t.bytes += size;
                     }
-                    None => tallies.push(Tally { device: registration.device, verdict, registrations: 1, bytes: size }),
+                    None => tallies.push(RegistrationFigures { device: registration.device, verdict, registrations: 1, bytes: size }),
                 }
             }
         }
@@ -875,7 +880,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::driver::MemoryType;
+    use crate::core::driver::MemoryType;
 
     fn answer(buffer_id: u64) -> PointerInfo {
         PointerInfo {
@@ -1093,8 +1098,8 @@ mod tests {
             ];
             if x & 1 == 1 {
                 variants.push(PointerInfo { is_managed: !base.is_managed, ..base });
-                variants.push(PointerInfo { memory_type: crate::driver::MemoryType::Host, ..base });
-                variants.push(PointerInfo { memory_type: crate::driver::MemoryType::Other(x as u32 | 8), ..base });
+                variants.push(PointerInfo { memory_type: crate::core::driver::MemoryType::Host, ..base });
+                variants.push(PointerInfo { memory_type: crate::core::driver::MemoryType::Other(x as u32 | 8), ..base });
             }
             for v in variants {
                 assert_ne!(fingerprint(&v), base_print, "{v:?}");

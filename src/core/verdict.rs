@@ -1,7 +1,7 @@
 //! What a check decides: one pure function from what the driver says now, and what was
 //! recorded at registration, to a [`Verdict`]. No I/O, no locks.
 
-use crate::driver::{MemoryType, PointerInfo};
+use crate::core::driver::{MemoryType, PointerInfo};
 
 /// The outcome of checking one registration.
 ///

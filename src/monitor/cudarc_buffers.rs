@@ -39,10 +39,10 @@ use std::ops::Deref;
 
 use cudarc::driver::{DevicePtr, DeviceSlice};
 
-use crate::error::Error;
+use crate::core::error::Error;
 use crate::monitor::Monitor;
-use crate::registration_guard::Registration;
-use crate::registry::RegistrationId;
+use crate::monitor::registration_guard::Registration;
+use crate::core::registry::RegistrationId;
 
 /// The device address and length in bytes of a cudarc buffer or view.
 pub fn device_range<T, B: DevicePtr<T> + ?Sized>(buffer: &B) -> (u64, u64) {

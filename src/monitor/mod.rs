@@ -1,7 +1,7 @@
 //! The monitor: the registrations, one named background thread that checks them every
 //! interval, the commands that wake it, and the callback it runs.
 
-use crate::sync::lock;
+use crate::core::sync::lock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,18 +10,19 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::driver::{CudaDriver, Driver};
+use crate::adapters::cuda::CudaDriver;
+use crate::core::driver::Driver;
 use crate::adapters::nvml::NvmlSource;
 use crate::core::device_health::{DeviceHealth, DeviceHealthSource, DeviceHealthTracker, NVML_READ_PERIOD};
-use crate::error::Error;
-use crate::events::{Event, EventKind};
-use crate::health::{CheckSummary, Health};
-use crate::inspect::inspect;
-use crate::process_vram::{self, ProcessVram};
-use crate::registry::{Change, RegistrationId, RegistrationInfo, Registry, Tally};
-use crate::report::{self, ReportFormat};
-use crate::verdict::Verdict;
-use crate::watchdog::{StallClock, StallLimits, Watchdog, PROGRESS_QUERIES};
+use crate::core::error::Error;
+use crate::core::events::{Event, EventKind};
+use crate::core::health::{CheckSummary, Health};
+use crate::core::inspect::inspect;
+use crate::core::process_vram::ProcessVram;
+use crate::adapters::nvml::process_vram;
+use crate::core::registry::{Change, RegistrationFigures, RegistrationId, RegistrationInfo, Registry};
+use crate::core::verdict::Verdict;
+use crate::monitor::watchdog::{StallClock, StallLimits, Watchdog, PROGRESS_QUERIES};
 
 #[cfg(feature = "cudarc")]
 pub mod cudarc_buffers;
@@ -35,8 +36,7 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 /// Process VRAM is read after a check at most this often.
 pub const PROCESS_VRAM_PERIOD: Duration = Duration::from_secs(1);
 
-/// Labels longer than this are refused (they are copied into every event and report).
-pub const MAX_LABEL_BYTES: usize = 4096;
+pub use crate::core::batch::MAX_LABEL_BYTES;
 
 /// A function that receives events, on the monitor thread.
 pub type Callback = Arc<dyn Fn(&Event) + Send + Sync>;
@@ -97,7 +97,7 @@ impl Default for MonitorOptions {
 enum Command {
     CheckNow(Sender<CheckSummary>),
     /// Verify every sealed byte now (src/monitor/integrity.rs).
-    VerifyNow(Sender<Result<crate::integrity::VerifySummary, Error>>),
+    VerifyNow(Sender<Result<crate::core::integrity::VerifySummary, Error>>),
     /// Events posted by another thread (a reseal, an unseal) wait in `Shared::posted`.
     Deliver,
     /// The interval changed: recompute when the next check is due.
@@ -142,7 +142,7 @@ struct Shared {
     /// The marks the monitor thread leaves for the watchdog (src/monitor/watchdog.rs).
     stall: StallClock,
     /// Content integrity: lent contexts, seals, background verification (src/core/integrity).
-    integrity: crate::integrity::Integrity,
+    integrity: crate::core::integrity::Integrity,
     /// Events of calls made on other threads, delivered by the monitor thread in order.
     posted: Mutex<Vec<Event>>,
 }
@@ -160,7 +160,7 @@ pub struct Monitor {
     watchdog_id: Option<ThreadId>,
     /// The process that created the monitor. After `fork()` the child has a copy of the
     /// monitor but not its thread: see [`Monitor::in_forked_child`].
-    origin: crate::fork::Origin,
+    origin: crate::adapters::fork::Origin,
 }
 
 /// What an output reads of a monitor: the health snapshot, the GPUs' memory health, and the
@@ -186,8 +186,18 @@ impl MonitorView {
 
     /// Registrations and their bytes by device and verdict: counts, no copy of each
     /// registration.
-    pub fn tally(&self) -> Vec<Tally> {
+    pub fn tally(&self) -> Vec<RegistrationFigures> {
         self.shared.registry.tally()
+    }
+
+    /// One registration as it stands now ([`Monitor::registration`]).
+    pub fn registration(&self, id: RegistrationId) -> Option<RegistrationInfo> {
+        self.shared.registration(id)
+    }
+
+    /// A copy of the registrations, in id order ([`Monitor::registrations`]).
+    pub fn registrations(&self) -> Vec<RegistrationInfo> {
+        self.shared.registrations()
     }
 }
 
@@ -229,7 +239,7 @@ impl Monitor {
     pub fn with_backends(
         options: MonitorOptions,
         driver: Arc<dyn Driver>,
-        gpu: Option<Arc<dyn crate::integrity::gpu::Gpu>>,
+        gpu: Option<Arc<dyn crate::core::integrity::gpu::Gpu>>,
     ) -> Result<Monitor, Error> {
         let shared = Arc::new(Shared {
             driver,
@@ -247,10 +257,10 @@ impl Monitor {
             reported_healthy: AtomicBool::new(true),
             device_health: DeviceHealthTracker::with_source(Box::new(NvmlSource::new()), NVML_READ_PERIOD),
             stall: StallClock::new(),
-            integrity: crate::integrity::Integrity::new(gpu, crate::adapters::cuda::fingerprint::default_gpu),
+            integrity: crate::core::integrity::Integrity::new(gpu, crate::adapters::cuda::fingerprint::default_gpu),
             posted: Mutex::new(Vec::new()),
         });
-        crate::process_exit::arm();
+        crate::adapters::process_exit::arm();
         let (commands, inbox) = crossbeam_channel::unbounded();
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -265,7 +275,7 @@ impl Monitor {
             thread_id,
             watchdog: None,
             watchdog_id: None,
-            origin: crate::fork::Origin::here(),
+            origin: crate::adapters::fork::Origin::here(),
         };
         // On failure, dropping `monitor` stops and joins the thread started above.
         let (period, watched) = (Arc::clone(&monitor.shared), Arc::clone(&monitor.shared));
@@ -307,7 +317,7 @@ impl Monitor {
     /// Registering the same memory twice gives two independent registrations.
     pub fn register(&self, ptr: u64, size: u64, label: &str) -> Result<RegistrationId, Error> {
         self.not_forked()?;
-        crate::batch::validate(ptr, size, label)?;
+        crate::core::batch::validate(ptr, size, label)?;
         let inspection = inspect(&*self.shared.driver, ptr, size)?;
         if inspection.verdict != Verdict::Resident {
             return Err(Error::Refused(inspection.verdict));
@@ -323,9 +333,9 @@ impl Monitor {
     /// A failed entry fails only itself, unless `all_or_nothing`: then nothing is registered
     /// when any entry fails, and the entries that did not fail themselves hold
     /// [`Error::EntriesFailed`].
-    pub fn register_many(&self, regions: &[crate::batch::Region<'_>], all_or_nothing: bool) -> Result<crate::batch::Registered, Error> {
+    pub fn register_many(&self, regions: &[crate::core::batch::Region<'_>], all_or_nothing: bool) -> Result<crate::core::batch::Registered, Error> {
         self.not_forked()?;
-        let (inspections, queries) = crate::batch::inspect_all(&*self.shared.driver, regions);
+        let (inspections, queries) = crate::core::batch::inspect_all(&*self.shared.driver, regions);
         let any_failed = inspections.iter().any(Result::is_err);
         let results = if any_failed && all_or_nothing {
             inspections.into_iter().map(|r| Err(r.err().unwrap_or(Error::EntriesFailed))).collect()
@@ -338,15 +348,13 @@ impl Monitor {
                 })
                 .collect()
         };
-        Ok(crate::batch::Registered { results, queries })
+        Ok(crate::core::batch::Registered { results, queries })
     }
 
     /// One registration as it stands now (its verdict, pieces and label), or `None` for an
     /// id this monitor does not hold.
     pub fn registration(&self, id: RegistrationId) -> Option<RegistrationInfo> {
-        let mut info = self.shared.registry.get(id)?;
-        info.seal = self.shared.integrity.seal_info(id);
-        Some(info)
+        self.shared.registration(id)
     }
 
     /// Stops watching a registration.
@@ -364,7 +372,7 @@ impl Monitor {
     /// with the old function, which is dropped once no event uses it.
     pub fn set_callback(&self, callback: Option<Callback>) {
         if callback.is_some() {
-            crate::process_exit::arm();
+            crate::adapters::process_exit::arm();
         }
         let old = std::mem::replace(&mut *lock(&self.shared.callback), callback);
         // Dropped here, outside the lock: its destructor may call back into the monitor.
@@ -404,7 +412,7 @@ impl Monitor {
         self.not_forked()?;
         // The pacing's lock keeps set_pacing from slipping a longer pause in meanwhile.
         let pacing = lock(&self.shared.pacing);
-        let (deadline_ms, grace_ms) = crate::watchdog::validate(limits, pacing.pause)?;
+        let (deadline_ms, grace_ms) = crate::monitor::watchdog::validate(limits, pacing.pause)?;
         self.shared.stall.set_limits(deadline_ms, grace_ms);
         Ok(())
     }
@@ -461,6 +469,23 @@ impl Monitor {
 }
 
 impl Shared {
+    fn registration(&self, id: RegistrationId) -> Option<RegistrationInfo> {
+        let mut info = self.registry.get(id)?;
+        info.seal = self.integrity.seal_info(id);
+        Some(info)
+    }
+
+    fn registrations(&self) -> Vec<RegistrationInfo> {
+        let mut all = self.registry.snapshot();
+        let seals = self.integrity.seal_infos();
+        if !seals.is_empty() {
+            for r in all.iter_mut() {
+                r.seal = seals.get(&r.id).copied();
+            }
+        }
+        all
+    }
+
     fn health(&self) -> Health {
         let counts = self.registry.counts();
         let device_faults = self.device_health.faulted();
@@ -502,25 +527,7 @@ impl Monitor {
 
     /// A copy of the registrations, in id order.
     pub fn registrations(&self) -> Vec<RegistrationInfo> {
-        let mut all = self.shared.registry.snapshot();
-        let seals = self.shared.integrity.seal_infos();
-        if !seals.is_empty() {
-            for r in all.iter_mut() {
-                r.seal = seals.get(&r.id).copied();
-            }
-        }
-        all
-    }
-
-    /// The health, the GPUs' memory health and every registration with its last verdict, as
-    /// text, JSON or Prometheus metrics.
-    pub fn report(&self, format: ReportFormat) -> String {
-        if format == ReportFormat::Prometheus {
-            // Counts only: no copy of every registration.
-            let figures = self.shared.registry.tally().into_iter().map(Into::into);
-            return crate::prometheus::render(&self.health(), figures, &self.device_health());
-        }
-        report::render(format, &self.health(), &self.registrations(), &self.device_health())
+        self.shared.registrations()
     }
 
     /// Stops the thread and waits for it. Returns [`Error::CalledFromCallback`] (and stops
@@ -748,7 +755,7 @@ fn sweep(shared: &Shared) -> CheckSummary {
             stats.checks_failed += 1;
         }
         stats.last_check_failed = check_failed;
-        stats.last_check_unix_ms = crate::clock::unix_ms();
+        stats.last_check_unix_ms = crate::core::clock::unix_ms();
         stats.last_check_duration_us = duration_us;
         if let Some(process_vram) = process_vram {
             stats.process_vram = Some(process_vram);
@@ -871,7 +878,7 @@ struct Merged {
     /// Its state after the last change in this check.
     now: RegistrationInfo,
     /// A query for it started failing in this check.
-    failed: Option<crate::driver::DriverError>,
+    failed: Option<crate::core::driver::DriverError>,
 }
 
 /// A registration spanning several mappings can change in several of them in one check: it
@@ -941,7 +948,7 @@ fn deliver(shared: &Shared, event: &Event) {
     let callback = lock(&shared.callback).clone();
     if let Some(callback) = callback {
         // Nothing reaches the host once it has begun to exit (src/adapters/process_exit.rs).
-        let delivered = crate::process_exit::deliver(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(event))));
+        let delivered = crate::adapters::process_exit::deliver(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(event))));
         if let Some(Err(_)) = delivered {
             log::error!(target: "vram_monitor", "an event callback panicked; the monitor goes on");
         }

@@ -63,9 +63,9 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
-use crate::error::Error;
+use crate::core::error::Error;
 use crate::monitor::Monitor;
-use crate::registry::RegistrationId;
+use crate::core::registry::RegistrationId;
 
 /// A registration that unregisters itself when dropped.
 ///

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{RecvTimeoutError, Sender};
 
-use crate::error::Error;
+use crate::core::error::Error;
 
 /// The default stall deadline: a check that makes no progress for 30 s is stalled.
 pub const DEFAULT_STALL_DEADLINE: Duration = Duration::from_secs(30);
@@ -126,7 +126,7 @@ impl StallClock {
         let now = self.now();
         // Progress first: a reader that sees the check started must not see an old mark.
         self.progress.store(now, Ordering::Release);
-        self.started_unix_ms.store(crate::clock::unix_ms(), Ordering::Relaxed);
+        self.started_unix_ms.store(crate::core::clock::unix_ms(), Ordering::Relaxed);
         self.started.store(now + 1, Ordering::Release);
     }
 

@@ -17,32 +17,16 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use crate::device_health::{DeviceHealth, Signal, SignalStatus};
-use crate::health::Health;
-use crate::verdict::Verdict;
+use crate::core::device_health::{DeviceHealth, Signal, SignalStatus};
+use crate::core::health::Health;
+use crate::core::verdict::Verdict;
 
 /// The content type of this format, for an HTTP response.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// What the renderer needs of the registrations: how many, and how many bytes, per device
-/// and last verdict (one entry may stand for one registration or for many).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RegistrationFigures {
-    /// The device they were registered on.
-    pub device: i32,
-    /// Their last verdict.
-    pub verdict: Verdict,
-    /// How many registrations.
-    pub registrations: u64,
-    /// Their bytes.
-    pub bytes: u64,
-}
-
-impl From<crate::registry::Tally> for RegistrationFigures {
-    fn from(t: crate::registry::Tally) -> Self {
-        RegistrationFigures { device: t.device, verdict: t.verdict, registrations: t.registrations, bytes: t.bytes }
-    }
-}
+/// What the renderer needs of the registrations: the registry's figures per device and
+/// verdict (one concept, one type; [`crate::core::registry::RegistrationFigures`]).
+pub use crate::core::registry::RegistrationFigures;
 
 struct Out {
     text: String,

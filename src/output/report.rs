@@ -3,9 +3,10 @@
 //! the Prometheus text format (in [`crate::prometheus`]).
 
 use std::fmt::Write;
-use crate::device_health::{DeviceHealth, Signal};
-use crate::health::Health;
-use crate::registry::RegistrationInfo;
+use crate::core::device_health::{DeviceHealth, Signal};
+use crate::core::health::Health;
+use crate::core::registry::RegistrationInfo;
+use crate::monitor::{Monitor, MonitorView};
 
 /// A report's format. The numbers are part of the C ABI.
 #[repr(i32)]
@@ -38,9 +39,9 @@ pub fn render(format: ReportFormat, health: &Health, registrations: &[Registrati
     match format {
         ReportFormat::Text => text(health, registrations, devices),
         ReportFormat::Json => json(health, registrations, devices),
-        ReportFormat::Prometheus => crate::prometheus::render(
+        ReportFormat::Prometheus => crate::output::prometheus::render(
             health,
-            registrations.iter().map(|r| crate::prometheus::RegistrationFigures {
+            registrations.iter().map(|r| crate::output::prometheus::RegistrationFigures {
                 device: r.device,
                 verdict: r.verdict,
                 registrations: 1,
@@ -63,7 +64,7 @@ pub fn health_document(health: &Health, devices: &[DeviceHealth]) -> String {
 }
 
 fn text(health: &Health, registrations: &[RegistrationInfo], devices: &[DeviceHealth]) -> String {
-    text_at(health, registrations, devices, crate::clock::unix_ms())
+    text_at(health, registrations, devices, crate::core::clock::unix_ms())
 }
 
 fn text_at(health: &Health, registrations: &[RegistrationInfo], devices: &[DeviceHealth], now_ms: u64) -> String {
@@ -397,6 +398,27 @@ pub fn json_string(out: &mut String, s: &str) {
         }
     }
     out.push('"');
+}
+
+/// A monitor's state as text, JSON or Prometheus metrics, read through its view: the health,
+/// the GPUs' memory health and every registration with its last verdict (Prometheus: counts
+/// only, no copy of every registration).
+pub fn render_view(view: &MonitorView, format: ReportFormat) -> String {
+    if format == ReportFormat::Prometheus {
+        let figures = view.tally();
+        return crate::output::prometheus::render(&view.health(), figures, &view.device_health());
+    }
+    render(format, &view.health(), &view.registrations(), &view.device_health())
+}
+
+// An inherent impl here, in the output room, keeps the dependency pointing from the output to
+// the monitor: the monitor does not know reports exist.
+impl Monitor {
+    /// The health, the GPUs' memory health and every registration with its last verdict, as
+    /// text, JSON or Prometheus metrics ([`render_view`] over [`Monitor::view`]).
+    pub fn report(&self, format: ReportFormat) -> String {
+        render_view(&self.view(), format)
+    }
 }
 
 #[cfg(test)]

@@ -90,7 +90,7 @@ impl CudaGpu {
     pub fn get() -> Result<&'static CudaGpu, DriverError> {
         static GPU: OnceCell<CudaGpu> = OnceCell::new();
         GPU.get_or_try_init(|| {
-            crate::driver::CudaDriver::get()?;
+            crate::adapters::cuda::CudaDriver::get()?;
             // The driver loaded above, so cudarc's library is present; guard the panic anyway.
             let library: &'static libloading::Library =
                 std::panic::catch_unwind(|| unsafe { cudarc::driver::sys::culib() }).map_err(|_| DriverError::NotFound)?;

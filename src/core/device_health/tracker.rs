@@ -146,7 +146,7 @@ impl DeviceHealthTracker {
                 })
                 .collect()
         };
-        let now = crate::clock::unix_ms();
+        let now = crate::core::clock::unix_ms();
         let mut published = lock(&self.published);
         published.devices.retain(|device, _| devices.contains(device));
         published.xids.retain(|device, _| devices.contains(device));

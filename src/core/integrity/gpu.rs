@@ -2,7 +2,7 @@
 //! context. Production uses the CUDA driver ([`CudaGpu`](crate::adapters::cuda::fingerprint::CudaGpu)); tests reach the same
 //! adapter through the fake `libcuda`, or implement this trait for a model.
 
-use crate::driver::DriverError;
+use crate::core::driver::DriverError;
 
 /// A CUDA context, as an opaque address (never dereferenced here).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,10 +9,10 @@ use super::fingerprint::CHUNK_BYTES;
 use super::gpu::{ContextHandle, Gpu, Kernel};
 use super::seal::{same_buffers, Seal};
 use super::{Finding, IntegrityOptions};
-use crate::driver::{Driver, DriverError};
-use crate::error::Error;
-use crate::registry::{RegistrationId, Registry};
-use crate::verdict::Verdict;
+use crate::core::driver::{Driver, DriverError};
+use crate::core::error::Error;
+use crate::core::registry::{RegistrationId, Registry};
+use crate::core::verdict::Verdict;
 
 /// What one round of verification on a lane did.
 #[derive(Debug, Default)]
@@ -154,7 +154,7 @@ impl Lane {
         })();
         if let Err(error) = &result {
             self.failed = Some(error.clone());
-            crate::integrity::log_failure(self.device, error);
+            crate::core::integrity::log_failure(self.device, error);
         }
         result
     }
@@ -167,7 +167,7 @@ impl Lane {
             Some((Verdict::Resident | Verdict::Modified, false)) => {}
             _ => return false,
         }
-        match crate::inspect::inspect(driver, seal.ptr + offset, length) {
+        match crate::core::inspect::inspect(driver, seal.ptr + offset, length) {
             Ok(now) => now.verdict == Verdict::Resident && same_buffers(&seal.pieces, now.pieces()),
             Err(_) => false,
         }

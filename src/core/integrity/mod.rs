@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 
 use once_cell::sync::OnceCell;
 
-use crate::driver::{Driver, DriverError};
-use crate::error::Error;
-use crate::registry::{RegistrationId, RegistrationInfo, Registry};
-use crate::sync::lock;
-use crate::verdict::Verdict;
+use crate::core::driver::{Driver, DriverError};
+use crate::core::error::Error;
+use crate::core::registry::{RegistrationId, RegistrationInfo, Registry};
+use crate::core::sync::lock;
+use crate::core::verdict::Verdict;
 use gpu::Gpu;
 use lane::Lane;
 use seal::Seal;
@@ -309,7 +309,7 @@ impl Integrity {
             let verdict = if info.check_failing { Verdict::CheckFailed } else { info.verdict };
             return Err(Error::NotResident(verdict));
         }
-        let now = crate::inspect::inspect(driver, info.ptr, info.size)?;
+        let now = crate::core::inspect::inspect(driver, info.ptr, info.size)?;
         if now.verdict != Verdict::Resident || !seal::same_buffers(&info.pieces, now.pieces()) {
             let verdict = if now.verdict == Verdict::Resident { Verdict::Replaced } else { now.verdict };
             return Err(Error::NotResident(verdict));
@@ -465,7 +465,7 @@ impl Integrity {
             state.verified_bytes_total += outcome.bytes;
             if outcome.pass_completed {
                 state.passes_completed += 1;
-                state.last_pass_unix_ms = crate::clock::unix_ms();
+                state.last_pass_unix_ms = crate::core::clock::unix_ms();
             }
             findings.extend(outcome.findings);
         }
@@ -490,7 +490,7 @@ impl Integrity {
             state.verified_bytes_total += outcome.bytes;
             if outcome.pass_completed {
                 state.passes_completed += 1;
-                state.last_pass_unix_ms = crate::clock::unix_ms();
+                state.last_pass_unix_ms = crate::core::clock::unix_ms();
             }
             findings.extend(outcome.findings);
             findings.extend(lane.unreported_failure());

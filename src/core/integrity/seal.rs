@@ -2,8 +2,8 @@
 
 use super::fingerprint::{self, CHUNK_BYTES};
 use super::SealInfo;
-use crate::registry::RegistrationInfo;
-use crate::verdict::Piece;
+use crate::core::registry::RegistrationInfo;
+use crate::core::verdict::Piece;
 
 /// Whether `now` (pieces a fresh inspection found) lies in the buffers `registered` held:
 /// the same allocations, not new ones at the same addresses.
@@ -44,7 +44,7 @@ impl Seal {
             modified: vec![false; chunks],
             modified_chunks: 0,
             first_modified: None,
-            last_verified_unix_ms: crate::clock::unix_ms(),
+            last_verified_unix_ms: crate::core::clock::unix_ms(),
             pass_clean: true,
         }
     }
@@ -89,7 +89,7 @@ impl Seal {
         }
         self.pass_clean &= read;
         if end >= self.size && self.pass_clean {
-            self.last_verified_unix_ms = crate::clock::unix_ms();
+            self.last_verified_unix_ms = crate::core::clock::unix_ms();
         }
     }
 

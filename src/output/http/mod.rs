@@ -38,9 +38,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::device_health::DeviceHealth;
-use crate::error::Error;
-use crate::health::Health;
+use crate::core::device_health::DeviceHealth;
+use crate::core::error::Error;
+use crate::core::health::Health;
 use crate::monitor::{Monitor, MonitorView};
 
 /// The address used when none is given: loopback, port 9464 (the port commonly used for
@@ -55,7 +55,7 @@ pub trait Snapshot: Send + Sync + 'static {
     /// The memory health of the GPUs that hold registrations.
     fn devices(&self) -> Vec<DeviceHealth>;
     /// Registrations and bytes per device and verdict (for the metrics).
-    fn figures(&self) -> Vec<crate::prometheus::RegistrationFigures>;
+    fn figures(&self) -> Vec<crate::output::prometheus::RegistrationFigures>;
     /// Whether the monitor is alive and checking: false when it has stopped checking
     /// (stalled: a check in progress for too long, or no check completed for too long), which
     /// `GET /livez` answers with 503. True by default.
@@ -121,7 +121,7 @@ pub fn parse_address(address: Option<&str>) -> Result<SocketAddr, Error> {
 /// started, where that thread does not exist, dropping it only forgets it).
 pub struct HttpServer {
     local_addr: SocketAddr,
-    origin: crate::fork::Origin,
+    origin: crate::adapters::fork::Origin,
     stop: Arc<AtomicBool>,
     /// Our end of the socket pair the loop polls: a byte written here wakes it.
     waker: UnixStream,
@@ -174,7 +174,7 @@ impl HttpServer {
         } else {
             log::warn!(target: "vram_monitor", "serving /health, /livez, /readyz and /metrics on http://{local_addr}, reachable beyond this machine");
         }
-        Ok(HttpServer { local_addr, origin: crate::fork::Origin::here(), stop, waker, thread: Some(thread) })
+        Ok(HttpServer { local_addr, origin: crate::adapters::fork::Origin::here(), stop, waker, thread: Some(thread) })
     }
 
     /// The address it listens on (with the port the system chose when asked for port 0).
@@ -218,7 +218,7 @@ impl Snapshot for MonitorView {
     fn devices(&self) -> Vec<DeviceHealth> {
         self.device_health()
     }
-    fn figures(&self) -> Vec<crate::prometheus::RegistrationFigures> {
+    fn figures(&self) -> Vec<crate::output::prometheus::RegistrationFigures> {
         self.tally().into_iter().map(Into::into).collect()
     }
     fn live(&self) -> bool {

@@ -32,7 +32,7 @@ pub(super) fn answer(method: &str, path: &str, snapshot: &dyn Snapshot) -> Vec<u
     match path {
         "/health" | "/readyz" => {
             let health = snapshot.health();
-            let body = crate::report::health_document(&health, &snapshot.devices());
+            let body = crate::output::report::health_document(&health, &snapshot.devices());
             let status = if health.healthy { 200 } else { 503 };
             response(status, "application/json", body.as_bytes(), head_only, &[])
         }
@@ -47,8 +47,8 @@ pub(super) fn answer(method: &str, path: &str, snapshot: &dyn Snapshot) -> Vec<u
         "/metrics" => {
             let health = snapshot.health();
             let devices = snapshot.devices();
-            let body = crate::prometheus::render(&health, snapshot.figures(), &devices);
-            response(200, crate::prometheus::CONTENT_TYPE, body.as_bytes(), head_only, &[])
+            let body = crate::output::prometheus::render(&health, snapshot.figures(), &devices);
+            response(200, crate::output::prometheus::CONTENT_TYPE, body.as_bytes(), head_only, &[])
         }
         _ => {
             let mut body = format!("vram-monitor {}\n", crate::VERSION);
