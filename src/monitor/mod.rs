@@ -1,5 +1,9 @@
 //! The monitor: the registrations, one named background thread that checks them every
 //! interval, the commands that wake it, and the callback it runs.
+//!
+//! This file holds [`Monitor`] and the state it shares with its thread; [`options`] what it is
+//! created with, `worker` the thread and event delivery, `sweep` one check, [`view`] the read
+//! view outputs use. It picks the adapters (the CUDA driver, NVML) and imports no output.
 
 use crate::core::sync::lock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,9 +14,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::adapters::cuda::CudaDriver;
-use crate::core::driver::Driver;
 use crate::adapters::nvml::NvmlSource;
 use crate::core::device_health::{DeviceHealth, DeviceHealthSource, DeviceHealthTracker, NVML_READ_PERIOD};
+use crate::core::driver::Driver;
 use crate::core::error::Error;
 use crate::core::events::Event;
 use crate::core::health::{CheckSummary, Health};
@@ -25,11 +29,11 @@ use crate::monitor::watchdog::{StallClock, StallLimits, Watchdog};
 #[cfg(feature = "cudarc")]
 pub mod cudarc_buffers;
 mod integrity;
+pub mod options;
 pub mod registration_guard;
-pub mod watchdog;
-mod options;
 mod sweep;
-mod view;
+pub mod view;
+pub mod watchdog;
 mod worker;
 
 pub use options::*;
