@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the shipped PTX of the integrity kernel from its CUDA C source:
 #
-#   scripts/gen-ptx.sh           writes src/integrity/fingerprint.ptx from src/integrity/fingerprint.cu
+#   scripts/gen-ptx.sh           writes src/adapters/cuda/fingerprint.ptx from src/adapters/cuda/fingerprint.cu
 #   scripts/gen-ptx.sh --check   regenerates into a temporary file and diffs it against the
 #                                committed one: exit 1 with the diff if they differ
 #
@@ -19,8 +19,8 @@
 set -u
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-src="$root/src/integrity/fingerprint.cu"
-dst="$root/src/integrity/fingerprint.ptx"
+src="$root/src/adapters/cuda/fingerprint.cu"
+dst="$root/src/adapters/cuda/fingerprint.ptx"
 
 # die MESSAGE [STATUS]: one line on stderr, exit STATUS (1 unless given).
 die() {
@@ -127,18 +127,18 @@ case "${1:-}" in
     generate "$tmp"
     mv "$tmp" "$dst" || die "cannot write $dst"
     chmod 644 "$dst"
-    echo "wrote src/integrity/fingerprint.ptx ($(grep -m1 '^\.version' "$dst"), $(grep -m1 '^\.target' "$dst"), $(wc -l <"$dst") lines)"
+    echo "wrote src/adapters/cuda/fingerprint.ptx ($(grep -m1 '^\.version' "$dst"), $(grep -m1 '^\.target' "$dst"), $(wc -l <"$dst") lines)"
     ;;
   --check)
-    [ -f "$dst" ] || die "no committed src/integrity/fingerprint.ptx to check"
+    [ -f "$dst" ] || die "no committed src/adapters/cuda/fingerprint.ptx to check"
     tmp=$(mktemp) || die "mktemp failed"
     trap 'rm -f "$tmp"' EXIT
     generate "$tmp"
     if ! cmp -s "$dst" "$tmp"; then
-      diff -u "$dst" "$tmp" | sed "1s|.*|--- src/integrity/fingerprint.ptx (committed)|; 2s|.*|+++ regenerated from fingerprint.cu|"
-      echo "gen-ptx.sh --check: src/integrity/fingerprint.ptx differs from what fingerprint.cu gives (a different nvcc release changes it too; the header names the committed one): run scripts/gen-ptx.sh" >&2
+      diff -u "$dst" "$tmp" | sed "1s|.*|--- src/adapters/cuda/fingerprint.ptx (committed)|; 2s|.*|+++ regenerated from fingerprint.cu|"
+      echo "gen-ptx.sh --check: src/adapters/cuda/fingerprint.ptx differs from what fingerprint.cu gives (a different nvcc release changes it too; the header names the committed one): run scripts/gen-ptx.sh" >&2
       exit 1
     fi
-    echo "gen-ptx.sh --check: src/integrity/fingerprint.ptx matches fingerprint.cu"
+    echo "gen-ptx.sh --check: src/adapters/cuda/fingerprint.ptx matches fingerprint.cu"
     ;;
 esac

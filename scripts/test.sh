@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test that runs without a GPU:
 #   0. parity: every function of the C header is reached by the C++ wrapper and the Python
-#      package (scripts/check-parity.py, after its self-test);
+#      package (scripts/check-parity.py, after its self-test); the rooms of src/ and their one
+#      direction of dependencies (scripts/check-architecture.sh, after its self-test);
 #   1. Rust unit and integration tests of the workspace (the core, the C ABI in
 #      crates/vram-monitor-capi, the engine-side CUDA kit in crates/cuda-engine, the doctor in
 #      crates/doctor), against the fake libcuda in tests/fake_cuda (the GPU scenarios in
@@ -55,6 +56,13 @@ echo "== parity: every C function reached by the C++ wrapper and the Python pack
 # The self-test first: it shows the check fails on a function missing on either side.
 python3 scripts/check-parity.py --self-test
 python3 scripts/check-parity.py
+
+echo "== architecture: the core imports no other room, the monitor no output (docs/architecture.md)"
+# The self-test first: it plants a violation in each room and shows the check fails on it.
+bash scripts/check-architecture.sh --self-test
+
+echo "== the core without its optional outputs: builds with no default feature (no HTTP endpoint)"
+cargo check -p vram-monitor --no-default-features
 
 echo "== build: the workspace (the core, the C ABI, libvram_monitor.so and .a, the doctor, the CUDA kit), its binaries and examples"
 # `cargo test` alone does not produce the shared library the C tests link against.

@@ -10,29 +10,45 @@
 //! `crates/vram-monitor-capi`: this crate exports no C symbol.
 #![deny(missing_docs)]
 
-pub mod batch;
-pub mod clock;
-pub mod device_health;
-pub mod driver;
-pub mod error;
-pub mod events;
-pub mod fork;
-pub mod health;
-pub mod http;
-pub mod inspect;
-pub mod integrity;
+// The rooms (docs/architecture.md): dependencies point inward, output -> monitor -> adapters
+// -> core, never back (scripts/check-architecture.sh).
+pub mod adapters;
+pub mod core;
 pub mod monitor;
-pub mod process_exit;
-pub mod process_vram;
-pub mod prometheus;
-pub mod registration_guard;
-pub mod registry;
-pub mod report;
-pub mod sync;
+pub mod output;
+
+// The paths of the flat layout this crate had before the rooms, kept so that
+// `vram_monitor::registry::RegistrationId` and the like still name the same items.
+pub use self::adapters::{fork, process_exit};
+pub use self::core::{batch, clock, error, events, health, inspect, registry, sync, verdict};
+#[cfg(feature = "http")]
+pub use self::output::http;
+pub use self::output::{prometheus, report};
 #[cfg(feature = "cudarc")]
-pub mod cudarc_buffers;
-pub mod verdict;
-pub mod watchdog;
+pub use self::monitor::cudarc_buffers;
+pub use self::monitor::{registration_guard, watchdog};
+/// The driver port ([`core::driver`]) and its CUDA adapter ([`adapters::cuda::CudaDriver`]).
+pub mod driver {
+    pub use crate::adapters::cuda::CudaDriver;
+    pub use crate::core::driver::*;
+}
+/// Content integrity ([`core::integrity`]) and its CUDA adapter, as `integrity::cuda`.
+pub mod integrity {
+    pub use crate::adapters::cuda::fingerprint as cuda;
+    pub use crate::core::integrity::*;
+}
+/// Device health: the values and their fold ([`core::device_health`]) and the NVML source
+/// ([`adapters::nvml::NvmlSource`]).
+pub mod device_health {
+    pub use crate::adapters::nvml::NvmlSource;
+    pub use crate::core::device_health::*;
+}
+/// Process VRAM: the values ([`core::process_vram`]) and the NVML reading
+/// ([`adapters::nvml::process_vram`]).
+pub mod process_vram {
+    pub use crate::adapters::nvml::process_vram::*;
+    pub use crate::core::process_vram::*;
+}
 
 pub use batch::{Region, Registered};
 pub use device_health::{DeviceHealth, DeviceHealthSource, DeviceReading, RemappedRows, Signal, SignalStatus};

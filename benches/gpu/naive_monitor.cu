@@ -284,7 +284,7 @@ static_assert(CU_POINTER_ATTRIBUTE_MEMORY_TYPE == 2 && CU_POINTER_ATTRIBUTE_IS_M
                   CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL == 9 && CU_POINTER_ATTRIBUTE_BUFFER_ID == 7 &&
                   CU_POINTER_ATTRIBUTE_RANGE_START_ADDR == 11 && CU_POINTER_ATTRIBUTE_RANGE_SIZE == 12 &&
                   CU_POINTER_ATTRIBUTE_MAPPING_SIZE == 18 && CU_POINTER_ATTRIBUTE_MAPPING_BASE_ADDR == 19,
-              "the attribute numbers vram-monitor uses (src/driver.rs)");
+              "the attribute numbers vram-monitor uses (src/core/driver.rs)");
 
 // One pass over `pointers`; returns its time in us and counts the plain device answers.
 static double floor_pass_us(const std::vector<void*>& pointers, size_t* device) {

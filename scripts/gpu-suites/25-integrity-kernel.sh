@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU suite: the integrity kernel (src/integrity/fingerprint.cu, shipped as fingerprint.ptx).
+# GPU suite: the integrity kernel (src/adapters/cuda/fingerprint.cu, shipped as fingerprint.ptx).
 #   bash 25-integrity-kernel.sh CARRY MARKDOWN_FILE
 # Run from the repository root (as gpu-test.sh runs every suite). Two parts:
 #  1. scripts/gen-ptx.sh --check: the committed PTX is what the source gives with this
@@ -19,9 +19,9 @@ title='## Integrity kernel (fingerprint v1 PTX)'
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
-if [ ! -f scripts/gen-ptx.sh ] || [ ! -f src/integrity/fingerprint.ptx ]; then
-  echo "FAIL: run from the repository root: scripts/gen-ptx.sh or src/integrity/fingerprint.ptx is missing in $PWD"
-  printf '%s\n\n**Not run**: scripts/gen-ptx.sh or src/integrity/fingerprint.ptx is not in the working tree.\n' "$title" >"$md"
+if [ ! -f scripts/gen-ptx.sh ] || [ ! -f src/adapters/cuda/fingerprint.ptx ]; then
+  echo "FAIL: run from the repository root: scripts/gen-ptx.sh or src/adapters/cuda/fingerprint.ptx is missing in $PWD"
+  printf '%s\n\n**Not run**: scripts/gen-ptx.sh or src/adapters/cuda/fingerprint.ptx is not in the working tree.\n' "$title" >"$md"
   exit 1
 fi
 
@@ -38,7 +38,7 @@ ptx_log=$(cat "$log")
 
 py=$(command -v python3 || command -v python)
 echo "== $py $check_py"
-PYTHONUNBUFFERED=1 timeout 300 "$py" "$check_py" src/integrity/fingerprint.ptx 2>&1 | tee "$log"
+PYTHONUNBUFFERED=1 timeout 300 "$py" "$check_py" src/adapters/cuda/fingerprint.ptx 2>&1 | tee "$log"
 rc_py=${PIPESTATUS[0]}
 echo "exit status: $rc_py"
 py_status=PASS
@@ -48,7 +48,7 @@ py_status=PASS
   printf '%s\n\n' "$title"
   printf -- '- date: %s\n' "$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
   command -v nvidia-smi >/dev/null 2>&1 && printf -- '- GPU: %s\n' "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | head -n 1)"
-  printf -- '- PTX: %s\n' "$(grep -m1 '^\.version' src/integrity/fingerprint.ptx), $(grep -m1 '^\.target' src/integrity/fingerprint.ptx)"
+  printf -- '- PTX: %s\n' "$(grep -m1 '^\.version' src/adapters/cuda/fingerprint.ptx), $(grep -m1 '^\.target' src/adapters/cuda/fingerprint.ptx)"
   printf -- '- `scripts/gen-ptx.sh --check`: **%s**\n' "$ptx_status"
   printf -- '- `integrity_kernel_check.py` (reference comparison, one-change, throughput): **%s**\n' "$py_status"
   printf '\n```text\n'

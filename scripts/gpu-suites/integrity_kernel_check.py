@@ -2,7 +2,7 @@
 
     python3 scripts/gpu-suites/integrity_kernel_check.py [--quick] [PTX]
 
-Loads the committed PTX (src/integrity/fingerprint.ptx, or PTX) as a module image, the way
+Loads the committed PTX (src/adapters/cuda/fingerprint.ptx, or PTX) as a module image, the way
 the library does (cuModuleLoadData: the driver JIT-compiles it), launches it by the spec's
 contract over buffers of several sizes and alignments, and compares every chunk value with a
 NumPy reference of fingerprint v1 computed over a host copy of the same bytes. Then: one

@@ -6,11 +6,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{dispatch, Command, Monitor, Shared};
-use crate::error::Error;
-use crate::events::Event;
-use crate::integrity::{Finding, IntegrityOptions, IntegrityStatus, SealInfo, VerifySummary};
-use crate::registry::{Change, RegistrationId};
-use crate::sync::lock;
+use crate::core::error::Error;
+use crate::core::events::Event;
+use crate::core::integrity::{Finding, IntegrityOptions, IntegrityStatus, SealInfo, VerifySummary};
+use crate::core::registry::{Change, RegistrationId};
+use crate::core::sync::lock;
 
 impl Monitor {
     /// Enables content integrity for CUDA device `device`, borrowing the context current
@@ -160,7 +160,7 @@ impl Monitor {
         let mut events = Vec::new();
         for &id in ids {
             if let Some(Some(Change::Verdict { registration, from })) = self.shared.registry.set_modified(id, false) {
-                events.push(Event::about(crate::EventKind::Recovered, &registration, from, registration.verdict, None, false));
+                events.push(Event::about(crate::core::events::EventKind::Recovered, &registration, from, registration.verdict, None));
             }
         }
         if !events.is_empty() {

@@ -1,4 +1,4 @@
-//! Content integrity through the real CUDA adapter (src/integrity/cuda.rs) and the fake
+//! Content integrity through the real CUDA adapter (src/adapters/cuda/fingerprint.rs) and the fake
 //! libcuda, which holds content, loads the fingerprint PTX and runs its kernel on the host
 //! (tests/fake_cuda/README.md). tests/all/integrity_model.rs covers the core with a model GPU;
 //! this file proves the adapter's driver calls and every fault row of the issue against a

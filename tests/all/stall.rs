@@ -1,4 +1,4 @@
-//! Stall detection (src/watchdog.rs) against the fake libcuda: a driver query that never
+//! Stall detection (src/monitor/watchdog.rs) against the fake libcuda: a driver query that never
 //! returns until the test releases it, one that blocks for seconds, a callback that never
 //! returns, and a long check that keeps progressing. Each test runs in its own child
 //! process (see tests/support).

@@ -38,7 +38,7 @@
 //!
 //! Driver calls go through the `cuda-engine` crate (crates/cuda-engine), the engine side of
 //! CUDA shared with the doctor and the benchmark: the library cudarc's dynamic loader found,
-//! every function looked up once with an integer return type, as `src/driver.rs` does; the
+//! every function looked up once with an integer return type, as `src/adapters/cuda/mod.rs` does; the
 //! functions the scenarios need are required up front ([`engine::load_cuda`]), so a missing
 //! symbol is a clean skip rather than cudarc's panic, and a `CUresult` the 12.8 bindings do not
 //! know (the GPU machine runs a 13.0 driver) is a number rather than undefined behaviour.

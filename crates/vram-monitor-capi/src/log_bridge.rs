@@ -104,7 +104,7 @@ impl log::Log for Bridge {
             let target = CString::new(record.target()).unwrap_or_default();
             let message = CString::new(render(record).replace('\0', " ")).unwrap_or_default();
             // SAFETY: the host registered a valid function; the strings outlive the call.
-            // Nothing reaches the host once it has begun to exit (src/process_exit.rs).
+            // Nothing reaches the host once it has begun to exit (src/adapters/process_exit.rs).
             vram_monitor::process_exit::deliver(|| unsafe {
                 (sink.callback)(record.level().into(), target.as_ptr(), message.as_ptr(), sink.user_data)
             });

@@ -1,0 +1,281 @@
+//! Events: what the engine hears when something changes, and the log record for each.
+
+use crate::core::registry::{RegistrationId, RegistrationInfo};
+use crate::core::verdict::Verdict;
+
+/// What an event reports. The numbers are part of the C ABI.
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A registration stopped being resident (or moved from one violation to another).
+    Violation = 1,
+    /// A registration that was in violation is resident again.
+    Recovered = 2,
+    /// The monitor's overall health flipped (see the event's `healthy` field).
+    HealthChanged = 3,
+    /// The driver query for a registration failed: residency is unknown, not moved.
+    CheckFailed = 4,
+    /// A GPU that holds registrations reports a memory fault (uncorrectable ECC errors, pages
+    /// pending retirement, remapped rows pending or failed, a memory XID) or a critical XID
+    /// event. Not about one registration: `device` names the GPU, the message says what.
+    DeviceFault = 5,
+    /// A sealed registration's bytes differ from its fingerprint (verdict MODIFIED; the
+    /// message gives the differing chunks and the first one's offset).
+    Modified = 6,
+    /// Integrity verification failed in a device's lent context (a sticky error, or the
+    /// context was destroyed): content unknown, the monitor unhealthy. `device` names it.
+    IntegrityFailed = 7,
+}
+
+impl EventKind {
+    /// The stable lower-case name used in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Violation => "violation",
+            EventKind::Recovered => "recovered",
+            EventKind::HealthChanged => "health_changed",
+            EventKind::CheckFailed => "check_failed",
+            EventKind::DeviceFault => "device_fault",
+            EventKind::Modified => "modified",
+            EventKind::IntegrityFailed => "integrity_failed",
+        }
+    }
+}
+
+/// One thing the monitor noticed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// What happened.
+    pub kind: EventKind,
+    /// The registration concerned (0 for [`EventKind::HealthChanged`] and
+    /// [`EventKind::DeviceFault`]).
+    pub registration_id: RegistrationId,
+    /// Its label (empty for health changes and device faults).
+    pub label: String,
+    /// Its first byte.
+    pub ptr: u64,
+    /// Its size.
+    pub size: u64,
+    /// The device it was registered on (-1 for health changes; the faulty GPU for device
+    /// faults).
+    pub device: i32,
+    /// The verdict now.
+    pub verdict: Verdict,
+    /// The verdict before.
+    pub previous_verdict: Verdict,
+    /// The monitor's health after this event.
+    pub healthy: bool,
+    /// A sentence for people.
+    pub message: String,
+    /// When it was noticed, in milliseconds since the Unix epoch.
+    pub timestamp_unix_ms: u64,
+    /// [`EventKind::Modified`]: chunks (of 1 MiB) found different from the seal so far.
+    pub modified_chunks: u64,
+    /// [`EventKind::Modified`]: byte offset of the first differing chunk in the registration.
+    pub first_modified_offset: u64,
+}
+
+impl Event {
+    /// An event about one registration.
+    pub(crate) fn about(
+        kind: EventKind,
+        registration: &RegistrationInfo,
+        previous_verdict: Verdict,
+        verdict: Verdict,
+        detail: Option<&str>,
+    ) -> Event {
+        let message = match kind {
+            EventKind::Violation => format!(
+                "'{}' ({} bytes at {:#x}, GPU{}) is {}: {}",
+                registration.label,
+                registration.size,
+                registration.ptr,
+                registration.device,
+                verdict.name(),
+                verdict.explanation()
+            ),
+            EventKind::Recovered => format!(
+                "'{}' ({} bytes at {:#x}, GPU{}) is resident again (was {})",
+                registration.label, registration.size, registration.ptr, registration.device, previous_verdict.name()
+            ),
+            EventKind::Modified => format!(
+                "'{}' ({} bytes at {:#x}, GPU{}) is MODIFIED: {}",
+                registration.label,
+                registration.size,
+                registration.ptr,
+                registration.device,
+                detail.unwrap_or("its bytes differ from the sealed fingerprint")
+            ),
+            EventKind::CheckFailed | EventKind::HealthChanged | EventKind::DeviceFault | EventKind::IntegrityFailed => format!(
+                "could not check '{}' ({} bytes at {:#x}, GPU{}): {}",
+                registration.label,
+                registration.size,
+                registration.ptr,
+                registration.device,
+                detail.unwrap_or("driver query failed")
+            ),
+        };
+        Event {
+            kind,
+            registration_id: registration.id,
+            label: registration.label.clone(),
+            ptr: registration.ptr,
+            size: registration.size,
+            device: registration.device,
+            verdict,
+            previous_verdict,
+            // Filled in by the monitor once the check's health is known.
+            healthy: false,
+            message,
+            timestamp_unix_ms: crate::core::clock::unix_ms(),
+            modified_chunks: 0,
+            first_modified_offset: 0,
+        }
+    }
+
+    /// The event for a change of overall health.
+    pub(crate) fn health_changed(healthy: bool, violating: u64, check_failed: bool) -> Event {
+        let message = if healthy {
+            "healthy: every registration is resident".to_string()
+        } else if check_failed {
+            format!("unhealthy: the last check failed ({violating} registrations in violation)")
+        } else if violating == 0 {
+            // The only other cause: a GPU that holds registrations reports a memory fault.
+            "unhealthy: a GPU that holds registrations reports a memory fault".to_string()
+        } else {
+            format!("unhealthy: {violating} registrations are not resident")
+        };
+        Event {
+            kind: EventKind::HealthChanged,
+            registration_id: 0,
+            label: String::new(),
+            ptr: 0,
+            size: 0,
+            device: -1,
+            verdict: if healthy || (!check_failed && violating == 0) {
+                // Healthy, or unhealthy through a device fault: no verdict moved.
+                Verdict::Resident
+            } else if check_failed {
+                Verdict::CheckFailed
+            } else {
+                Verdict::NotMapped
+            },
+            previous_verdict: if healthy { Verdict::NotMapped } else { Verdict::Resident },
+            healthy,
+            message,
+            timestamp_unix_ms: crate::core::clock::unix_ms(),
+            modified_chunks: 0,
+            first_modified_offset: 0,
+        }
+    }
+
+    /// The event for a GPU's memory fault or critical XID (see [`EventKind::DeviceFault`]).
+    /// The verdict fields say `RESIDENT`: a device fault does not change a verdict.
+    pub(crate) fn device_fault(device: i32, message: String, healthy: bool) -> Event {
+        Event {
+            kind: EventKind::DeviceFault,
+            registration_id: 0,
+            label: String::new(),
+            ptr: 0,
+            size: 0,
+            device,
+            verdict: Verdict::Resident,
+            previous_verdict: Verdict::Resident,
+            healthy,
+            message,
+            timestamp_unix_ms: crate::core::clock::unix_ms(),
+            modified_chunks: 0,
+            first_modified_offset: 0,
+        }
+    }
+
+    /// The event for a sealed registration whose bytes differ from the seal.
+    pub(crate) fn modified(registration: &RegistrationInfo, previous_verdict: Verdict, chunks: u64, first_offset: u64) -> Event {
+        let detail = format!(
+            "{chunks} of its 1 MiB chunks differ from the sealed fingerprint, the first at byte offset {first_offset} ({:#x})",
+            registration.ptr.wrapping_add(first_offset)
+        );
+        let mut event = Event::about(EventKind::Modified, registration, previous_verdict, Verdict::Modified, Some(&detail));
+        event.modified_chunks = chunks;
+        event.first_modified_offset = first_offset;
+        event
+    }
+
+    /// The event for a device whose lent context failed during verification.
+    pub(crate) fn integrity_failed(device: i32, error: &crate::core::driver::DriverError) -> Event {
+        Event {
+            kind: EventKind::IntegrityFailed,
+            registration_id: 0,
+            label: String::new(),
+            ptr: 0,
+            size: 0,
+            device,
+            verdict: Verdict::CheckFailed,
+            previous_verdict: Verdict::Resident,
+            healthy: false,
+            message: format!("integrity verification on GPU{device} failed in the lent context: {error}; content unknown"),
+            timestamp_unix_ms: crate::core::clock::unix_ms(),
+            modified_chunks: 0,
+            first_modified_offset: 0,
+        }
+    }
+
+    /// Writes the event to the `log` crate with the structured fields operators search by.
+    pub fn log(&self) {
+        let device = format!("GPU{}", self.device);
+        let device = device.as_str();
+        let label = self.label.as_str();
+        let verdict = self.verdict.name();
+        match self.kind {
+            EventKind::Violation => log::error!(
+                target: "vram_monitor",
+                actor = "vram-residency", action = "verify", target = label, device = device,
+                error_kind = "residency_violation", verdict = verdict;
+                "CRITICAL: {}", self.message
+            ),
+            EventKind::CheckFailed => log::error!(
+                target: "vram_monitor",
+                actor = "vram-residency", action = "verify", target = label, device = device,
+                error_kind = "check_failed", verdict = verdict;
+                "{}", self.message
+            ),
+            EventKind::Modified => {
+                let (chunks, offset) = (self.modified_chunks, self.first_modified_offset);
+                log::error!(
+                    target: "vram_monitor",
+                    actor = "vram-integrity", action = "verify", target = label, device = device,
+                    error_kind = "content_modified", verdict = verdict, modified_chunks = chunks, first_modified_offset = offset;
+                    "CRITICAL: {}", self.message
+                )
+            }
+            EventKind::IntegrityFailed => log::error!(
+                target: "vram_monitor",
+                actor = "vram-integrity", action = "verify", device = device,
+                error_kind = "integrity_failed";
+                "{}", self.message
+            ),
+            EventKind::DeviceFault => log::error!(
+                target: "vram_monitor",
+                actor = "vram-residency", action = "device_health", device = device,
+                error_kind = "device_memory_fault";
+                "{}", self.message
+            ),
+            EventKind::Recovered => log::warn!(
+                target: "vram_monitor",
+                actor = "vram-residency", action = "verify", target = label, device = device, verdict = verdict;
+                "{}", self.message
+            ),
+            EventKind::HealthChanged => {
+                if self.healthy {
+                    log::info!(target: "vram_monitor", actor = "vram-residency", action = "verify"; "{}", self.message)
+                } else {
+                    log::error!(
+                        target: "vram_monitor",
+                        actor = "vram-residency", action = "verify", error_kind = "residency_violation";
+                        "{}", self.message
+                    )
+                }
+            }
+        }
+    }
+}

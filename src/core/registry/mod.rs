@@ -1,0 +1,422 @@
+//! The registrations, and the allocations they live in.
+//!
+//! Two sharded tables:
+//! - registrations by id: the label, device, and each piece with its last verdict;
+//! - allocations by query address (the base of an allocation or VMM mapping): the
+//!   fingerprint of the driver's last answer there and the registrations inside it.
+//!
+//! A check asks the driver once per allocation, compares the answer's fingerprint with the
+//! last one, and only reclassifies the registrations of allocations whose answer changed: its
+//! cost follows allocations, not registrations (a million tensors in ten thousand arenas cost
+//! ten thousand queries). Locks are per shard and held only to copy or update a few entries,
+//! never while the driver is asked, so registering never waits for a check to finish.
+
+use crate::core::sync::lock;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::core::driver::{DriverError, PointerInfo};
+use crate::core::verdict::{classify_piece, Piece, Verdict};
+
+mod allocations;
+mod entries;
+mod fingerprint;
+mod hasher;
+mod ids;
+mod values;
+#[cfg(test)]
+mod tests;
+
+use allocations::{next_mark, Allocation, AllocationShard, FAILED, SEVERAL};
+pub use allocations::is_mark;
+use entries::{verdict_of, Pieces, RegistrationEntry, RegistrationShard, TrackedPiece};
+pub use fingerprint::fingerprint;
+use ids::{next_id, ID_BLOCK};
+pub use ids::is_from_this_copy;
+pub use values::{Change, RegistrationFigures, RegistrationInfo, RegistryCounts, Stale, Tally};
+
+/// Identifies a registration. Never 0 and unique in the process, so an id from another
+/// monitor is never mistaken for one of this monitor's.
+pub type RegistrationId = u64;
+
+const SHARDS: usize = 64;
+
+/// A shard on cache lines of its own: without the padding, neighbouring shards' locks share
+/// a line, and threads working on different shards still stall each other.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// All registrations of one monitor.
+pub struct Registry {
+    registrations: Box<[Padded<Mutex<RegistrationShard>>]>,
+    allocations: Box<[Padded<Mutex<AllocationShard>>]>,
+    // Changed only by checks and unregistering: rarely contended.
+    violating: AtomicU64,
+    failing: AtomicU64,
+    violating_and_failing: AtomicU64,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new()
+    }
+}
+
+
+fn shard_of_id(id: RegistrationId) -> usize {
+    // A thread's block of ids stays in one shard: consecutive registrations on one thread
+    // then find that shard's lock and entries in their own core's cache, and threads
+    // registering at once mostly hold different shards.
+    ((id / ID_BLOCK) as usize) % SHARDS
+}
+
+fn shard_of_address(address: u64) -> usize {
+    // Allocations are at least 512-byte aligned, often 2 MiB: mix the bits before picking.
+    ((address.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize) % SHARDS
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Registry {
+        Registry {
+            registrations: (0..SHARDS).map(|_| Padded(Mutex::new(RegistrationShard::default()))).collect(),
+            allocations: (0..SHARDS).map(|_| Padded(Mutex::new(AllocationShard::default()))).collect(),
+            violating: AtomicU64::new(0),
+            failing: AtomicU64::new(0),
+            violating_and_failing: AtomicU64::new(0),
+        }
+    }
+
+    /// Adds a registration that was found resident. `answers` are the driver's answers at
+    /// each piece's `query_at`, as seen during registration, in piece order.
+    pub fn insert(&self, label: &str, device: i32, pieces: &[Piece], answers: &[PointerInfo]) -> RegistrationId {
+        let id = next_id();
+        let track = |piece: &Piece| TrackedPiece { piece: *piece, verdict: Verdict::Resident as u8, failing: false };
+        // One piece, the common case, without a heap allocation.
+        let pieces_field = match pieces {
+            [one] => Pieces::One(track(one)),
+            _ => Pieces::Many(pieces.iter().map(track).collect()),
+        };
+        let registration =
+            RegistrationEntry { label: label.into(), device, verdict: Verdict::Resident as u8, failing: false, modified: false, pieces: pieces_field };
+        let size = registration.size();
+        // The registration exists before any allocation names it, so a check that finds it
+        // through an allocation can always read it.
+        {
+            let mut shard = lock(&self.registrations[shard_of_id(id)]);
+            shard.push(id, registration);
+            shard.count += 1;
+            shard.tracked_bytes += size;
+            shard.count_device(device, true);
+        }
+        for (piece, answer) in pieces.iter().zip(answers) {
+            let seen = fingerprint(answer);
+            let address = piece.query_at;
+            let mut guard = lock(&self.allocations[shard_of_address(address)]);
+            let AllocationShard { map, several, generation, marks } = &mut *guard;
+            match map.get_mut(&address) {
+                Some(allocation) => {
+                    // The others were judged by an older answer: if it differs from what this
+                    // registration saw, the memory changed meanwhile; judge them all again.
+                    if allocation.fingerprint != seen {
+                        allocation.fingerprint = next_mark(marks);
+                        *generation += 1;
+                    }
+                    if allocation.member == SEVERAL {
+                        several.entry(address).or_default().insert(id);
+                    } else if allocation.member != id {
+                        several.insert(address, [allocation.member, id].into_iter().collect());
+                        allocation.member = SEVERAL;
+                    }
+                }
+                None => {
+                    map.insert(address, Allocation { fingerprint: seen, member: id });
+                    *generation += 1;
+                }
+            }
+        }
+        id
+    }
+
+    /// Removes a registration; `None` if the id is not registered (any more). Returns nothing
+    /// of it: unregistering is on the engine's hot path, and a copy of the label would cost an
+    /// allocation per call.
+    pub fn remove(&self, id: RegistrationId) -> Option<()> {
+        let registration = {
+            let mut shard = lock(&self.registrations[shard_of_id(id)]);
+            let registration = shard.remove(id)?;
+            shard.count -= 1;
+            shard.tracked_bytes -= registration.size();
+            shard.count_device(registration.device, false);
+            registration
+        };
+        if verdict_of(registration.verdict).is_violation() {
+            self.violating.fetch_sub(1, Ordering::Relaxed);
+        }
+        if registration.failing {
+            self.failing.fetch_sub(1, Ordering::Relaxed);
+        }
+        if registration.failing && verdict_of(registration.verdict).is_violation() {
+            self.violating_and_failing.fetch_sub(1, Ordering::Relaxed);
+        }
+        for tracked in registration.pieces.as_slice() {
+            let address = tracked.piece.query_at;
+            let mut guard = lock(&self.allocations[shard_of_address(address)]);
+            let AllocationShard { map, several, generation, .. } = &mut *guard;
+            let Some(allocation) = map.get_mut(&address) else { continue };
+            let empty = if allocation.member == SEVERAL {
+                let left = several.get_mut(&address).map(|ids| {
+                    ids.remove(&id);
+                    ids.len()
+                });
+                match left {
+                    Some(0) | None => {
+                        several.remove(&address);
+                        true
+                    }
+                    Some(1) => {
+                        // Back to the common case: the last one moves into the entry.
+                        let last = several.remove(&address).and_then(|ids| ids.into_iter().next());
+                        allocation.member = last.unwrap_or(SEVERAL);
+                        last.is_none()
+                    }
+                    Some(_) => false,
+                }
+            } else {
+                allocation.member == id
+            };
+            if empty {
+                map.remove(&address);
+                *generation += 1;
+            }
+        }
+        Some(())
+    }
+
+    /// The registration with this id, if registered.
+    pub fn get(&self, id: RegistrationId) -> Option<RegistrationInfo> {
+        let shard = lock(&self.registrations[shard_of_id(id)]);
+        shard.get(id).map(|r| r.info(id))
+    }
+
+    /// A copy of every registration, in id order.
+    pub fn snapshot(&self) -> Vec<RegistrationInfo> {
+        let mut all = Vec::new();
+        for shard in self.registrations.iter() {
+            let shard = lock(shard);
+            all.extend(shard.iter().map(|(id, r)| r.info(id)));
+        }
+        all.sort_unstable_by_key(|r| r.id);
+        all
+    }
+
+    /// The devices that hold registrations now, in ordinal order.
+    pub fn devices(&self) -> Vec<i32> {
+        let mut devices: Vec<i32> = Vec::new();
+        for shard in self.registrations.iter() {
+            for &(device, _) in lock(shard).per_device.iter() {
+                if !devices.contains(&device) {
+                    devices.push(device);
+                }
+            }
+        }
+        devices.sort_unstable();
+        devices
+    }
+
+    /// Registrations and bytes per (device, verdict), for metrics: counted under each shard's
+    /// lock in turn, without copying labels or pieces.
+    pub fn tally(&self) -> Vec<RegistrationFigures> {
+        let mut tallies: Vec<RegistrationFigures> = Vec::new();
+        for shard in self.registrations.iter() {
+            let shard = lock(shard);
+            for (_, registration) in shard.iter() {
+                let verdict = verdict_of(registration.verdict);
+                let size = registration.size();
+                match tallies.iter_mut().find(|t| t.device == registration.device && t.verdict == verdict) {
+                    Some(t) => {
+                        t.registrations += 1;
+                        t.bytes += size;
+                    }
+                    None => tallies.push(RegistrationFigures { device: registration.device, verdict, registrations: 1, bytes: size }),
+                }
+            }
+        }
+        tallies.sort_unstable_by_key(|t| (t.device, t.verdict as i32));
+        tallies
+    }
+
+    /// The counts.
+    pub fn counts(&self) -> RegistryCounts {
+        let mut counts = RegistryCounts {
+            violating: self.violating.load(Ordering::Relaxed),
+            failing: self.failing.load(Ordering::Relaxed),
+            violating_and_failing: self.violating_and_failing.load(Ordering::Relaxed),
+            ..Default::default()
+        };
+        for shard in self.registrations.iter() {
+            let shard = lock(shard);
+            counts.registrations += shard.count;
+            counts.tracked_bytes += shard.tracked_bytes;
+        }
+        for shard in self.allocations.iter() {
+            counts.allocations += lock(shard).map.len() as u64;
+        }
+        counts
+    }
+
+    /// Number of allocation shards (a check walks them one by one).
+    pub fn allocation_shards(&self) -> usize {
+        self.allocations.len()
+    }
+
+    /// The addresses of allocation shard `shard` with their last fingerprints, appended to
+    /// `out`; returns the shard's generation. The lock is held only for the copy.
+    pub fn allocation_addresses(&self, shard: usize, out: &mut Vec<(u64, u64)>) -> u64 {
+        let shard = lock(&self.allocations[shard]);
+        out.extend(shard.map.iter().map(|(&address, a)| (address, a.fingerprint)));
+        shard.generation
+    }
+
+    /// The generation of each allocation shard, in shard order.
+    pub fn allocation_generations(&self, out: &mut Vec<u64>) {
+        out.clear();
+        out.extend(self.allocations.iter().map(|shard| lock(shard).generation));
+    }
+
+    /// Whether an answer at `address` differs from the one its members were judged by.
+    pub fn is_unchanged(last_fingerprint: u64, answer: &Result<PointerInfo, DriverError>) -> bool {
+        match answer {
+            Ok(info) => last_fingerprint == fingerprint(info),
+            Err(_) => last_fingerprint == FAILED,
+        }
+    }
+
+    /// The fingerprint [`Registry::apply`] records for an answer.
+    pub fn fingerprint_of(answer: &Result<PointerInfo, DriverError>) -> u64 {
+        match answer {
+            Ok(info) => fingerprint(info),
+            Err(_) => FAILED,
+        }
+    }
+
+    /// Judges again every registration inside the allocation at `address` by `answer`, and
+    /// records the answer as the one they were judged by. Returns what changed.
+    ///
+    /// `judged_by` is the fingerprint the caller's plan had for this address when it asked.
+    /// If the allocation holds another value now, it changed after the plan was made — a
+    /// registration joined having seen another answer (perhaps newer than `answer`), or the
+    /// allocation was unregistered and registered again at the same address — so `answer` may
+    /// be older than what its members were registered against: nothing is judged, and
+    /// [`Stale`] tells the value to plan with, so that the next check asks again.
+    pub fn apply(&self, address: u64, answer: &Result<PointerInfo, DriverError>, judged_by: u64) -> Result<Vec<Change>, Stale> {
+        let members: Vec<RegistrationId> = {
+            let mut guard = lock(&self.allocations[shard_of_address(address)]);
+            let AllocationShard { map, several, .. } = &mut *guard;
+            let Some(allocation) = map.get_mut(&address) else { return Ok(Vec::new()) };
+            if allocation.fingerprint != judged_by {
+                return Err(Stale { current: allocation.fingerprint });
+            }
+            allocation.fingerprint = Registry::fingerprint_of(answer);
+            if allocation.member == SEVERAL {
+                let mut ids: Vec<RegistrationId> = several.get(&address).map(|ids| ids.iter().copied().collect()).unwrap_or_default();
+                ids.sort_unstable();
+                ids
+            } else {
+                vec![allocation.member]
+            }
+        };
+        let mut changes = Vec::new();
+        for id in members {
+            let mut shard = lock(&self.registrations[shard_of_id(id)]);
+            let Some(registration) = shard.get_mut(id) else { continue };
+            let device = registration.device;
+            for tracked in registration.pieces.as_mut_slice().iter_mut().filter(|t| t.piece.query_at == address) {
+                match answer {
+                    Ok(info) => {
+                        tracked.verdict = classify_piece(&tracked.piece, device, info) as u8;
+                        tracked.failing = false;
+                    }
+                    // The last verdict stays: a failed query says nothing about the memory.
+                    Err(_) => tracked.failing = true,
+                }
+            }
+            let verdict = registration.judged();
+            let failing = registration.pieces.as_slice().iter().any(|t| t.failing);
+            let (old_verdict, old_failing) = (verdict_of(registration.verdict), registration.failing);
+            registration.verdict = verdict as u8;
+            registration.failing = failing;
+            self.recount(old_verdict, old_failing, verdict, failing);
+            if !old_failing && failing {
+                if let Err(error) = answer {
+                    changes.push(Change::CheckFailed { registration: registration.info(id), error: error.clone() });
+                }
+            }
+            if old_verdict != verdict {
+                changes.push(Change::Verdict { registration: registration.info(id), from: old_verdict });
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Marks a sealed registration's content as modified (or, at reseal, as matching again)
+    /// and returns the change of verdict it makes, if any; `None` for an unknown id.
+    pub fn set_modified(&self, id: RegistrationId, modified: bool) -> Option<Option<Change>> {
+        let mut shard = lock(&self.registrations[shard_of_id(id)]);
+        let registration = shard.get_mut(id)?;
+        registration.modified = modified;
+        let old_verdict = verdict_of(registration.verdict);
+        let verdict = registration.judged();
+        registration.verdict = verdict as u8;
+        let failing = registration.failing;
+        self.recount(old_verdict, failing, verdict, failing);
+        Some((old_verdict != verdict).then(|| Change::Verdict { registration: registration.info(id), from: old_verdict }))
+    }
+
+    /// One registration's verdict and whether its query is failing, without copying it.
+    pub fn verdict(&self, id: RegistrationId) -> Option<(Verdict, bool)> {
+        let shard = lock(&self.registrations[shard_of_id(id)]);
+        shard.get(id).map(|r| (verdict_of(r.verdict), r.failing))
+    }
+
+    /// Keeps the three counters true when one registration goes from one state to another.
+    fn recount(&self, old_verdict: Verdict, old_failing: bool, verdict: Verdict, failing: bool) {
+            match (old_verdict.is_violation(), verdict.is_violation()) {
+                (false, true) => {
+                    self.violating.fetch_add(1, Ordering::Relaxed);
+                }
+                (true, false) => {
+                    self.violating.fetch_sub(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+            match (old_failing, failing) {
+                (false, true) => {
+                    self.failing.fetch_add(1, Ordering::Relaxed);
+                }
+                (true, false) => {
+                    self.failing.fetch_sub(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+            match (old_failing && old_verdict.is_violation(), failing && verdict.is_violation()) {
+                (false, true) => {
+                    self.violating_and_failing.fetch_add(1, Ordering::Relaxed);
+                }
+                (true, false) => {
+                    self.violating_and_failing.fetch_sub(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+    }
+}
+
