@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import json
 import threading
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Literal, Optional, Sequence, Tuple, Union
 
 from . import _native, events, lifecycle
-from .health import CheckSummary, DeviceHealth, Health, Stall
-from .integrity import IntegrityStatus, SealInfo, VerifySummary, current_device
+from .health import CheckSummary, Health, Stall
+from .outputs import OutputMethods
+from .sealing import SealingMethods
 from .results import MonitorClosed, Result, Verdict, VramMonitorError, check, enum_or_int
 from .tensors import buffer_range
 
@@ -20,11 +20,6 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["EntriesFailed", "Monitor", "Registration", "RegistrationInfo"]
 
 _OPEN, _CLOSING, _CLOSED = 0, 1, 2
-_REPORT_FORMATS = {
-    "text": _native.REPORT_FORMAT_TEXT,
-    "json": _native.REPORT_FORMAT_JSON,
-    "prometheus": _native.REPORT_FORMAT_PROMETHEUS,
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +83,7 @@ class Registration:
         return "Registration(id=%d%s)" % (self.id, "" if self._active else ", unregistered")
 
 
-class Monitor:
+class Monitor(SealingMethods, OutputMethods):
     """A monitor and its background thread. A context manager: leaving the block (or close())
     stops and joins the thread; no callback runs afterwards.
 
@@ -200,95 +195,6 @@ class Monitor:
             code = self._lib.vram_monitor_register(self._h(what), ctypes.c_void_p(ptr), size, _label(label), ctypes.byref(out))
         check(code, what)
         return out.value
-
-    # ---- content integrity (docs/integrity.md) ----
-
-    def enable_integrity(
-        self,
-        device: Optional[int] = None,
-        *,
-        slice_bytes: int = 0,
-        max_gpu_share_ppm: int = 0,
-        period_ms: int = 0,
-    ) -> int:
-        """Enables content integrity for `device`, borrowing the CUDA context current on this
-        thread (vram_monitor_enable_integrity; the library creates none). `device` None: the
-        current torch device (else CuPy's), whose primary context is made current here first.
-        Zero options take the library's defaults. Returns the device."""
-        if device is None:
-            device = current_device()
-            if device is None:
-                raise ValueError("no device given and neither torch nor cupy is in use")
-        options = _native.VramMonitorIntegrityOptions(
-            _native.u64(slice_bytes, "slice_bytes"), int(max_gpu_share_ppm), _native.u64(period_ms, "period_ms")
-        )
-        what = "vram_monitor_enable_integrity(%d)" % device
-        check(self._lib.vram_monitor_enable_integrity(self._h(what), int(device), ctypes.byref(options)), what)
-        return int(device)
-
-    def disable_integrity(self, device: int) -> None:
-        """Disables integrity for `device` (its seals dropped, the context given back)."""
-        what = "vram_monitor_disable_integrity(%d)" % device
-        check(self._lib.vram_monitor_disable_integrity(self._h(what), int(device)), what)
-
-    def set_integrity_options(self, *, slice_bytes: int = 0, max_gpu_share_ppm: int = 0, period_ms: int = 0) -> None:
-        """Changes background verification's pacing on every enabled device (0: default)."""
-        options = _native.VramMonitorIntegrityOptions(
-            _native.u64(slice_bytes, "slice_bytes"), int(max_gpu_share_ppm), _native.u64(period_ms, "period_ms")
-        )
-        what = "vram_monitor_set_integrity_options"
-        check(self._lib.vram_monitor_set_integrity_options(self._h(what), ctypes.byref(options)), what)
-
-    def seal(self, registration_id: int) -> None:
-        """Fingerprints a registration's bytes on its GPU now; a later difference makes its
-        verdict MODIFIED. Seal weights only, never a KV cache or activations."""
-        what = "vram_monitor_seal"
-        check(self._lib.vram_monitor_seal(self._h(what), _native.u64(registration_id, "registration_id")), what)
-
-    def reseal(self, registration_id: int) -> None:
-        """Takes a new fingerprint after an intentional change and clears MODIFIED."""
-        what = "vram_monitor_reseal"
-        check(self._lib.vram_monitor_reseal(self._h(what), _native.u64(registration_id, "registration_id")), what)
-
-    def rebind(self, registration_id: int) -> int:
-        """Takes a registration back after the engine unmapped and remapped its memory on
-        purpose (wake from sleep, an expandable segment released and grown again): the memory
-        mapped there now is registered under a new id (returned; the old one is gone) and a
-        seal moves to it with the fingerprints taken before, so that verify_now() after the
-        reload finds bytes that were not restored exactly (MODIFIED)."""
-        what = "vram_monitor_rebind"
-        if not _native.has(self._lib, what):
-            raise NotImplementedError("the loaded vram_monitor library is older than vram_monitor_rebind")
-        out = ctypes.c_uint64()
-        check(self._lib.vram_monitor_rebind(self._h(what), _native.u64(registration_id, "registration_id"), ctypes.byref(out)), what)
-        return out.value
-
-    def unseal(self, registration_id: int) -> None:
-        """Stops verifying a registration's content (it stays registered)."""
-        what = "vram_monitor_unseal"
-        check(self._lib.vram_monitor_unseal(self._h(what), _native.u64(registration_id, "registration_id")), what)
-
-    def verify_now(self) -> VerifySummary:
-        """Verifies every sealed byte now at full speed and waits for it."""
-        what = "vram_monitor_verify_now"
-        buf, out = _native.out_struct(_native.VramMonitorVerifySummary)
-        check(self._lib.vram_monitor_verify_now(self._h(what), ctypes.addressof(buf)), what)
-        return VerifySummary._from_c(out)
-
-    def seal_info(self, registration_id: int) -> Optional[SealInfo]:
-        """A registration's integrity state, or None when it is not sealed."""
-        what = "vram_monitor_seal_info"
-        buf, out = _native.out_struct(_native.VramMonitorSealInfo)
-        rid = _native.u64(registration_id, "registration_id")
-        check(self._lib.vram_monitor_seal_info(self._h(what), rid, ctypes.addressof(buf)), what)
-        return SealInfo._from_c(out) if out.sealed else None
-
-    def integrity(self) -> IntegrityStatus:
-        """The monitor-wide integrity state."""
-        what = "vram_monitor_integrity"
-        buf, out = _native.out_struct(_native.VramMonitorIntegrity)
-        check(self._lib.vram_monitor_integrity(self._h(what), ctypes.addressof(buf)), what)
-        return IntegrityStatus._from_c(out)
 
     def register_many(self, entries: Iterable[Tuple[int, int, str]], *, all_or_nothing: bool = True) -> List[int]:
         """Registers `(ptr, nbytes, label)` entries in one call (vram_monitor_register_many:
@@ -508,71 +414,6 @@ class Monitor:
             ),
             what,
         )
-
-    def device_health(self) -> List[DeviceHealth]:
-        """The memory health of each GPU that holds registrations, as of the last check."""
-        what = "vram_monitor_device_health"
-        count = ctypes.c_size_t(0)
-        code = self._lib.vram_monitor_device_health(self._h(what), None, 0, ctypes.byref(count))
-        for _ in range(16):
-            if code != Result.BUFFER_TOO_SMALL:
-                break
-            capacity = int(count.value) + 4  # room for GPUs that gain registrations meanwhile
-            array = (_native.VramMonitorDeviceHealth * capacity)()
-            code = self._lib.vram_monitor_device_health(self._h(what), array, capacity, ctypes.byref(count))
-            if code == Result.OK:
-                return [DeviceHealth._from_c(array[i]) for i in range(int(count.value))]
-        check(code, what)
-        return []
-
-    def report(self, format: str = "text") -> str:
-        """The report as a string: format "text", "json" or "prometheus" (the text exposition
-        format, version 0.0.4)."""
-        if format not in _REPORT_FORMATS:
-            raise ValueError("format must be 'text', 'json' or 'prometheus'")
-        what = "vram_monitor_report"
-        fmt = _REPORT_FORMATS[format]
-        needed = ctypes.c_size_t(0)
-        code = self._lib.vram_monitor_report(self._h(what), fmt, None, 0, ctypes.byref(needed))
-        # The report can grow between the size query and the copy (other threads register):
-        # room to spare, more on each try, so that a steady stream of registrations cannot
-        # keep it from fitting.
-        headroom = 4096
-        for _ in range(16):
-            if code != Result.BUFFER_TOO_SMALL:
-                break
-            size = needed.value + needed.value // 4 + headroom
-            buf = ctypes.create_string_buffer(size)
-            length = ctypes.c_size_t(0)
-            code = self._lib.vram_monitor_report(self._h(what), fmt, buf, size, ctypes.byref(length))
-            if code == Result.OK:
-                return buf.raw[: length.value].decode("utf-8", "replace")
-            needed = length
-            headroom = min(headroom * 4, 1 << 24)
-        check(code, what)
-        return ""
-
-    def report_json(self) -> Dict[str, Any]:
-        """The JSON report, parsed: {"health": {...}, "registrations": [...]}."""
-        return dict(json.loads(self.report("json")))
-
-    # -- the built-in HTTP endpoint --
-
-    def serve_http(self, address: Optional[str] = None) -> int:
-        """Starts the built-in endpoint (GET /health: 200 or 503 with JSON; GET /metrics:
-        Prometheus) on `address` ("PORT", "localhost:PORT", or an IP literal with a port;
-        None: "127.0.0.1:9464"); returns the port it listens on (useful with port 0). Its
-        threads stop on stop_http() or close()."""
-        what = "vram_monitor_serve_http"
-        port = ctypes.c_uint16(0)
-        encoded = None if address is None else address.encode("utf-8")
-        check(self._lib.vram_monitor_serve_http(self._h(what), encoded, ctypes.byref(port)), what)
-        return int(port.value)
-
-    def stop_http(self) -> None:
-        """Stops the built-in endpoint, if it serves, and joins its threads."""
-        what = "vram_monitor_stop_http"
-        check(self._lib.vram_monitor_stop_http(self._h(what)), what)
 
 
 def _label(label: Any) -> bytes:
