@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU suite: performance. Runs the Rust benchmark (examples/perf_gpu.rs, carried as
+# GPU suite: performance. Runs the Rust benchmark (examples/perf_gpu/, carried as
 # CARRY/bin/perf_gpu) and the hand-written C++ alternative (benches/gpu/naive_monitor.cu,
 # compiled here with nvcc), and writes the comparison table (docs/performance.md's content).
 #   bash suite.sh CARRY MARKDOWN_FILE
@@ -62,7 +62,7 @@ def ratio(a, b):
         return "—"
 print("## Performance (GPU benchmark)\n")
 print(f"- Date (UTC): {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}; GPU, driver: {gpu}")
-print("- vram-monitor: `examples/perf_gpu.rs`; the alternative: `benches/gpu/naive_monitor.cu` "
+print("- vram-monitor: `examples/perf_gpu/`; the alternative: `benches/gpu/naive_monitor.cu` "
       "(`std::unordered_map` behind one `std::mutex`, `cudaPointerGetAttributes` per entry while holding it)")
 print("- Times in microseconds. Floor = the same 8 attributes with `cuPointerGetAttributes` in a tight loop, same process, same allocations.\n")
 print("| figure | target | vram-monitor | naive alternative |")

@@ -1,6 +1,6 @@
 //! The engine side of CUDA, for the programs that play an inference engine against
 //! vram-monitor: the doctor (`crates/doctor`), the GPU scenarios (`tests/gpu`) and the GPU
-//! benchmark (`examples/perf_gpu.rs`).
+//! benchmark (`examples/perf_gpu/`).
 //!
 //! The library itself never creates a context and never allocates; an engine does both, and
 //! these programs must do what an engine does to see what the monitor says about it. This crate

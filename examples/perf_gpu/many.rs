@@ -1,0 +1,44 @@
+//! A whole model in one call (`register_many`) against a loop of `register`.
+
+use super::*;
+
+/// A whole model in one call against a loop of `register`: `entries` tensors of 4 KiB in
+/// `allocations` allocations, alternating rounds (median of paired ratios); the queries
+/// register_many made, counted by the call itself.
+pub(crate) fn register_many_vs_loop(cuda: &Cuda, entries: usize, allocations: usize) {
+    let per = entries / allocations;
+    let bases: Vec<u64> = (0..allocations).map(|_| cuda.alloc(per * 4096)).collect();
+    let labels: Vec<String> = (0..entries).map(|i| format!("model.layers.{}.w{}", i % allocations, i / allocations)).collect();
+    let regions: Vec<vram_monitor::Region<'_>> = (0..entries)
+        .map(|i| vram_monitor::Region { ptr: bases[i % allocations] + (i / allocations) as u64 * 4096, size: 4096, label: &labels[i] })
+        .collect();
+    let m = monitor(Pacing::default());
+    let (mut loop_us, mut many_us, mut ratios, mut queries) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    for _ in 0..5 {
+        let started = Instant::now();
+        let ids: Vec<_> = regions.iter().map(|r| m.register(r.ptr, r.size, r.label).unwrap()).collect();
+        let one_by_one = microseconds_since(started);
+        for id in ids {
+            m.unregister(id).unwrap();
+        }
+        let started = Instant::now();
+        let done = m.register_many(&regions, true).unwrap();
+        let together = microseconds_since(started);
+        assert_eq!(done.registered(), entries, "register_many registered every entry");
+        queries = done.queries;
+        for id in done.results.into_iter().flatten() {
+            m.unregister(id).unwrap();
+        }
+        loop_us.push(one_by_one);
+        many_us.push(together);
+        ratios.push(one_by_one / together);
+    }
+    result(&format!("register_loop_us_{entries}_in_{allocations}"), median(loop_us));
+    result(&format!("register_many_us_{entries}_in_{allocations}"), median(many_us));
+    result(&format!("register_many_speedup_paired_{entries}_in_{allocations}"), median(ratios));
+    result(&format!("register_many_queries_{entries}_in_{allocations}"), queries as f64);
+    drop(m);
+    for b in bases {
+        cuda.free(b);
+    }
+}
