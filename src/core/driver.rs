@@ -132,8 +132,8 @@ impl std::fmt::Display for DriverError {
 
 impl std::error::Error for DriverError {}
 
-/// Names of the `CUresult` codes a residency check can plausibly meet. Anything else is
-/// reported by number: an unknown code is an answer, not a crash.
+/// Names of the `CUresult` codes a residency check or an integrity verification can plausibly
+/// meet. Anything else is reported by number: an unknown code is an answer, not a crash.
 pub fn cuda_error_name(code: i32) -> &'static str {
     match code {
         0 => "CUDA_SUCCESS",
@@ -145,15 +145,24 @@ pub fn cuda_error_name(code: i32) -> &'static str {
         35 => "CUDA_ERROR_INSUFFICIENT_DRIVER",
         100 => "CUDA_ERROR_NO_DEVICE",
         101 => "CUDA_ERROR_INVALID_DEVICE",
+        200 => "CUDA_ERROR_INVALID_IMAGE",
         201 => "CUDA_ERROR_INVALID_CONTEXT",
+        209 => "CUDA_ERROR_NO_BINARY_FOR_GPU",
+        218 => "CUDA_ERROR_INVALID_PTX",
+        222 => "CUDA_ERROR_UNSUPPORTED_PTX_VERSION",
         304 => "CUDA_ERROR_OPERATING_SYSTEM",
         46 => "CUDA_ERROR_DEVICE_UNAVAILABLE",
         400 => "CUDA_ERROR_INVALID_HANDLE",
         700 => "CUDA_ERROR_ILLEGAL_ADDRESS",
+        701 => "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES",
+        702 => "CUDA_ERROR_LAUNCH_TIMEOUT",
         709 => "CUDA_ERROR_CONTEXT_IS_DESTROYED",
         710 => "CUDA_ERROR_ASSERT",
         714 => "CUDA_ERROR_HARDWARE_STACK_ERROR",
         715 => "CUDA_ERROR_ILLEGAL_INSTRUCTION",
+        716 => "CUDA_ERROR_MISALIGNED_ADDRESS",
+        717 => "CUDA_ERROR_INVALID_ADDRESS_SPACE",
+        718 => "CUDA_ERROR_INVALID_PC",
         719 => "CUDA_ERROR_LAUNCH_FAILED",
         802 => "CUDA_ERROR_SYSTEM_NOT_READY",
         999 => "CUDA_ERROR_UNKNOWN",
