@@ -129,6 +129,23 @@ pub unsafe extern "C" fn vram_monitor_register(
     label: *const c_char,
     out_id: *mut u64,
 ) -> VramMonitorResult {
+    // SAFETY: the contract above is register_with's.
+    unsafe { register_with(monitor, ptr, size, label, out_id, Monitor::register) }
+}
+
+/// The arguments of `vram_monitor_register` and `vram_monitor_register_sealed`, checked and
+/// converted in one place: `register` (plain or sealed) runs with them and its id is written.
+///
+/// # Safety
+/// `monitor` NULL or a handle; `label` NULL or NUL-terminated; `out_id` NULL or writable.
+pub(crate) unsafe fn register_with(
+    monitor: *mut VramMonitor,
+    ptr: *const c_void,
+    size: usize,
+    label: *const c_char,
+    out_id: *mut u64,
+    register: impl FnOnce(&Monitor, u64, u64, &str) -> Result<u64, vram_monitor::Error>,
+) -> VramMonitorResult {
     on_monitor(monitor, |monitor| {
         if ptr.is_null() || label.is_null() || out_id.is_null() {
             return VramMonitorResult::NullArgument;
@@ -137,7 +154,8 @@ pub unsafe extern "C" fn vram_monitor_register(
         let Ok(label) = unsafe { CStr::from_ptr(label) }.to_str() else {
             return VramMonitorResult::InvalidLabel;
         };
-        let id = try_ffi!(monitor.register(ptr as u64, size as u64, label));
+        let id = try_ffi!(register(monitor, ptr as u64, size as u64, label));
+        // SAFETY: checked non-NULL; writable per the contract.
         unsafe { *out_id = id };
         VramMonitorResult::Ok
     })

@@ -4,7 +4,7 @@
 //! KiB of code), creates one non-blocking stream and allocates a 128 KiB scratch buffer in
 //! the lent context; nothing else. Host memory: 8 bytes per sealed MiB.
 
-use std::ffi::{c_char, c_void, CStr};
+use std::ffi::{c_char, c_void};
 use std::time::Duration;
 
 use crate::handle::{on_monitor, VramMonitor};
@@ -244,18 +244,8 @@ pub unsafe extern "C" fn vram_monitor_register_sealed(
     label: *const c_char,
     out_id: *mut u64,
 ) -> VramMonitorResult {
-    on_monitor(monitor, |monitor| {
-        if ptr.is_null() || label.is_null() || out_id.is_null() {
-            return VramMonitorResult::NullArgument;
-        }
-        // SAFETY: non-NULL, NUL-terminated per the contract.
-        let Ok(label) = unsafe { CStr::from_ptr(label) }.to_str() else {
-            return VramMonitorResult::InvalidLabel;
-        };
-        let id = try_ffi!(monitor.register_sealed(ptr as u64, size as u64, label));
-        unsafe { *out_id = id };
-        VramMonitorResult::Ok
-    })
+    // SAFETY: the contract above is register_with's.
+    unsafe { crate::functions::register_with(monitor, ptr, size, label, out_id, vram_monitor::Monitor::register_sealed) }
 }
 
 /// Takes back registration `id` after the engine unmapped and remapped its range on
