@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vram_monitor::http::{HttpOptions, HttpServer, Snapshot};
-use vram_monitor::{DeviceHealth, Health, ProcessVram};
+use vram_monitor::{DeviceHealth, Health};
 
 struct Healthy;
 
@@ -30,27 +30,14 @@ impl Snapshot for Healthy {
             healthy: true,
             registrations: 1,
             tracked_bytes: 1 << 30,
-            current_violations: 0,
-            total_violations: 0,
             checks_completed: 1,
-            checks_failed: 0,
-            last_check_failed: false,
             last_check_unix_ms: 1_700_000_000_000,
             last_check_duration_us: 100,
-            process_vram: ProcessVram::UNKNOWN,
             interval_ms: 1000,
-            device_faults: 0,
-            stalled: false,
             last_check_started_unix_ms: 1_699_999_999_999,
-            check_in_progress_ms: None,
             stall_deadline_ms: 30_000,
             stall_grace_ms: 30_000,
-            sealed: 0,
-            sealed_bytes: 0,
-            integrity_verified_bytes: 0,
-            integrity_passes: 0,
-            integrity_last_pass_unix_ms: 0,
-            integrity_failed: false,
+            ..Default::default()
         }
     }
     fn devices(&self) -> Vec<DeviceHealth> {

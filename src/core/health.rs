@@ -3,8 +3,9 @@
 
 use crate::core::process_vram::ProcessVram;
 
-/// The monitor's state, read at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The monitor's state, read at once. The default is a monitor that has seen nothing: no
+/// registration, no check, every figure zero (a test's or a stand-in snapshot's start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Health {
     /// No registration is in violation (MODIFIED included), the last check did not fail, no
     /// GPU that holds registrations reports a memory fault, the monitor is not stalled, and

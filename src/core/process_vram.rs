@@ -4,9 +4,10 @@
 
 /// Where a process-VRAM figure came from. The numbers are part of the C ABI.
 #[repr(i32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum VramSource {
     /// No figure: no check has run yet, or neither NVML nor the driver could say.
+    #[default]
     Unknown = 0,
     /// NVML's per-process figure for this process, summed over the GPUs.
     NvmlProcess = 1,
@@ -26,8 +27,8 @@ impl VramSource {
     }
 }
 
-/// A reading of process VRAM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A reading of process VRAM (the default: [`ProcessVram::UNKNOWN`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ProcessVram {
     /// Bytes.
     pub bytes: u64,

@@ -117,29 +117,14 @@ mod tests {
     fn the_text_report_gives_times_in_utc_and_how_long_ago() {
         let health = Health {
             healthy: true,
-            registrations: 0,
-            tracked_bytes: 0,
-            current_violations: 0,
-            total_violations: 0,
             checks_completed: 3,
-            checks_failed: 0,
-            last_check_failed: false,
             last_check_unix_ms: 1_700_000_000_123,
             last_check_duration_us: 42,
-            process_vram: crate::ProcessVram::UNKNOWN,
             interval_ms: 60_000,
-            device_faults: 0,
-            stalled: false,
             last_check_started_unix_ms: 1_700_000_000_100,
-            check_in_progress_ms: None,
             stall_deadline_ms: 30_000,
             stall_grace_ms: 30_000,
-            sealed: 0,
-            sealed_bytes: 0,
-            integrity_verified_bytes: 0,
-            integrity_passes: 0,
-            integrity_last_pass_unix_ms: 0,
-            integrity_failed: false,
+            ..Default::default()
         };
         let text = text_at(&health, &[], &[], 1_700_000_012_999);
         assert!(text.contains("last ended 2023-11-14T22:13:20.123Z (12 s ago) taking 42 us"), "{text}");

@@ -19,7 +19,7 @@ use serde_json::Value;
 use crate::support::{fake_driver_test, Fake, FakeDriverVariant, Kind};
 use vram_monitor::device_health::{RemappedRows, Signal};
 use vram_monitor::http::{HttpOptions, HttpServer, Snapshot};
-use vram_monitor::{DeviceHealth, Event, EventKind, Health, Monitor, MonitorOptions, ProcessVram, ReportFormat};
+use vram_monitor::{DeviceHealth, Event, EventKind, Health, Monitor, MonitorOptions, ReportFormat};
 
 const MIB: usize = 1 << 20;
 
@@ -41,24 +41,13 @@ impl Snapshot for Fixed {
             current_violations: u64::from(!healthy),
             total_violations: u64::from(!healthy),
             checks_completed: 7,
-            checks_failed: 0,
-            last_check_failed: false,
             last_check_unix_ms: 1_700_000_000_000,
             last_check_duration_us: 1234,
-            process_vram: ProcessVram::UNKNOWN,
             interval_ms: 60_000,
-            device_faults: 0,
-            stalled: false,
             last_check_started_unix_ms: 1_699_999_999_999,
-            check_in_progress_ms: None,
             stall_deadline_ms: 30_000,
             stall_grace_ms: 30_000,
-            sealed: 0,
-            sealed_bytes: 0,
-            integrity_verified_bytes: 0,
-            integrity_passes: 0,
-            integrity_last_pass_unix_ms: 0,
-            integrity_failed: false,
+            ..Default::default()
         }
     }
     fn devices(&self) -> Vec<DeviceHealth> {
