@@ -277,7 +277,7 @@ run_all() {
     wanted "$name" || continue
     section "suite $name"
     suite_md=$(mktemp)
-    LD_LIBRARY_PATH="$carry/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" timeout 400 bash "$suite" "$carry" "$suite_md"
+    LD_LIBRARY_PATH="$carry/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" timeout "${VRAM_MONITOR_SUITE_TIMEOUT_S:-580}" bash "$suite" "$carry" "$suite_md"
     rc=$?
     echo "exit status: $rc"
     [ "$rc" = 0 ] || failures+=("suite $name (exit $rc)")

@@ -197,6 +197,21 @@ pub(crate) fn driver_under_load(cuda: &Arc<Cuda>, distinct_100k: &[u64]) {
         let (r, _) = under_load(cuda, threads, 1.5, register(&idle));
         report_latencies(&format!("no_checks_register_{threads}_threads"), &r);
     }
+    // 16 threads, alternating rounds of the bare query and of register (7 pairs of 1 s): the
+    // driver's answer time at 16 threads moves from run to run (0.5 to 10 us p50 seen), so
+    // the ratio is taken pair by pair, each register round against the query round next to it.
+    let (mut ratios, mut query_p50s, mut register_p50s) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..7 {
+        let (q, _) = under_load(cuda, 16, 1.0, bare_query());
+        let (r, _) = under_load(cuda, 16, 1.0, register(&idle));
+        let (q50, r50) = (percentile(&q, 0.5), percentile(&r, 0.5));
+        query_p50s.push(q50);
+        register_p50s.push(r50);
+        ratios.push(r50 / q50);
+    }
+    result("paired_16_threads_query_p50", median(query_p50s));
+    result("paired_16_threads_register_p50", median(register_p50s));
+    result("paired_16_threads_register_over_query_p50", median(ratios));
     drop(idle);
     // The bare query again on 8 threads, each doing some CPU work of its own (no locks, no
     // driver) between queries, as a registering thread does in the registry: how the driver's

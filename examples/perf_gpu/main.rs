@@ -53,6 +53,15 @@ use many::*;
 use paired::*;
 use stats::*;
 
+/// register_many against the loop at 1k entries in 10 allocations and 100k in 1k, in a
+/// model's order and interleaved.
+fn register_many_all(cuda: &Cuda) {
+    for order in [many::Order::Model, many::Order::Interleaved] {
+        register_many_vs_loop(cuda, 1_000, 10, order);
+        register_many_vs_loop(cuda, 100_000, 1_000, order);
+    }
+}
+
 fn main() {
     let cuda = Arc::new(Cuda::load());
     println!("perf_gpu on {} (GPU 0), vram-monitor {}", cuda.name, vram_monitor::VERSION);
@@ -78,8 +87,7 @@ fn main() {
     }
     // `perf_gpu register-many`: a whole model in one call against a loop of register.
     if std::env::args().nth(1).as_deref() == Some("register-many") {
-        register_many_vs_loop(&cuda, 1_000, 10);
-        register_many_vs_loop(&cuda, 100_000, 1_000);
+        register_many_all(&cuda);
         println!("perf_gpu: done");
         return;
     }
@@ -95,8 +103,7 @@ fn main() {
     }
 
     // ---- a whole model in one call ----------------------------------------------------------
-    register_many_vs_loop(&cuda, 1_000, 10);
-    register_many_vs_loop(&cuda, 100_000, 1_000);
+    register_many_all(&cuda);
 
     // ---- sweep vs floor, N distinct allocations ------------------------------------------
     let mut distinct_100k = Vec::new();

@@ -2,19 +2,39 @@
 
 use super::*;
 
+/// The order of the entries handed to `register_many` (and to the loop).
+#[derive(Clone, Copy)]
+pub(crate) enum Order {
+    /// As a model's parameters come: the tensors of one allocation one after another (a
+    /// caching allocator's segment holds consecutive parameters).
+    Model,
+    /// Each entry in another allocation than the one before (entry i in allocation
+    /// i % allocations): the worst order for the one-call path.
+    Interleaved,
+}
+
 /// A whole model in one call against a loop of `register`: `entries` tensors of 4 KiB in
-/// `allocations` allocations, alternating rounds (median of paired ratios); the queries
-/// register_many made, counted by the call itself.
-pub(crate) fn register_many_vs_loop(cuda: &Cuda, entries: usize, allocations: usize) {
+/// `allocations` allocations, in `order`, alternating rounds (median of paired ratios); the
+/// queries register_many made, counted by the call itself.
+pub(crate) fn register_many_vs_loop(cuda: &Cuda, entries: usize, allocations: usize, order: Order) {
     let per = entries / allocations;
     let bases: Vec<u64> = (0..allocations).map(|_| cuda.alloc(per * 4096)).collect();
-    let labels: Vec<String> = (0..entries).map(|i| format!("model.layers.{}.w{}", i % allocations, i / allocations)).collect();
+    // Entry i: allocation a, tensor t of that allocation.
+    let place = |i: usize| match order {
+        Order::Model => (i / per, i % per),
+        Order::Interleaved => (i % allocations, i / allocations),
+    };
+    let labels: Vec<String> = (0..entries).map(|i| format!("model.layers.{}.w{}", place(i).0, place(i).1)).collect();
     let regions: Vec<vram_monitor::Region<'_>> = (0..entries)
-        .map(|i| vram_monitor::Region { ptr: bases[i % allocations] + (i / allocations) as u64 * 4096, size: 4096, label: &labels[i] })
+        .map(|i| vram_monitor::Region { ptr: bases[place(i).0] + place(i).1 as u64 * 4096, size: 4096, label: &labels[i] })
         .collect();
+    let tag = match order {
+        Order::Model => "",
+        Order::Interleaved => "_interleaved",
+    };
     let m = monitor(Pacing::default());
     let (mut loop_us, mut many_us, mut ratios, mut queries) = (Vec::new(), Vec::new(), Vec::new(), 0);
-    for _ in 0..5 {
+    for _ in 0..7 {
         let started = Instant::now();
         let ids: Vec<_> = regions.iter().map(|r| m.register(r.ptr, r.size, r.label).unwrap()).collect();
         let one_by_one = microseconds_since(started);
@@ -33,10 +53,10 @@ pub(crate) fn register_many_vs_loop(cuda: &Cuda, entries: usize, allocations: us
         many_us.push(together);
         ratios.push(one_by_one / together);
     }
-    result(&format!("register_loop_us_{entries}_in_{allocations}"), median(loop_us));
-    result(&format!("register_many_us_{entries}_in_{allocations}"), median(many_us));
-    result(&format!("register_many_speedup_paired_{entries}_in_{allocations}"), median(ratios));
-    result(&format!("register_many_queries_{entries}_in_{allocations}"), queries as f64);
+    result(&format!("register_loop_us_{entries}_in_{allocations}{tag}"), median(loop_us));
+    result(&format!("register_many_us_{entries}_in_{allocations}{tag}"), median(many_us));
+    result(&format!("register_many_speedup_paired_{entries}_in_{allocations}{tag}"), median(ratios));
+    result(&format!("register_many_queries_{entries}_in_{allocations}{tag}"), queries as f64);
     drop(m);
     for b in bases {
         cuda.free(b);

@@ -6,12 +6,9 @@
 //! every entry inside that extent is judged by it. All entries are judged by answers taken
 //! within the one call, one consistent snapshot.
 
-use crate::core::sync::lock;
-use std::sync::Mutex;
-
 use crate::core::driver::{Driver, DriverError, PointerInfo};
 use crate::core::error::Error;
-use crate::core::inspect::{inspect, Inspection};
+use crate::core::inspect::{inspect_with, Inspection};
 use crate::core::registry::RegistrationId;
 use crate::core::verdict::Verdict;
 
@@ -31,51 +28,47 @@ pub struct Region<'a> {
 
 /// Answers the driver gave during one call, each reused for every address in its extent:
 /// inside one allocation (or one VMM mapping) every address has the same answer.
-pub(crate) struct Snapshot<'d> {
+struct Snapshot<'d> {
     driver: &'d dyn Driver,
-    // A Mutex only because the Driver trait is Sync: one thread uses a snapshot.
-    answers: Mutex<Vec<(u64, u64, PointerInfo)>>,
-    queries: Mutex<u64>,
+    /// `(start, end, answer)` sorted by start: a model's tensors sit in a few hundred
+    /// allocations, so a lookup is a short binary search.
+    answers: Vec<(u64, u64, PointerInfo)>,
+    /// The answer the last lookup used: consecutive entries are mostly in one allocation.
+    last: usize,
+    queries: u64,
 }
 
 impl<'d> Snapshot<'d> {
-    pub(crate) fn new(driver: &'d dyn Driver) -> Snapshot<'d> {
-        Snapshot { driver, answers: Mutex::new(Vec::new()), queries: Mutex::new(0) }
+    fn new(driver: &'d dyn Driver) -> Snapshot<'d> {
+        Snapshot { driver, answers: Vec::new(), last: 0, queries: 0 }
     }
 
-    /// Driver queries made through this snapshot.
-    pub(crate) fn queries(&self) -> u64 {
-        *lock(&self.queries)
+    fn holds(&self, i: usize, address: u64) -> bool {
+        self.answers.get(i).is_some_and(|&(start, end, _)| start <= address && address < end)
     }
 
-    fn cached(&self, address: u64) -> Option<PointerInfo> {
-        let answers = lock(&self.answers);
-        // Entries are visited in address order: the answer wanted is nearly always the last.
-        answers.iter().rev().find(|&&(start, end, _)| start <= address && address < end).map(|&(_, _, info)| info)
-    }
-}
-
-impl Driver for Snapshot<'_> {
-    fn pointer_info(&self, address: u64) -> Result<PointerInfo, DriverError> {
-        if let Some(info) = self.cached(address) {
-            return Ok(info);
+    /// The driver's answer for `address`: one already taken in this call when an extent holds
+    /// it, otherwise a new query (kept for its extent).
+    fn answer(&mut self, address: u64) -> Result<PointerInfo, DriverError> {
+        if self.holds(self.last, address) {
+            return Ok(self.answers[self.last].2);
         }
-        *lock(&self.queries) += 1;
+        let after = self.answers.partition_point(|&(start, _, _)| start <= address);
+        if after > 0 && self.holds(after - 1, address) {
+            self.last = after - 1;
+            return Ok(self.answers[self.last].2);
+        }
+        self.queries += 1;
         let info = self.driver.pointer_info(address)?;
         // Memory with no extent (not CUDA memory) is not kept: nothing else shares its answer.
         if let Some((start, len)) = info.extent() {
-            lock(&self.answers).push((start, start.saturating_add(len), info));
+            let at = self.answers.partition_point(|&(s, _, _)| s <= start);
+            self.answers.insert(at, (start, start.saturating_add(len), info));
+            self.last = at;
         }
         Ok(info)
     }
-    fn device_used_memory(&self, device: i32) -> Option<u64> {
-        self.driver.device_used_memory(device)
-    }
-    fn version(&self) -> Option<i32> {
-        self.driver.version()
-    }
 }
-
 
 /// What [`crate::Monitor::register`] checks before asking the driver.
 pub(crate) fn validate(ptr: u64, size: u64, label: &str) -> Result<(), Error> {
@@ -95,30 +88,54 @@ pub(crate) fn validate(ptr: u64, size: u64, label: &str) -> Result<(), Error> {
 /// the entries' order, each one's inspection or why it cannot be registered. The same range
 /// twice in one call is [`Error::DuplicateRange`] from its second occurrence on.
 pub(crate) fn inspect_all(driver: &dyn Driver, regions: &[Region<'_>]) -> (Vec<Result<Inspection, Error>>, u64) {
-    let mut results: Vec<Option<Result<Inspection, Error>>> = regions.iter().map(|_| None).collect();
-    // Address order: the driver answers neighbours faster, and the snapshot's last answer is
-    // the one the next entry needs. Stable, so the first of two equal ranges comes first.
-    let mut order: Vec<usize> = (0..regions.len()).collect();
-    order.sort_by_key(|&i| (regions[i].ptr, regions[i].size));
-    let snapshot = Snapshot::new(driver);
-    let mut previous: Option<(u64, u64)> = None;
-    for i in order {
-        let r = regions[i];
-        let result = if previous == Some((r.ptr, r.size)) {
-            Err(Error::DuplicateRange)
-        } else {
-            validate(r.ptr, r.size, r.label).and_then(|()| inspect(&snapshot, r.ptr, r.size).map_err(Error::from))
-        };
-        previous = Some((r.ptr, r.size));
-        results[i] = Some(result.and_then(|inspection| {
+    let mut snapshot = Snapshot::new(driver);
+    let mut seen = Ranges::default();
+    let results = regions
+        .iter()
+        .map(|r| {
+            validate(r.ptr, r.size, r.label)?;
+            if !seen.insert(r.ptr, r.size) {
+                return Err(Error::DuplicateRange);
+            }
+            let inspection = inspect_with(|address| snapshot.answer(address), r.ptr, r.size)?;
             if inspection.verdict == Verdict::Resident {
                 Ok(inspection)
             } else {
                 Err(Error::Refused(inspection.verdict))
             }
-        }));
+        })
+        .collect();
+    (results, snapshot.queries)
+}
+
+/// The ranges an entry of one call has named, to find the same range twice. Entries usually
+/// come in address order (a model's parameters as its allocator laid them out): while they
+/// do, a range is new when it follows the previous one and no set is kept; at the first that
+/// does not, the set is built from those seen so far.
+#[derive(Default)]
+struct Ranges {
+    previous: Option<(u64, u64)>,
+    in_order: Vec<(u64, u64)>,
+    set: Option<std::collections::HashSet<(u64, u64), std::hash::BuildHasherDefault<crate::core::registry::IntegerHasher>>>,
+}
+
+impl Ranges {
+    /// Adds `[ptr, ptr + size)`; false when it was named before.
+    fn insert(&mut self, ptr: u64, size: u64) -> bool {
+        let range = (ptr, size);
+        if let Some(set) = &mut self.set {
+            return set.insert(range);
+        }
+        if self.previous.is_none_or(|previous| previous < range) {
+            self.previous = Some(range);
+            self.in_order.push(range);
+            return true;
+        }
+        let mut set: std::collections::HashSet<_, _> = self.in_order.drain(..).collect();
+        let new = set.insert(range);
+        self.set = Some(set);
+        new
     }
-    (results.into_iter().map(|r| r.unwrap_or(Err(Error::InvalidArgument("not judged")))).collect(), snapshot.queries())
 }
 
 /// The result of a whole [`crate::Monitor::register_many`] call.

@@ -40,6 +40,16 @@ impl Inspection {
 /// or 20 MiB mappings); running from one ordinary allocation into a neighbouring one, even an
 /// adjacent one, is [`Verdict::OutOfRange`].
 pub fn inspect(driver: &dyn Driver, ptr: u64, size: u64) -> Result<Inspection, DriverError> {
+    inspect_with(|address| driver.pointer_info(address), ptr, size)
+}
+
+/// [`inspect`] with the driver's answers taken from `answer` (a batch answers most addresses
+/// from the answers it already holds).
+pub(crate) fn inspect_with(
+    mut answer: impl FnMut(u64) -> Result<PointerInfo, DriverError>,
+    ptr: u64,
+    size: u64,
+) -> Result<Inspection, DriverError> {
     let end = ptr + size;
     let mut pieces = SmallVec::new();
     let mut answers = SmallVec::new();
@@ -48,7 +58,7 @@ pub fn inspect(driver: &dyn Driver, ptr: u64, size: u64) -> Result<Inspection, D
     // The reservation the previous piece was a mapping of, if it was one.
     let mut previous_reservation: Option<(u64, u64)> = None;
     loop {
-        let info = driver.pointer_info(address)?;
+        let info = answer(address)?;
         let kind = classify_kind(&info);
         let first = address == ptr;
         if first {

@@ -221,13 +221,20 @@ impl Monitor {
         let results = if any_failed && all_or_nothing {
             inspections.into_iter().map(|r| Err(r.err().unwrap_or(Error::EntriesFailed))).collect()
         } else {
-            inspections
-                .into_iter()
+            let found: Vec<crate::core::registry::NewRegistration<'_>> = inspections
+                .iter()
                 .zip(regions)
-                .map(|(r, region)| {
-                    r.map(|found| self.shared.registry.insert(region.label, found.device, found.pieces(), found.answers()))
+                .filter_map(|(r, region)| {
+                    r.as_ref().ok().map(|found| crate::core::registry::NewRegistration {
+                        label: region.label,
+                        device: found.device,
+                        pieces: found.pieces(),
+                        answers: found.answers(),
+                    })
                 })
-                .collect()
+                .collect();
+            let mut ids = self.shared.registry.insert_many(&found).into_iter();
+            inspections.into_iter().map(|r| r.map(|_| ids.next().unwrap_or_default())).collect()
         };
         Ok(crate::core::batch::Registered { results, queries })
     }

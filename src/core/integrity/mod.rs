@@ -16,6 +16,7 @@ pub mod values;
 pub use values::*;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -63,12 +64,17 @@ pub struct Integrity {
     /// The sealed ids, refreshed with the figures: unregistering what is not sealed looks
     /// here and never waits for a verification.
     sealed_ids: Mutex<std::collections::HashSet<RegistrationId>>,
+    /// How many `sealed_ids` holds, written under its lock: with nothing sealed (most
+    /// monitors, most of the time) unregistering reads this and takes no lock that every
+    /// unregistering thread would share.
+    sealed_count: AtomicUsize,
 }
 
 /// The state, locked for a change: the figures are refreshed when it is let go.
 struct Changing<'a> {
     figures: &'a Mutex<HealthFigures>,
     sealed_ids: &'a Mutex<std::collections::HashSet<RegistrationId>>,
+    sealed_count: &'a AtomicUsize,
     state: std::sync::MutexGuard<'a, State>,
 }
 
@@ -101,6 +107,7 @@ impl Drop for Changing<'_> {
         let mut ids = lock(self.sealed_ids);
         if ids.len() != state.seals.len() {
             *ids = state.seals.keys().copied().collect();
+            self.sealed_count.store(ids.len(), Ordering::Release);
         }
     }
 }
@@ -114,12 +121,12 @@ impl Integrity {
         if let Some(gpu) = gpu {
             let _ = cell.set(gpu);
         }
-        Integrity { gpu: cell, default_gpu, state: Mutex::new(State::default()), figures: Mutex::new(HealthFigures::default()), sealed_ids: Mutex::default() }
+        Integrity { gpu: cell, default_gpu, state: Mutex::new(State::default()), figures: Mutex::new(HealthFigures::default()), sealed_ids: Mutex::default(), sealed_count: AtomicUsize::new(0) }
     }
 
     /// The state locked for a change (see [`Changing`]).
     fn change(&self) -> Changing<'_> {
-        Changing { figures: &self.figures, sealed_ids: &self.sealed_ids, state: lock(&self.state) }
+        Changing { figures: &self.figures, sealed_ids: &self.sealed_ids, sealed_count: &self.sealed_count, state: lock(&self.state) }
     }
 
     fn gpu(&self) -> Result<&Arc<dyn Gpu>, Error> {
@@ -232,10 +239,11 @@ impl Integrity {
     }
 
     /// Forgets `id` (unregistered). Waits for a slice in progress over it; an id that is
-    /// not sealed costs one short lock. (A seal still being taken when its registration
-    /// goes is dropped by the seal itself or, at the latest, by the next slice.)
+    /// not sealed costs one short lock, or none while nothing is sealed. (A seal still being
+    /// taken when its registration goes is dropped by the seal itself or, at the latest, by
+    /// the next slice.)
     pub fn forget(&self, id: RegistrationId) {
-        if !lock(&self.sealed_ids).contains(&id) {
+        if self.sealed_count.load(Ordering::Acquire) == 0 || !lock(&self.sealed_ids).contains(&id) {
             return;
         }
         self.change().seals.remove(&id);
@@ -318,7 +326,7 @@ impl Integrity {
             // Busy elsewhere (see `next_due`): this round's slices wait for the next look.
             Err(std::sync::TryLockError::WouldBlock) => return findings,
         };
-        let mut guard = Changing { figures: &self.figures, sealed_ids: &self.sealed_ids, state };
+        let mut guard = Changing { figures: &self.figures, sealed_ids: &self.sealed_ids, sealed_count: &self.sealed_count, state };
         let state = &mut *guard;
         let now = Instant::now();
         for lane in state.lanes.iter_mut() {

@@ -21,6 +21,34 @@ pub(super) struct AllocationShard {
     pub(super) marks: u64,
 }
 
+impl AllocationShard {
+    /// Records that registration `id` lies in the allocation at `address`, whose answer had
+    /// fingerprint `seen` when the registration was judged.
+    pub(super) fn join(&mut self, address: u64, seen: u64, id: RegistrationId) {
+        let AllocationShard { map, several, generation, marks } = self;
+        match map.get_mut(&address) {
+            Some(allocation) => {
+                // The others were judged by an older answer: if it differs from what this
+                // registration saw, the memory changed meanwhile; judge them all again.
+                if allocation.fingerprint != seen {
+                    allocation.fingerprint = next_mark(marks);
+                    *generation += 1;
+                }
+                if allocation.member == SEVERAL {
+                    several.entry(address).or_default().insert(id);
+                } else if allocation.member != id {
+                    several.insert(address, [allocation.member, id].into_iter().collect());
+                    allocation.member = SEVERAL;
+                }
+            }
+            None => {
+                map.insert(address, Allocation { fingerprint: seen, member: id });
+                *generation += 1;
+            }
+        }
+    }
+}
+
 /// A new mark from a shard's counter (2 to 2^63 - 1, then round again).
 pub(super) fn next_mark(marks: &mut u64) -> u64 {
     *marks = marks.wrapping_add(1);

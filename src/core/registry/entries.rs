@@ -52,6 +52,17 @@ pub(super) struct RegistrationEntry {
 }
 
 impl RegistrationEntry {
+    /// A registration just found resident in `pieces`.
+    pub(super) fn new(label: &str, device: i32, pieces: &[Piece]) -> RegistrationEntry {
+        let track = |piece: &Piece| TrackedPiece { piece: *piece, verdict: Verdict::Resident as u8, failing: false };
+        // One piece, the common case, without a heap allocation.
+        let pieces = match pieces {
+            [one] => Pieces::One(track(one)),
+            _ => Pieces::Many(pieces.iter().map(track).collect()),
+        };
+        RegistrationEntry { label: label.into(), device, verdict: Verdict::Resident as u8, failing: false, modified: false, pieces }
+    }
+
     /// The verdict its pieces and its content give: a residency verdict wins over MODIFIED.
     pub(super) fn judged(&self) -> Verdict {
         let residency = self.pieces.as_slice().iter().fold(Verdict::Resident, |v, t| v.worst(verdict_of(t.verdict)));

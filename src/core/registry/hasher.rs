@@ -8,7 +8,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 /// an attacker) with one mixing step instead of SipHash: registering, unregistering and every
 /// changed answer in a check hash once per allocation.
 #[derive(Debug, Default, Clone, Copy)]
-pub(super) struct IntegerHasher(u64);
+pub(crate) struct IntegerHasher(u64);
 
 impl Hasher for IntegerHasher {
     fn write(&mut self, bytes: &[u8]) {

@@ -3,25 +3,26 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{RegistrationId, SHARDS};
+use super::RegistrationId;
 
 /// Ids are handed to threads in blocks of this many.
 pub(super) const ID_BLOCK: u64 = 64;
 
+/// The counter blocks of ids are taken from (per copy of the library).
+static NEXT_BLOCK: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// This thread's block of ids: the next one and the end.
+    static IDS: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
 /// A new registration id: unique in the process, never 0. Threads take ids in blocks, so
-/// registering on many threads does not contend on one counter.
+/// registering on many threads does not contend on one counter: taking an id reads nothing
+/// another thread writes.
 pub(super) fn next_id() -> RegistrationId {
-    static NEXT_BLOCK: AtomicU64 = AtomicU64::new(0);
-    thread_local! {
-        static IDS: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
-    }
     IDS.with(|ids| {
         let (mut next, mut end) = ids.get();
-        // A thread that registers rarely would insert ids of an old block far from the end of
-        // its shard (a search and a shift of many entries under the lock): once a shard's worth
-        // of newer blocks has gone out, its block is dropped for a new one.
-        let newest = NEXT_BLOCK.load(Ordering::Relaxed) + copy_tag();
-        if next == end || newest > end + SHARDS as u64 * ID_BLOCK {
+        if next == end {
             // Counter 0 is skipped: ids are never 0, in any copy.
             let block = NEXT_BLOCK.fetch_add(ID_BLOCK, Ordering::Relaxed).max(1);
             next = copy_tag() + block;
@@ -30,6 +31,23 @@ pub(super) fn next_id() -> RegistrationId {
         ids.set((next + 1, end));
         next
     })
+}
+
+/// Drops the calling thread's block: its next id starts a new one. For a thread that
+/// registers rarely, whose block is old: its ids would go far from the end of their shard
+/// (a search and a shift of many entries under the lock), so the registry asks for a new
+/// one when it finds an id older than its shard's newest.
+pub(super) fn drop_block() {
+    IDS.with(|ids| ids.set((0, 0)));
+}
+
+/// The first of `count` consecutive new ids (unique in the process, never 0), starting a
+/// block of their own: for a batch, which then fills whole blocks, one shard each.
+pub(super) fn next_ids(count: u64) -> RegistrationId {
+    // One more than asked, so that skipping counter 0 still leaves `count`.
+    let blocks = (count + 1).div_ceil(ID_BLOCK);
+    let block = NEXT_BLOCK.fetch_add(blocks * ID_BLOCK, Ordering::Relaxed).max(1);
+    copy_tag() + block
 }
 
 /// Bits of an id below the tag of the library copy that gave it: 2^42 (4.4 trillion)

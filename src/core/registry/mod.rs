@@ -23,16 +23,17 @@ mod allocations;
 mod entries;
 mod fingerprint;
 mod hasher;
+pub(crate) use hasher::IntegerHasher;
 mod ids;
 mod values;
 #[cfg(test)]
 mod tests;
 
-use allocations::{next_mark, Allocation, AllocationShard, FAILED, SEVERAL};
+use allocations::{AllocationShard, FAILED, SEVERAL};
 pub use allocations::is_mark;
-use entries::{verdict_of, Pieces, RegistrationEntry, RegistrationShard, TrackedPiece};
+use entries::{verdict_of, RegistrationEntry, RegistrationShard};
 pub use fingerprint::fingerprint;
-use ids::{next_id, ID_BLOCK};
+use ids::{drop_block, next_id, next_ids, ID_BLOCK};
 pub use ids::is_from_this_copy;
 pub use values::{Change, RegistrationFigures, RegistrationInfo, RegistryCounts, Stale, Tally};
 
@@ -41,6 +42,19 @@ pub use values::{Change, RegistrationFigures, RegistrationInfo, RegistryCounts, 
 pub type RegistrationId = u64;
 
 const SHARDS: usize = 64;
+
+/// One registration for [`Registry::insert_many`]: what [`Registry::insert`] takes.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRegistration<'a> {
+    /// The engine's name for it.
+    pub label: &'a str,
+    /// The device of its first byte.
+    pub device: i32,
+    /// The pieces that hold it, in address order.
+    pub pieces: &'a [Piece],
+    /// The driver's answer at each piece's `query_at`, in the same order.
+    pub answers: &'a [PointerInfo],
+}
 
 /// A shard on cache lines of its own: without the padding, neighbouring shards' locks share
 /// a line, and threads working on different shards still stall each other.
@@ -99,52 +113,87 @@ impl Registry {
     /// Adds a registration that was found resident. `answers` are the driver's answers at
     /// each piece's `query_at`, as seen during registration, in piece order.
     pub fn insert(&self, label: &str, device: i32, pieces: &[Piece], answers: &[PointerInfo]) -> RegistrationId {
-        let id = next_id();
-        let track = |piece: &Piece| TrackedPiece { piece: *piece, verdict: Verdict::Resident as u8, failing: false };
-        // One piece, the common case, without a heap allocation.
-        let pieces_field = match pieces {
-            [one] => Pieces::One(track(one)),
-            _ => Pieces::Many(pieces.iter().map(track).collect()),
-        };
-        let registration =
-            RegistrationEntry { label: label.into(), device, verdict: Verdict::Resident as u8, failing: false, modified: false, pieces: pieces_field };
+        let mut id = next_id();
+        let registration = RegistrationEntry::new(label, device, pieces);
         let size = registration.size();
         // The registration exists before any allocation names it, so a check that finds it
         // through an allocation can always read it.
         {
             let mut shard = lock(&self.registrations[shard_of_id(id)]);
+            if shard.ids.last().is_some_and(|&newest| newest > id) {
+                // This thread's block is older than ids that went to the shard since: a new
+                // block, whose ids are newer than any handed out, goes at the end of its shard.
+                drop(shard);
+                drop_block();
+                id = next_id();
+                shard = lock(&self.registrations[shard_of_id(id)]);
+            }
             shard.push(id, registration);
             shard.count += 1;
             shard.tracked_bytes += size;
             shard.count_device(device, true);
         }
         for (piece, answer) in pieces.iter().zip(answers) {
-            let seen = fingerprint(answer);
             let address = piece.query_at;
-            let mut guard = lock(&self.allocations[shard_of_address(address)]);
-            let AllocationShard { map, several, generation, marks } = &mut *guard;
-            match map.get_mut(&address) {
-                Some(allocation) => {
-                    // The others were judged by an older answer: if it differs from what this
-                    // registration saw, the memory changed meanwhile; judge them all again.
-                    if allocation.fingerprint != seen {
-                        allocation.fingerprint = next_mark(marks);
-                        *generation += 1;
-                    }
-                    if allocation.member == SEVERAL {
-                        several.entry(address).or_default().insert(id);
-                    } else if allocation.member != id {
-                        several.insert(address, [allocation.member, id].into_iter().collect());
-                        allocation.member = SEVERAL;
-                    }
-                }
-                None => {
-                    map.insert(address, Allocation { fingerprint: seen, member: id });
-                    *generation += 1;
-                }
-            }
+            lock(&self.allocations[shard_of_address(address)]).join(address, fingerprint(answer), id);
         }
         id
+    }
+
+    /// Adds many registrations found resident, as [`Registry::insert`] adds one, and returns
+    /// their ids in the same order. The ids are one consecutive run, so each registration
+    /// shard is locked once per block of ids and each allocation shard once: a model's
+    /// hundreds of thousands of tensors cost a few thousand lock round trips, not two per
+    /// tensor.
+    pub fn insert_many<'a>(&self, entries: &[NewRegistration<'a>]) -> Vec<RegistrationId> {
+        let first = next_ids(entries.len() as u64);
+        let ids: Vec<RegistrationId> = (first..first + entries.len() as u64).collect();
+        // Registrations first, as in `insert`: each block of ids is one shard.
+        let mut at = 0;
+        while at < entries.len() {
+            let id = ids[at];
+            let block_end = ((id / ID_BLOCK + 1) * ID_BLOCK - first) as usize;
+            let end = block_end.min(entries.len());
+            let mut shard = lock(&self.registrations[shard_of_id(id)]);
+            for (entry, &id) in entries[at..end].iter().zip(&ids[at..end]) {
+                let registration = RegistrationEntry::new(entry.label, entry.device, entry.pieces);
+                shard.count += 1;
+                shard.tracked_bytes += registration.size();
+                shard.count_device(entry.device, true);
+                shard.push(id, registration);
+            }
+            at = end;
+        }
+        // Then the allocations, grouped by shard (a counting sort: two passes, no comparison).
+        let mut per_shard = [0usize; SHARDS + 1];
+        for entry in entries {
+            for piece in entry.pieces {
+                per_shard[shard_of_address(piece.query_at) + 1] += 1;
+            }
+        }
+        for s in 0..SHARDS {
+            per_shard[s + 1] += per_shard[s];
+        }
+        let mut next = per_shard;
+        let mut joins = vec![(0u64, 0u64, 0 as RegistrationId); per_shard[SHARDS]];
+        for (entry, &id) in entries.iter().zip(&ids) {
+            for (piece, answer) in entry.pieces.iter().zip(entry.answers) {
+                let s = shard_of_address(piece.query_at);
+                joins[next[s]] = (piece.query_at, fingerprint(answer), id);
+                next[s] += 1;
+            }
+        }
+        for s in 0..SHARDS {
+            let group = &joins[per_shard[s]..per_shard[s + 1]];
+            if group.is_empty() {
+                continue;
+            }
+            let mut shard = lock(&self.allocations[s]);
+            for &(address, seen, id) in group {
+                shard.join(address, seen, id);
+            }
+        }
+        ids
     }
 
     /// Removes a registration; `None` if the id is not registered (any more). Returns nothing

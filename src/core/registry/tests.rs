@@ -155,20 +155,57 @@ fn an_answer_from_before_the_address_was_registered_anew_judges_nothing() {
 
 #[test]
 fn a_thread_that_registers_rarely_does_not_keep_an_old_block_of_ids() {
+    let registry = std::sync::Arc::new(Registry::new());
     let (go, wait) = std::sync::mpsc::channel::<()>();
     let (tell, told) = std::sync::mpsc::channel::<u64>();
-    let rare = std::thread::spawn(move || {
-        tell.send(next_id()).unwrap();
-        wait.recv().unwrap();
-        tell.send(next_id()).unwrap();
-    });
+    let rare = {
+        let registry = std::sync::Arc::clone(&registry);
+        std::thread::spawn(move || {
+            tell.send(registry.insert("rare", 0, &[piece(0x1000, 0x2000)], &[answer(1)])).unwrap();
+            wait.recv().unwrap();
+            tell.send(registry.insert("rare", 0, &[piece(0x1000, 0x2000)], &[answer(1)])).unwrap();
+        })
+    };
     let first = told.recv().unwrap();
-    let newest = (0..(SHARDS as u64 + 2) * ID_BLOCK).map(|_| next_id()).max().unwrap();
+    // Enough newer blocks that one of them lands in the rare thread's shard.
+    let newest = (0..(SHARDS as u64 + 2) * ID_BLOCK)
+        .map(|_| registry.insert("busy", 0, &[piece(0x3000, 0x4000)], &[answer(2)]))
+        .max()
+        .unwrap();
     go.send(()).unwrap();
     let second = told.recv().unwrap();
     rare.join().unwrap();
     assert!(first < newest);
     assert!(second > newest, "the rare thread went on with its old block: {second} after {newest}");
+    // Every registration is still found under its id.
+    assert_eq!(registry.get(first).unwrap().label, "rare");
+    assert_eq!(registry.get(second).unwrap().label, "rare");
+    assert_eq!(registry.counts().registrations, (SHARDS as u64 + 2) * ID_BLOCK + 2);
+}
+
+#[test]
+fn many_registered_together_get_consecutive_ids_and_are_each_found() {
+    let registry = Registry::new();
+    let alone = registry.insert("alone", 0, &[piece(0x1000, 0x2000)], &[answer(1)]);
+    let pieces: Vec<[Piece; 1]> = (0..300u64).map(|i| [piece(0x10_0000 + i * 0x1000, 0x10_0000 + (i + 1) * 0x1000)]).collect();
+    let answers = [answer(7)];
+    let labels: Vec<String> = (0..300).map(|i| format!("t{i}")).collect();
+    let entries: Vec<NewRegistration<'_>> =
+        (0..300).map(|i| NewRegistration { label: &labels[i], device: 0, pieces: &pieces[i], answers: &answers }).collect();
+    let ids = registry.insert_many(&entries);
+    assert_eq!(ids.len(), 300);
+    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "one consecutive run");
+    assert!(ids.iter().all(|&id| id != alone && id != 0));
+    for (i, &id) in ids.iter().enumerate() {
+        assert_eq!(registry.get(id).unwrap().label, labels[i]);
+    }
+    assert_eq!(registry.counts().registrations, 301);
+    // Removing them one by one leaves the first.
+    for id in ids {
+        registry.remove(id).unwrap();
+    }
+    assert_eq!(registry.counts().registrations, 1);
+    assert_eq!(registry.get(alone).unwrap().label, "alone");
 }
 
 #[test]
