@@ -53,6 +53,20 @@ pub(crate) fn under_load(cuda: &Arc<Cuda>, threads: usize, seconds: f64, step: A
     (sorted(first), sorted(second))
 }
 
+/// The registry's insert and remove timed apart from the driver: the inspection is taken
+/// untimed before them.
+fn registry_alone(driver: &'static vram_monitor::CudaDriver, table: Arc<vram_monitor::registry::Registry>) -> Arc<LoadStep> {
+    Arc::new(move |p| {
+        let found = vram_monitor::inspect::inspect(driver, p, 4096).unwrap();
+        let t = Instant::now();
+        let id = table.insert("kv", found.device, found.pieces(), found.answers());
+        let inserted = microseconds_since(t);
+        let t = Instant::now();
+        table.remove(id).unwrap();
+        (inserted, microseconds_since(t))
+    })
+}
+
 pub(crate) fn microseconds_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e6
 }
@@ -129,22 +143,7 @@ pub(crate) fn registration_under_load(cuda: &Arc<Cuda>, distinct_100k: &[u64], a
     );
     report_latencies("inspect_only_8_threads", &inspect);
     // 3. the registry alone (a second registry nobody checks), from a ready inspection.
-    let registry = Arc::new(Registry::new());
-    let table = Arc::clone(&registry);
-    let (insert, remove) = under_load(
-        cuda,
-        8,
-        2.0,
-        Arc::new(move |p| {
-            let found = vram_monitor::inspect::inspect(driver, p, 4096).unwrap();
-            let t = Instant::now();
-            let id = table.insert("kv", found.device, found.pieces(), found.answers());
-            let inserted = microseconds_since(t);
-            let t = Instant::now();
-            table.remove(id).unwrap();
-            (inserted, microseconds_since(t))
-        }),
-    );
+    let (insert, remove) = under_load(cuda, 8, 2.0, registry_alone(driver, Arc::new(Registry::new())));
     report_latencies("registry_insert_8_threads", &insert);
     report_latencies("registry_remove_8_threads", &remove);
     // 4. one registering thread: the same call without contention between registering threads.
@@ -213,6 +212,15 @@ pub(crate) fn driver_under_load(cuda: &Arc<Cuda>, distinct_100k: &[u64]) {
     result("paired_16_threads_register_p50", median(register_p50s));
     result("paired_16_threads_register_over_query_p50", median(ratios));
     drop(idle);
+    // Our part alone: the registry's insert and remove (no driver call in the timed step; the
+    // inspection is taken untimed before it), on 1 and 16 threads, no checks: what 16
+    // threads cost each other in our own tables.
+    for threads in [1usize, 16] {
+        let table = Arc::new(vram_monitor::registry::Registry::new());
+        let (insert, remove) = under_load(cuda, threads, 1.5, registry_alone(driver, table));
+        report_latencies(&format!("no_checks_registry_insert_{threads}_threads"), &insert);
+        report_latencies(&format!("no_checks_registry_remove_{threads}_threads"), &remove);
+    }
     // The bare query again on 8 threads, each doing some CPU work of its own (no locks, no
     // driver) between queries, as a registering thread does in the registry: how the driver's
     // answer time depends on how the callers arrive, not only on how many there are.

@@ -82,23 +82,24 @@ def _device_type(t: Any) -> str:
 def _range_of(name: str, t: Any, problems: List[str]) -> Tuple[int, int]:
     """The range to register for one tensor (its whole storage for torch, so views and tied
     weights collapse), or (0, 0) after noting why it cannot be registered."""
-    module = type(t).__module__ or ""
-    if getattr(t, "is_meta", False) or _device_type(t) == "meta":
+    device = _device_type(t)
+    if device == "meta" or getattr(t, "is_meta", False):
         problems.append("%s (meta tensor: no memory)" % name)
         return 0, 0
     if hasattr(t, "untyped_storage") and hasattr(t, "device"):
-        if _device_type(t) != "cuda":
-            problems.append("%s (on %s, not CUDA)" % (name, _device_type(t) or "an unknown device"))
+        if device != "cuda":
+            problems.append("%s (on %s, not CUDA)" % (name, device or "an unknown device"))
             return 0, 0
         storage = t.untyped_storage()
         return int(storage.data_ptr()), int(storage.nbytes())
+    module = type(t).__module__ or ""
     if module.startswith("cupy") and hasattr(t, "data") and hasattr(t, "nbytes"):
         return cupy_range(t)
     if hasattr(t, "__cuda_array_interface__"):
         return cuda_array_interface_range(t)
     if hasattr(t, "data_ptr") and hasattr(t, "nbytes"):
-        if _device_type(t) not in ("", "cuda"):
-            problems.append("%s (on %s, not CUDA)" % (name, _device_type(t)))
+        if device not in ("", "cuda"):
+            problems.append("%s (on %s, not CUDA)" % (name, device))
             return 0, 0
         nbytes = t.nbytes() if callable(t.nbytes) else t.nbytes
         return int(t.data_ptr()), int(nbytes)
@@ -121,8 +122,10 @@ def collect(source: Any, prefix: str = "") -> Tuple[List[Tuple[int, int, str]], 
         if size == 0:
             problems.append("%s (no elements)" % name)
             continue
-        _native.u64(ptr, "%s: ptr" % name)
-        _native.u64(size, "%s: nbytes" % name)
+        if not (0 <= ptr < 1 << 64 and 0 <= size < 1 << 64):
+            # Raises ValueError naming the tensor (the message is built only when needed).
+            _native.u64(ptr, "%s: ptr" % name)
+            _native.u64(size, "%s: nbytes" % name)
         key = (ptr, size)
         if key in first_label:
             aliases.setdefault(first_label[key], []).append(name)
