@@ -30,43 +30,46 @@ pub struct Region<'a> {
 /// inside one allocation (or one VMM mapping) every address has the same answer.
 struct Snapshot<'d> {
     driver: &'d dyn Driver,
-    /// `(start, end, answer)` sorted by start: a model's tensors sit in a few hundred
-    /// allocations, so a lookup is a short binary search.
-    answers: Vec<(u64, u64, PointerInfo)>,
-    /// The answer the last lookup used: consecutive entries are mostly in one allocation.
-    last: usize,
+    /// Every answer taken, in the order taken (an entry's replay names them by index).
+    taken: Vec<PointerInfo>,
+    /// Extents by start: `start -> (end, index in taken)`. A tree, since allocations come
+    /// in any address order (the CUDA allocator hands them out downwards).
+    extents: std::collections::BTreeMap<u64, (u64, u32)>,
+    /// The extent the last lookup used, `(start, end, index)`: consecutive entries are
+    /// mostly in one allocation.
+    last: Option<(u64, u64, u32)>,
     queries: u64,
 }
 
 impl<'d> Snapshot<'d> {
     fn new(driver: &'d dyn Driver) -> Snapshot<'d> {
-        Snapshot { driver, answers: Vec::new(), last: 0, queries: 0 }
+        Snapshot { driver, taken: Vec::new(), extents: std::collections::BTreeMap::new(), last: None, queries: 0 }
     }
 
-    fn holds(&self, i: usize, address: u64) -> bool {
-        self.answers.get(i).is_some_and(|&(start, end, _)| start <= address && address < end)
-    }
-
-    /// The driver's answer for `address`: one already taken in this call when an extent holds
-    /// it, otherwise a new query (kept for its extent).
-    fn answer(&mut self, address: u64) -> Result<PointerInfo, DriverError> {
-        if self.holds(self.last, address) {
-            return Ok(self.answers[self.last].2);
+    /// The driver's answer for `address` as its index in `taken`: one already taken in this
+    /// call when an extent holds the address, otherwise a new query (kept for its extent).
+    fn answer(&mut self, address: u64) -> Result<u32, DriverError> {
+        let holds = |&(start, end, taken): &(u64, u64, u32)| (start <= address && address < end).then_some(taken);
+        if let Some(taken) = self.last.as_ref().and_then(holds) {
+            return Ok(taken);
         }
-        let after = self.answers.partition_point(|&(start, _, _)| start <= address);
-        if after > 0 && self.holds(after - 1, address) {
-            self.last = after - 1;
-            return Ok(self.answers[self.last].2);
+        let below = self.extents.range(..=address).next_back().map(|(&start, &(end, taken))| (start, end, taken));
+        if let Some(taken) = below.as_ref().and_then(holds) {
+            self.last = below;
+            return Ok(taken);
         }
         self.queries += 1;
         let info = self.driver.pointer_info(address)?;
-        // Memory with no extent (not CUDA memory) is not kept: nothing else shares its answer.
+        let taken = u32::try_from(self.taken.len()).unwrap_or(u32::MAX);
+        self.taken.push(info);
+        // Memory with no extent (not CUDA memory) is not looked up again: nothing else
+        // shares its answer.
         if let Some((start, len)) = info.extent() {
-            let at = self.answers.partition_point(|&(s, _, _)| s <= start);
-            self.answers.insert(at, (start, start.saturating_add(len), info));
-            self.last = at;
+            let end = start.saturating_add(len);
+            self.extents.insert(start, (end, taken));
+            self.last = Some((start, end, taken));
         }
-        Ok(info)
+        Ok(taken)
     }
 }
 
@@ -84,54 +87,106 @@ pub(crate) fn validate(ptr: u64, size: u64, label: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Judges every entry of `regions` from one snapshot of the driver's answers; returns, in
-/// the entries' order, each one's inspection or why it cannot be registered. The same range
-/// twice in one call is [`Error::DuplicateRange`] from its second occurrence on.
-pub(crate) fn inspect_all(driver: &dyn Driver, regions: &[Region<'_>]) -> (Vec<Result<Inspection, Error>>, u64) {
-    let mut snapshot = Snapshot::new(driver);
-    let mut seen = Ranges::default();
-    let results = regions
-        .iter()
-        .map(|r| {
-            validate(r.ptr, r.size, r.label)?;
-            if !seen.insert(r.ptr, r.size) {
-                return Err(Error::DuplicateRange);
-            }
-            let inspection = inspect_with(|address| snapshot.answer(address), r.ptr, r.size)?;
-            if inspection.verdict == Verdict::Resident {
-                Ok(inspection)
-            } else {
-                Err(Error::Refused(inspection.verdict))
-            }
-        })
-        .collect();
-    (results, snapshot.queries)
+/// Every entry of one call judged from one snapshot of the driver's answers: which failed and
+/// why, and, to rebuild the others' inspections without asking again, the answers each used.
+pub(crate) struct Judged<'d> {
+    snapshot: Snapshot<'d>,
+    /// The index in `snapshot.taken` of each answer the entries that passed used, in order.
+    used: Vec<u32>,
+    /// The entries that cannot be registered (index in the call, why), in order.
+    pub(crate) failures: Vec<(usize, Error)>,
 }
 
-/// The ranges an entry of one call has named, to find the same range twice. Entries usually
-/// come in address order (a model's parameters as its allocator laid them out): while they
-/// do, a range is new when it follows the previous one and no set is kept; at the first that
-/// does not, the set is built from those seen so far.
+impl Judged<'_> {
+    /// Driver queries made.
+    pub(crate) fn queries(&self) -> u64 {
+        self.snapshot.queries
+    }
+
+    /// The entries that passed, in order (their index in the call, the entry), each with its
+    /// inspection rebuilt from the answers it was judged by: the same inspection, no query,
+    /// no per-entry storage meanwhile. (`None` would mean the rebuild differed, which the
+    /// determinism of `inspect_with` rules out; the caller does not register such an entry.)
+    pub(crate) fn passed<'s, 'r>(&'s self, regions: &'r [Region<'r>]) -> impl Iterator<Item = (usize, &'r Region<'r>, Option<Inspection>)> + 's
+    where
+        'r: 's,
+    {
+        let mut failures = self.failures.iter().map(|&(i, _)| i).peekable();
+        let mut cursor = 0usize;
+        regions.iter().enumerate().filter_map(move |(i, region)| {
+            if failures.peek() == Some(&i) {
+                failures.next();
+                return None;
+            }
+            let replay = |_address: u64| {
+                let taken = self.used.get(cursor).map(|&t| self.snapshot.taken[t as usize]);
+                cursor += 1;
+                taken.ok_or(DriverError::Call { function: "register_many replay", code: -1 })
+            };
+            let inspection = inspect_with(replay, region.ptr, region.size).ok().filter(|found| found.verdict == Verdict::Resident);
+            Some((i, region, inspection))
+        })
+    }
+}
+
+/// Judges every entry of `regions` from one snapshot of the driver's answers. The same range
+/// twice in one call is [`Error::DuplicateRange`] from its second occurrence on.
+pub(crate) fn judge_all<'d>(driver: &'d dyn Driver, regions: &[Region<'_>]) -> Judged<'d> {
+    let mut judged = Judged { snapshot: Snapshot::new(driver), used: Vec::new(), failures: Vec::new() };
+    let mut seen = Ranges::default();
+    for (i, r) in regions.iter().enumerate() {
+        let before = judged.used.len();
+        let verdict = (|| {
+            if !seen.insert(r.ptr, r.size, &regions[..i]) {
+                return Err(Error::DuplicateRange);
+            }
+            validate(r.ptr, r.size, r.label)?;
+            let (snapshot, used) = (&mut judged.snapshot, &mut judged.used);
+            let inspection = inspect_with(
+                |address| {
+                    let taken = snapshot.answer(address)?;
+                    used.push(taken);
+                    Ok(snapshot.taken[taken as usize])
+                },
+                r.ptr,
+                r.size,
+            )?;
+            match inspection.verdict {
+                Verdict::Resident => Ok(()),
+                refused => Err(Error::Refused(refused)),
+            }
+        })();
+        if let Err(e) = verdict {
+            judged.used.truncate(before);
+            judged.failures.push((i, e));
+        }
+    }
+    judged
+}
+
+/// The ranges the entries of one call have named, to find the same range twice. Entries
+/// usually come in address order (a model's parameters as its allocator laid them out): while
+/// they do, a range is new when it follows the previous one, and nothing is kept; at the first
+/// that does not, a set is built from the entries before it.
 #[derive(Default)]
 struct Ranges {
     previous: Option<(u64, u64)>,
-    in_order: Vec<(u64, u64)>,
     set: Option<std::collections::HashSet<(u64, u64), std::hash::BuildHasherDefault<crate::core::registry::IntegerHasher>>>,
 }
 
 impl Ranges {
-    /// Adds `[ptr, ptr + size)`; false when it was named before.
-    fn insert(&mut self, ptr: u64, size: u64) -> bool {
+    /// Adds `[ptr, ptr + size)`, which follows `before` in the call; false when it was named
+    /// before, whether or not that entry could be registered.
+    fn insert(&mut self, ptr: u64, size: u64, before: &[Region<'_>]) -> bool {
         let range = (ptr, size);
         if let Some(set) = &mut self.set {
             return set.insert(range);
         }
         if self.previous.is_none_or(|previous| previous < range) {
             self.previous = Some(range);
-            self.in_order.push(range);
             return true;
         }
-        let mut set: std::collections::HashSet<_, _> = self.in_order.drain(..).collect();
+        let mut set: std::collections::HashSet<_, _> = before.iter().map(|r| (r.ptr, r.size)).collect();
         let new = set.insert(range);
         self.set = Some(set);
         new
@@ -154,5 +209,66 @@ impl Registered {
     /// How many entries were registered.
     pub fn registered(&self) -> usize {
         self.results.iter().filter(|r| r.is_ok()).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::driver::MemoryType;
+    use crate::core::inspect::inspect;
+
+    /// Allocations of 64 KiB, each its own extent, counting the queries.
+    struct Allocations {
+        bases: Vec<u64>,
+        queries: std::sync::atomic::AtomicU64,
+    }
+
+    impl Driver for Allocations {
+        fn pointer_info(&self, address: u64) -> Result<PointerInfo, DriverError> {
+            self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(match self.bases.iter().find(|&&b| b <= address && address < b + 0x1_0000) {
+                Some(&base) => PointerInfo {
+                    memory_type: MemoryType::Device,
+                    is_managed: false,
+                    device_ordinal: 0,
+                    buffer_id: base >> 16,
+                    range_start: base,
+                    range_size: 0x1_0000,
+                    mapping_base: 0,
+                    mapping_size: 0,
+                },
+                None => PointerInfo::unregistered(),
+            })
+        }
+        fn device_used_memory(&self, _: i32) -> Option<u64> {
+            None
+        }
+        fn version(&self) -> Option<i32> {
+            None
+        }
+    }
+
+    #[test]
+    fn entries_in_allocations_handed_out_downwards_are_judged_with_one_query_each_and_replayed_exactly() {
+        // Allocations at falling addresses, as the CUDA allocator hands them out; four
+        // tensors in each, in a model's order, with a stray pointer and a repeat among them.
+        let driver = Allocations { bases: (0..50u64).map(|i| 0x100_0000 - i * 0x2_0000).collect(), queries: Default::default() };
+        let labels: Vec<String> = (0..200).map(|i| format!("t{i}")).collect();
+        let mut regions: Vec<Region<'_>> =
+            (0..200).map(|i| Region { ptr: driver.bases[i / 4] + (i % 4) as u64 * 0x1000, size: 0x1000, label: &labels[i] }).collect();
+        regions[7].ptr = 0x10; // not CUDA memory
+        regions[150] = regions[149]; // the same range twice
+        let judged = judge_all(&driver, &regions);
+        assert_eq!(judged.queries(), 51, "one per allocation, and the stray pointer");
+        assert_eq!(driver.queries.load(std::sync::atomic::Ordering::Relaxed), 51);
+        let failed: Vec<usize> = judged.failures.iter().map(|&(i, _)| i).collect();
+        assert_eq!(failed, [7, 150]);
+        assert_eq!(judged.failures[1].1, Error::DuplicateRange);
+        let passed: Vec<(usize, Inspection)> = judged.passed(&regions).map(|(i, _, found)| (i, found.expect("replayed"))).collect();
+        assert_eq!(passed.len(), 198);
+        for (i, found) in passed {
+            assert_eq!(found, inspect(&driver, regions[i].ptr, regions[i].size).unwrap(), "entry {i} replayed as judged");
+        }
     }
 }

@@ -216,26 +216,43 @@ impl Monitor {
     /// [`Error::EntriesFailed`].
     pub fn register_many(&self, regions: &[crate::core::batch::Region<'_>], all_or_nothing: bool) -> Result<crate::core::batch::Registered, Error> {
         self.not_forked()?;
-        let (inspections, queries) = crate::core::batch::inspect_all(&*self.shared.driver, regions);
-        let any_failed = inspections.iter().any(Result::is_err);
-        let results = if any_failed && all_or_nothing {
-            inspections.into_iter().map(|r| Err(r.err().unwrap_or(Error::EntriesFailed))).collect()
-        } else {
-            let found: Vec<crate::core::registry::NewRegistration<'_>> = inspections
-                .iter()
-                .zip(regions)
-                .filter_map(|(r, region)| {
-                    r.as_ref().ok().map(|found| crate::core::registry::NewRegistration {
-                        label: region.label,
-                        device: found.device,
-                        pieces: found.pieces(),
-                        answers: found.answers(),
-                    })
+        let judged = crate::core::batch::judge_all(&*self.shared.driver, regions);
+        let mut failures = judged.failures.iter().peekable();
+        let results = if !judged.failures.is_empty() && all_or_nothing {
+            (0..regions.len())
+                .map(|i| match failures.next_if(|(failed, _)| *failed == i) {
+                    Some((_, e)) => Err(e.clone()),
+                    None => Err(Error::EntriesFailed),
                 })
-                .collect();
-            let mut ids = self.shared.registry.insert_many(&found).into_iter();
-            inspections.into_iter().map(|r| r.map(|_| ids.next().unwrap_or_default())).collect()
+                .collect()
+        } else {
+            // Entries whose rebuilt inspection differed (ruled out; see Judged::passed).
+            let mut lost: Vec<usize> = Vec::new();
+            let passed = judged.passed(regions).filter_map(|(i, region, found)| match found {
+                Some(found) => Some((region.label, found)),
+                None => {
+                    lost.push(i);
+                    None
+                }
+            });
+            let count = (regions.len() - judged.failures.len()) as u64;
+            let (first, added) = self.shared.registry.insert_many(count, passed);
+            let mut lost = lost.into_iter().peekable();
+            let mut next = first;
+            (0..regions.len())
+                .map(|i| {
+                    if let Some((_, e)) = failures.next_if(|(failed, _)| *failed == i) {
+                        Err(e.clone())
+                    } else if lost.next_if_eq(&i).is_some() || next >= first + added {
+                        Err(Error::Refused(Verdict::CheckFailed))
+                    } else {
+                        next += 1;
+                        Ok(next - 1)
+                    }
+                })
+                .collect()
         };
+        let queries = judged.queries();
         Ok(crate::core::batch::Registered { results, queries })
     }
 

@@ -443,5 +443,25 @@ fn register_many_asks_once_per_allocation_and_reads_back_one_registration() {
         let done = m.register_many(&mixed, false).unwrap();
         assert_eq!(done.registered(), 1);
         assert_eq!(m.health().registrations, 1001);
+        assert_eq!(m.registration(*done.results[0].as_ref().unwrap()).unwrap().label, "a");
+        assert_eq!(done.results[1..], [Err(Error::Refused(Verdict::Managed)), Err(Error::DuplicateRange)]);
+        // Failures between good entries: each good one's id names it (ids of a call are
+        // handed out in order, skipping the failed entries).
+        let spread = [
+            vram_monitor::Region { ptr: bases[1], size: 16, label: "g0" },
+            vram_monitor::Region { ptr: managed, size: 4096, label: "m" },
+            vram_monitor::Region { ptr: bases[1] + 16, size: 16, label: "g1" },
+            vram_monitor::Region { ptr: bases[1] + 16, size: 16, label: "again" },
+            vram_monitor::Region { ptr: 0, size: 16, label: "null" },
+            vram_monitor::Region { ptr: bases[2], size: 16, label: "g2" },
+        ];
+        let done = m.register_many(&spread, false).unwrap();
+        assert_eq!(done.registered(), 3);
+        for (i, want) in [(0, "g0"), (2, "g1"), (5, "g2")] {
+            let info = m.registration(*done.results[i].as_ref().unwrap()).unwrap();
+            assert_eq!((info.label.as_str(), info.ptr), (want, spread[i].ptr));
+        }
+        assert_eq!(done.results[3], Err(Error::DuplicateRange));
+        assert!(matches!(done.results[4], Err(Error::Refused(_))));
     });
 }

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::core::driver::{DriverError, PointerInfo};
+use crate::core::inspect::Inspection;
 use crate::core::verdict::{classify_piece, Piece, Verdict};
 
 mod allocations;
@@ -42,19 +43,6 @@ pub use values::{Change, RegistrationFigures, RegistrationInfo, RegistryCounts, 
 pub type RegistrationId = u64;
 
 const SHARDS: usize = 64;
-
-/// One registration for [`Registry::insert_many`]: what [`Registry::insert`] takes.
-#[derive(Debug, Clone, Copy)]
-pub struct NewRegistration<'a> {
-    /// The engine's name for it.
-    pub label: &'a str,
-    /// The device of its first byte.
-    pub device: i32,
-    /// The pieces that hold it, in address order.
-    pub pieces: &'a [Piece],
-    /// The driver's answer at each piece's `query_at`, in the same order.
-    pub answers: &'a [PointerInfo],
-}
 
 /// A shard on cache lines of its own: without the padding, neighbouring shards' locks share
 /// a line, and threads working on different shards still stall each other.
@@ -140,60 +128,51 @@ impl Registry {
         id
     }
 
-    /// Adds many registrations found resident, as [`Registry::insert`] adds one, and returns
-    /// their ids in the same order. The ids are one consecutive run, so each registration
-    /// shard is locked once per block of ids and each allocation shard once: a model's
-    /// hundreds of thousands of tensors cost a few thousand lock round trips, not two per
-    /// tensor.
-    pub fn insert_many<'a>(&self, entries: &[NewRegistration<'a>]) -> Vec<RegistrationId> {
-        let first = next_ids(entries.len() as u64);
-        let ids: Vec<RegistrationId> = (first..first + entries.len() as u64).collect();
-        // Registrations first, as in `insert`: each block of ids is one shard.
-        let mut at = 0;
-        while at < entries.len() {
-            let id = ids[at];
-            let block_end = ((id / ID_BLOCK + 1) * ID_BLOCK - first) as usize;
-            let end = block_end.min(entries.len());
-            let mut shard = lock(&self.registrations[shard_of_id(id)]);
-            for (entry, &id) in entries[at..end].iter().zip(&ids[at..end]) {
-                let registration = RegistrationEntry::new(entry.label, entry.device, entry.pieces);
-                shard.count += 1;
-                shard.tracked_bytes += registration.size();
-                shard.count_device(entry.device, true);
-                shard.push(id, registration);
+    /// Adds many registrations found resident, as [`Registry::insert`] adds one, taking each
+    /// from `entries` as it goes (nothing is gathered first). Returns the first id and how
+    /// many were added: their ids are `first..first + added`, in order. Each registration
+    /// shard is locked once per block of ids, and each allocation shard once per block: a
+    /// model's hundreds of thousands of tensors cost a few thousand lock round trips, not two
+    /// per tensor. `count` is the most `entries` will give (ids are reserved for that many).
+    pub fn insert_many<'a>(&self, count: u64, entries: impl Iterator<Item = (&'a str, Inspection)>) -> (RegistrationId, u64) {
+        let first = next_ids(count);
+        let end = first + count;
+        let mut entries = entries.take(count as usize);
+        // One block's joins: (shard, address, fingerprint, id).
+        let mut joins: Vec<(usize, u64, u64, RegistrationId)> = Vec::with_capacity(ID_BLOCK as usize);
+        let mut id = first;
+        while id < end {
+            let block_end = ((id / ID_BLOCK + 1) * ID_BLOCK).min(end);
+            // Registrations first, as in `insert`: a block of ids is one shard.
+            {
+                let mut shard = lock(&self.registrations[shard_of_id(id)]);
+                while id < block_end {
+                    let Some((label, found)) = entries.next() else { break };
+                    let registration = RegistrationEntry::new(label, found.device, found.pieces());
+                    shard.count += 1;
+                    shard.tracked_bytes += registration.size();
+                    shard.count_device(found.device, true);
+                    shard.push(id, registration);
+                    for (piece, answer) in found.pieces().iter().zip(found.answers()) {
+                        joins.push((shard_of_address(piece.query_at), piece.query_at, fingerprint(answer), id));
+                    }
+                    id += 1;
+                }
             }
-            at = end;
-        }
-        // Then the allocations, grouped by shard (a counting sort: two passes, no comparison).
-        let mut per_shard = [0usize; SHARDS + 1];
-        for entry in entries {
-            for piece in entry.pieces {
-                per_shard[shard_of_address(piece.query_at) + 1] += 1;
+            // Then the allocations, a shard at a time.
+            joins.sort_unstable_by_key(|&(shard, ..)| shard);
+            for group in joins.chunk_by(|a, b| a.0 == b.0) {
+                let mut shard = lock(&self.allocations[group[0].0]);
+                for &(_, address, seen, id) in group {
+                    shard.join(address, seen, id);
+                }
             }
-        }
-        for s in 0..SHARDS {
-            per_shard[s + 1] += per_shard[s];
-        }
-        let mut next = per_shard;
-        let mut joins = vec![(0u64, 0u64, 0 as RegistrationId); per_shard[SHARDS]];
-        for (entry, &id) in entries.iter().zip(&ids) {
-            for (piece, answer) in entry.pieces.iter().zip(entry.answers) {
-                let s = shard_of_address(piece.query_at);
-                joins[next[s]] = (piece.query_at, fingerprint(answer), id);
-                next[s] += 1;
-            }
-        }
-        for s in 0..SHARDS {
-            let group = &joins[per_shard[s]..per_shard[s + 1]];
-            if group.is_empty() {
-                continue;
-            }
-            let mut shard = lock(&self.allocations[s]);
-            for &(address, seen, id) in group {
-                shard.join(address, seen, id);
+            joins.clear();
+            if id < block_end {
+                break; // fewer entries than `count`
             }
         }
-        ids
+        (first, id - first)
     }
 
     /// Removes a registration; `None` if the id is not registered (any more). Returns nothing

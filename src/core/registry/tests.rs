@@ -187,24 +187,31 @@ fn a_thread_that_registers_rarely_does_not_keep_an_old_block_of_ids() {
 fn many_registered_together_get_consecutive_ids_and_are_each_found() {
     let registry = Registry::new();
     let alone = registry.insert("alone", 0, &[piece(0x1000, 0x2000)], &[answer(1)]);
-    let pieces: Vec<[Piece; 1]> = (0..300u64).map(|i| [piece(0x10_0000 + i * 0x1000, 0x10_0000 + (i + 1) * 0x1000)]).collect();
-    let answers = [answer(7)];
+    // 300 tensors of 4 KiB in one 2 MiB allocation: more than four blocks of ids.
+    let arena = PointerInfo { range_start: 0x20_0000, range_size: 0x20_0000, ..answer(7) };
     let labels: Vec<String> = (0..300).map(|i| format!("t{i}")).collect();
-    let entries: Vec<NewRegistration<'_>> =
-        (0..300).map(|i| NewRegistration { label: &labels[i], device: 0, pieces: &pieces[i], answers: &answers }).collect();
-    let ids = registry.insert_many(&entries);
-    assert_eq!(ids.len(), 300);
-    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "one consecutive run");
-    assert!(ids.iter().all(|&id| id != alone && id != 0));
-    for (i, &id) in ids.iter().enumerate() {
-        assert_eq!(registry.get(id).unwrap().label, labels[i]);
+    let found = |i: u64| crate::core::inspect::inspect_with(|_| Ok(arena), 0x20_0000 + i * 0x1000, 0x1000).unwrap();
+    let (first, added) = registry.insert_many(300, (0..300u64).map(|i| (labels[i as usize].as_str(), found(i))));
+    assert_eq!(added, 300);
+    assert!(first != alone && first != 0);
+    for i in 0..300u64 {
+        let info = registry.get(first + i).unwrap();
+        assert_eq!(info.label, labels[i as usize]);
+        assert_eq!(info.ptr, 0x20_0000 + i * 0x1000);
     }
     assert_eq!(registry.counts().registrations, 301);
+    // One allocation holds them all: one entry in the allocation table, 300 members.
+    assert_eq!(registry.counts().allocations, 2);
+    // Fewer entries than announced: only those are added.
+    let (more, added) = registry.insert_many(5, std::iter::once(("late", found(299))));
+    assert_eq!(added, 1);
+    assert_eq!(registry.get(more).unwrap().label, "late");
     // Removing them one by one leaves the first.
-    for id in ids {
+    for id in (first..first + 300).chain([more]) {
         registry.remove(id).unwrap();
     }
     assert_eq!(registry.counts().registrations, 1);
+    assert_eq!(registry.counts().allocations, 1);
     assert_eq!(registry.get(alone).unwrap().label, "alone");
 }
 
