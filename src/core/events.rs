@@ -73,6 +73,11 @@ pub struct Event {
     pub modified_chunks: u64,
     /// [`EventKind::Modified`]: byte offset of the first differing chunk in the registration.
     pub first_modified_offset: u64,
+    /// What went wrong, as the log's `error_kind` field names it (empty when nothing did: a
+    /// recovery, health regained): `residency_violation`, `check_failed`, `content_modified`,
+    /// `integrity_failed`, `device_memory_fault`, or, for a health change only, `stalled`.
+    /// Log searches and alerts key on it, so a health change names its own cause.
+    pub error_kind: &'static str,
 }
 
 impl Event {
@@ -130,6 +135,12 @@ impl Event {
             timestamp_unix_ms: crate::core::clock::unix_ms(),
             modified_chunks: 0,
             first_modified_offset: 0,
+            error_kind: match kind {
+                EventKind::Violation => "residency_violation",
+                EventKind::Modified => "content_modified",
+                EventKind::Recovered => "",
+                _ => "check_failed",
+            },
         }
     }
 
@@ -166,6 +177,15 @@ impl Event {
             timestamp_unix_ms: crate::core::clock::unix_ms(),
             modified_chunks: 0,
             first_modified_offset: 0,
+            error_kind: if healthy {
+                ""
+            } else if check_failed {
+                "check_failed"
+            } else if violating == 0 {
+                "device_memory_fault"
+            } else {
+                "residency_violation"
+            },
         }
     }
 
@@ -186,6 +206,7 @@ impl Event {
             timestamp_unix_ms: crate::core::clock::unix_ms(),
             modified_chunks: 0,
             first_modified_offset: 0,
+            error_kind: "device_memory_fault",
         }
     }
 
@@ -217,6 +238,7 @@ impl Event {
             timestamp_unix_ms: crate::core::clock::unix_ms(),
             modified_chunks: 0,
             first_modified_offset: 0,
+            error_kind: "integrity_failed",
         }
     }
 
@@ -226,17 +248,18 @@ impl Event {
         let device = device.as_str();
         let label = self.label.as_str();
         let verdict = self.verdict.name();
+        let error_kind = self.error_kind;
         match self.kind {
             EventKind::Violation => log::error!(
                 target: "vram_monitor",
                 actor = "vram-residency", action = "verify", target = label, device = device,
-                error_kind = "residency_violation", verdict = verdict;
+                error_kind = error_kind, verdict = verdict;
                 "CRITICAL: {}", self.message
             ),
             EventKind::CheckFailed => log::error!(
                 target: "vram_monitor",
                 actor = "vram-residency", action = "verify", target = label, device = device,
-                error_kind = "check_failed", verdict = verdict;
+                error_kind = error_kind, verdict = verdict;
                 "{}", self.message
             ),
             EventKind::Modified => {
@@ -244,20 +267,20 @@ impl Event {
                 log::error!(
                     target: "vram_monitor",
                     actor = "vram-integrity", action = "verify", target = label, device = device,
-                    error_kind = "content_modified", verdict = verdict, modified_chunks = chunks, first_modified_offset = offset;
+                    error_kind = error_kind, verdict = verdict, modified_chunks = chunks, first_modified_offset = offset;
                     "CRITICAL: {}", self.message
                 )
             }
             EventKind::IntegrityFailed => log::error!(
                 target: "vram_monitor",
                 actor = "vram-integrity", action = "verify", device = device,
-                error_kind = "integrity_failed";
+                error_kind = error_kind;
                 "{}", self.message
             ),
             EventKind::DeviceFault => log::error!(
                 target: "vram_monitor",
                 actor = "vram-residency", action = "device_health", device = device,
-                error_kind = "device_memory_fault";
+                error_kind = error_kind;
                 "{}", self.message
             ),
             EventKind::Recovered => log::warn!(
@@ -269,9 +292,11 @@ impl Event {
                 if self.healthy {
                     log::info!(target: "vram_monitor", actor = "vram-residency", action = "verify"; "{}", self.message)
                 } else {
+                    // The cause's own kind: a stall or a MODIFIED seal is not a residency
+                    // violation, and alerts keyed on the field must not read it as one.
                     log::error!(
                         target: "vram_monitor",
-                        actor = "vram-residency", action = "verify", error_kind = "residency_violation";
+                        actor = "vram-residency", action = "verify", error_kind = error_kind;
                         "{}", self.message
                     )
                 }

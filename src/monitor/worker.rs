@@ -120,6 +120,7 @@ pub(super) fn watch(shared: &Shared) {
             shared.reported_healthy.store(false, Ordering::Release);
             let mut event = Event::health_changed(false, 0, false);
             event.message = format!("unhealthy: stalled: {}", state.why);
+            event.error_kind = "stalled";
             Some(event)
         } else if !state.stalled && *reported {
             *reported = false;

@@ -178,6 +178,10 @@ fn a_written_byte_is_modified_with_its_chunk_and_offset_and_reseal_clears_it() {
         assert_eq!((event.registration_id, event.device, event.modified_chunks, event.first_modified_offset), (id, 0, 1, 3 * MIB));
         assert_eq!(event.label, "layers.0.weight");
         assert!(!event.healthy);
+        assert_eq!(event.error_kind, "content_modified");
+        // The health change it brought names the same cause (not a residency violation).
+        wait_for("the health change", || find(&events, EventKind::HealthChanged).is_some());
+        assert_eq!(find(&events, EventKind::HealthChanged).unwrap().error_kind, "content_modified");
 
         // Writing the old byte back does not clear it: the engine may have computed with the wrong one.
         assert!(fake.write(ptr + 3 * MIB + 17, &[old]));

@@ -87,6 +87,10 @@ fn a_query_that_never_returns_is_a_stall_reported_by_the_watchdog_and_its_releas
         let (_, message, thread) = &changes[0];
         assert!(message.starts_with("unhealthy: stalled:"), "{message}");
         assert_eq!(thread, "vram-monitor-watchdog", "sent by the watchdog, not the stuck thread");
+        // Its error_kind (the log field alerts key on) names the stall, not a violation.
+        let kinds: Vec<&str> =
+            log.lock().unwrap().iter().filter(|(e, _)| e.kind == EventKind::HealthChanged).map(|(e, _)| e.error_kind).collect();
+        assert_eq!(kinds, ["stalled"]);
 
         let json: serde_json::Value = serde_json::from_str(&m.report(ReportFormat::Json)).unwrap();
         assert_eq!(json["health"]["stalled"], true);
