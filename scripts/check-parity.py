@@ -5,7 +5,8 @@ The functions are read from the C header at run time (every `vram_monitor_*` dec
 outside comments), so a function added to the library is checked without editing this
 script. A function counts as reached:
 
-  - by the C++ wrapper when its name appears in include/vram_monitor.hpp outside comments and
+  - by the C++ wrapper when its name appears in include/vram_monitor.hpp (or a part it includes,
+    include/vram_monitor/*.hpp) outside comments and
     string literals (a call, not a mention in a doc comment or an error message);
   - by the Python package when its name appears in python/vram_monitor/*.py as an identifier
     (`lib.vram_monitor_new(...)`) or as a whole string literal (`"vram_monitor_new"`, the key
@@ -88,13 +89,24 @@ def read(path):
         return f.read()
 
 
+def read_wrapper(hpp):
+    """The C++ wrapper's text: the header and the parts it includes ("vram_monitor/...")."""
+    text = read(hpp)
+    parts = []
+    for part in re.findall(r'#include\s+"(vram_monitor/[^"]+)"', text):
+        path = os.path.join(os.path.dirname(hpp), part)
+        if os.path.exists(path):
+            parts.append(read(path))
+    return "\n".join([text] + parts)
+
+
 def check(header, hpp, python_dir, out=sys.stdout):
     """Returns the list of (function, [where missing]) and prints the verdict."""
     functions = header_functions(read(header))
     if not functions:
         print("check-parity: no vram_monitor_* function found in %s" % header, file=out)
         return [("(none)", ["the header"])]
-    in_cpp = cpp_names(read(hpp))
+    in_cpp = cpp_names(read_wrapper(hpp))
     in_python = set()
     py_files = sorted(f for f in os.listdir(python_dir) if f.endswith(".py"))
     for name in py_files:
@@ -163,7 +175,7 @@ def self_test(header, hpp, python_dir):
 
         # A name that the wrapper mentions only in a comment is not reached.
         victim = "vram_monitor_stop_http"
-        hpp_text = read(hpp)
+        hpp_text = read_wrapper(hpp)
         hidden = os.path.join(tmp, "vram_monitor.hpp")
         with open(hidden, "w", encoding="utf-8") as f:
             f.write(re.sub(r"\b%s\s*\(" % victim, "/* %s */ other_function(" % victim, hpp_text))

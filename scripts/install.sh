@@ -9,7 +9,8 @@
 #   PREFIX/lib/libvram_monitor.so.X -> .so.X.Y.Z,  libvram_monitor.so -> .so.X
 #   PREFIX/lib/libvram_monitor.a              the static library
 #   PREFIX/include/vram_monitor.h             the C API
-#   PREFIX/include/vram_monitor.hpp           the header-only C++17 wrapper
+#   PREFIX/include/vram_monitor.hpp           the header-only C++17 wrapper (and its parts in
+#   PREFIX/include/vram_monitor/*.hpp)
 #   PREFIX/lib/pkgconfig/vram_monitor.pc, vram_monitor_static.pc
 #   PREFIX/lib/cmake/vram_monitor/vram_monitorConfig.cmake (+ ConfigVersion): find_package
 #       gives vram_monitor::vram_monitor (shared) and vram_monitor::vram_monitor_static
@@ -124,6 +125,8 @@ ln -sfn "$real" "$destdir$libdir/libvram_monitor.so.$major"
 ln -sfn "libvram_monitor.so.$major" "$destdir$libdir/libvram_monitor.so"
 install -m 0644 "$built/libvram_monitor.a" "$destdir$libdir/libvram_monitor.a"
 install -m 0644 include/vram_monitor.h include/vram_monitor.hpp "$destdir$includedir/"
+install -d "$destdir$includedir/vram_monitor"
+install -m 0644 include/vram_monitor/*.hpp "$destdir$includedir/vram_monitor/"
 install -m 0755 "$built/vram-monitor-doctor" "$destdir$bindir/vram-monitor-doctor"
 
 # pkg-config: ${prefix}-relative where the folders are inside the prefix.

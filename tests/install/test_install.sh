@@ -57,7 +57,7 @@ echo "== layout and SONAME"
 check "libvram_monitor.so.$version is a file" test -f "$lib/libvram_monitor.so.$version" -a ! -L "$lib/libvram_monitor.so.$version"
 check "libvram_monitor.so.$major -> libvram_monitor.so.$version" test "$(readlink "$lib/libvram_monitor.so.$major")" = "libvram_monitor.so.$version"
 check "libvram_monitor.so -> libvram_monitor.so.$major" test "$(readlink "$lib/libvram_monitor.so")" = "libvram_monitor.so.$major"
-for f in lib/libvram_monitor.a include/vram_monitor.h include/vram_monitor.hpp bin/vram-monitor-doctor \
+for f in lib/libvram_monitor.a include/vram_monitor.h include/vram_monitor.hpp include/vram_monitor/monitor.hpp bin/vram-monitor-doctor \
   lib/pkgconfig/vram_monitor.pc lib/pkgconfig/vram_monitor_static.pc \
   lib/cmake/vram_monitor/vram_monitorConfig.cmake lib/cmake/vram_monitor/vram_monitorConfigVersion.cmake; do
   check "installed $f" test -f "$prefix/$f"
