@@ -14,6 +14,10 @@
 # `super::` chains that climb out of a room (`super::super::` from a room's top level) are
 # not used in these rooms; the check also refuses `crate::{` groups, which it cannot read.
 #
+# And no hand-written source file outside tests over 500 lines (a file that long holds more than
+# one concept): Rust, C, C++, CUDA, Python and shell files that git tracks, except tests and the
+# generated C header.
+#
 #   scripts/check-architecture.sh              checks src/ of this checkout
 #   scripts/check-architecture.sh --self-test  plants a violation in a copy of each room and
 #                                              shows the check fails on it, then checks src/
@@ -43,6 +47,26 @@ check() {
   return $bad
 }
 
+MAX_LINES=500
+
+# sizes FILE...: prints each file over MAX_LINES lines, fails if any.
+sizes() {
+  local bad=0 file lines
+  for file in "$@"; do
+    lines=$(wc -l <"$file")
+    if [ "$lines" -gt "$MAX_LINES" ]; then
+      echo "architecture: $file has $lines lines, over $MAX_LINES: split it, one concept per file" >&2
+      bad=1
+    fi
+  done
+  return $bad
+}
+
+source_files() {
+  git ls-files -- '*.rs' '*.c' '*.h' '*.hpp' '*.cpp' '*.cu' '*.cuh' '*.py' '*.sh' |
+    grep -vE '(^|/)tests?/|^include/vram_monitor\.h$'
+}
+
 if [ "${1:-}" = --self-test ]; then
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
@@ -66,8 +90,19 @@ if [ "${1:-}" = --self-test ]; then
   rm -rf "$tmp/src" && cp -r src "$tmp/src"
   printf '%s\n' '// see crate::output::report' >>"$tmp/src/core/mod.rs"
   check "$tmp/src" || { echo "check-architecture self-test: a comment was taken for a dependency" >&2; exit 1; }
+  seq "$MAX_LINES" >"$tmp/long.rs"
+  sizes "$tmp/long.rs" || { echo "check-architecture self-test: a file of $MAX_LINES lines was refused" >&2; exit 1; }
+  echo >>"$tmp/long.rs"
+  if sizes "$tmp/long.rs" 2>/dev/null; then
+    echo "check-architecture self-test: a file of $((MAX_LINES + 1)) lines was not caught" >&2
+    exit 1
+  fi
   echo "check-architecture self-test: every planted violation was caught"
 fi
 
 check src
-echo "check-architecture: core names no other room, adapters only the core, the monitor no output"
+mapfile -t files < <(source_files)
+[ "${#files[@]}" -gt 0 ] || { echo "check-architecture: git lists no source file (run it in a checkout)" >&2; exit 1; }
+sizes "${files[@]}"
+echo "check-architecture: core names no other room, adapters only the core, the monitor no output;" \
+  "no source file outside tests over $MAX_LINES lines (${#files[@]} files)"
