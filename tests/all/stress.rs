@@ -1,5 +1,5 @@
-//! Heavy concurrency against the fake libcuda: many threads run random register, unregister,
-//! check_now, health, report, set_interval and set_callback calls while the monitor checks on a
+//! Heavy concurrency against the fake libcuda: many threads run random register, register_many,
+//! unregister, check_now, health, report, set_interval and set_callback calls while the monitor checks on a
 //! 1 ms interval and the threads change their memory underneath (to managed, to host, back to
 //! device, reallocated, freed, queries failing). Then, at a quiet point, every invariant:
 //!
@@ -236,6 +236,48 @@ impl Worker {
         self.buffers.retain(|base, b| !b.freed || used.contains(base));
     }
 
+    /// Up to 8 pieces of one buffer in one register_many call (each alone: a failed entry
+    /// fails only itself), judged entry by entry against the model, each id read back with its
+    /// label and range.
+    fn register_many(&mut self, shared: &Shared, base: u64, buffer: Buffer) {
+        let m = &shared.monitor;
+        let pages = buffer.size / 4096;
+        let count = 1 + self.rng.below(pages.min(8));
+        // Distinct pages, in a random order: no entry repeats another's range.
+        let mut firsts: Vec<u64> = Vec::new();
+        while (firsts.len() as u64) < count {
+            let page = self.rng.below(pages);
+            if !firsts.contains(&page) {
+                firsts.push(page);
+            }
+        }
+        let entries: Vec<(u64, u64, String)> = firsts
+            .iter()
+            .enumerate()
+            .map(|(k, &page)| (base + page * 4096, 1 + self.rng.below(4096), format!("w{}.{}.{k}", self.index, self.totals.operations)))
+            .collect();
+        let regions: Vec<vram_monitor::Region<'_>> =
+            entries.iter().map(|(ptr, size, label)| vram_monitor::Region { ptr: *ptr, size: *size, label }).collect();
+        let done = match m.register_many(&regions, false) {
+            Ok(done) => done,
+            Err(e) => return shared.fail(format!("register_many of {count} entries: {e:?}")),
+        };
+        for ((ptr, size, label), got) in entries.iter().zip(done.results) {
+            match (got, expected_registration(&buffer)) {
+                (Ok(id), Ok(())) => {
+                    match m.registration(id) {
+                        Some(info) if info.label == *label && info.ptr == *ptr && info.size == *size => {}
+                        other => shared.fail(format!("register_many's id {id} reads back as {other:?}, not {label} at {ptr:#x}+{size}")),
+                    }
+                    self.regs.push(Reg { id, base, size: *size, generation: buffer.generation });
+                    self.totals.registered += 1;
+                }
+                (Err(e), Err(want)) if e == want => self.totals.refused_as_expected += 1,
+                (got, want) => shared.fail(format!("register_many entry of {buffer:?}: got {got:?}, model says {want:?}")),
+            }
+        }
+    }
+
     fn step(&mut self, shared: &Shared, fake: &Fake, config: &Config) {
         let m = &shared.monitor;
         self.totals.operations += 1;
@@ -256,6 +298,9 @@ impl Worker {
                     }
                 };
                 let buffer = self.buffers[&base];
+                if self.rng.below(4) == 0 {
+                    return self.register_many(shared, base, buffer);
+                }
                 let offset = self.rng.below(buffer.size / 4096) * 4096;
                 let size = 1 + self.rng.below(buffer.size - offset);
                 let label = format!("w{}.{}", self.index, self.totals.operations);
