@@ -634,6 +634,14 @@ typedef struct VramMonitorEvent {
    * registration's first byte (0 for other kinds).
    */
   uint64_t first_modified_offset;
+  /**
+   * What went wrong, NUL-terminated, as the log records' `error_kind` field names it:
+   * "residency_violation", "check_failed", "content_modified", "integrity_failed",
+   * "device_memory_fault", or for a health change to unhealthy its cause (also "stalled");
+   * "" for a recovery or health regained. Appended: hosts built against an older header
+   * read the event as before.
+   */
+  const char *error_kind;
 } VramMonitorEvent;
 
 /**

@@ -25,6 +25,12 @@ struct Event {
     bool healthy = true;
     std::string message;
     std::uint64_t timestamp_unix_ms = 0;
+    /** MODIFIED: 1 MiB chunks found different from the seal so far (0 for other kinds). */
+    std::uint64_t modified_chunks = 0;
+    /** MODIFIED: byte offset of the first differing chunk in the registration. */
+    std::uint64_t first_modified_offset = 0;
+    /** What went wrong, as the log records' error_kind names it ("" for a recovery). */
+    std::string error_kind;
 
     Event() = default;
     explicit Event(const VramMonitorEvent &e)
@@ -38,7 +44,10 @@ struct Event {
           previous_verdict(e.previous_verdict),
           healthy(e.healthy),
           message(e.message != nullptr ? e.message : ""),
-          timestamp_unix_ms(e.timestamp_unix_ms) {}
+          timestamp_unix_ms(e.timestamp_unix_ms),
+          modified_chunks(e.modified_chunks),
+          first_modified_offset(e.first_modified_offset),
+          error_kind(e.error_kind != nullptr ? e.error_kind : "") {}
 };
 
 /** Receives events, on the monitor thread. */

@@ -380,10 +380,14 @@ class TestMonitor(FakeDriverTest):
         self.assertEqual((e.registration_id, e.label, e.verdict, e.previous_verdict), (rid, "layers.0", Verdict.HOST, Verdict.RESIDENT))
         self.assertEqual((e.ptr, e.size, e.device), (ptr, 2 * MIB, 0))
         self.assertIn("layers.0", e.message)
+        self.assertEqual(e.error_kind, "residency_violation")
+        self.assertEqual((e.modified_chunks, e.first_modified_offset), (0, 0))
         self.assertNotEqual(events[0][1], threading.current_thread().name, "callbacks run on the monitor's thread")
         self.assertTrue(self.fake.set_kind(ptr, FAKE_DEVICE))
         self.monitor.check_now()
-        self.assertTrue(any(e.kind == EventKind.RECOVERED and e.registration_id == rid for e, _ in events))
+        recovered = [e for e, _ in events if e.kind == EventKind.RECOVERED and e.registration_id == rid]
+        self.assertTrue(recovered)
+        self.assertEqual(recovered[0].error_kind, "", "a recovery is no error")
         self.assertEqual(self.monitor.verdict(rid), Verdict.RESIDENT)
 
     def test_an_exception_in_a_callback_stops_at_the_boundary(self):

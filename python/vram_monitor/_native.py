@@ -73,6 +73,7 @@ class VramMonitorEvent(ctypes.Structure):
         ("timestamp_unix_ms", ctypes.c_uint64),
         ("modified_chunks", ctypes.c_uint64),
         ("first_modified_offset", ctypes.c_uint64),
+        ("error_kind", ctypes.c_char_p),
     ]
 
 

@@ -36,6 +36,14 @@ class Event:
     healthy: bool
     message: str
     timestamp_unix_ms: int
+    #: MODIFIED: 1 MiB chunks found different from the seal so far (0 for other kinds).
+    modified_chunks: int = 0
+    #: MODIFIED: byte offset of the first differing chunk in the registration.
+    first_modified_offset: int = 0
+    #: What went wrong, as the log records' `error_kind` names it ("residency_violation",
+    #: "check_failed", "content_modified", "integrity_failed", "device_memory_fault", or for a
+    #: change to unhealthy its cause, also "stalled"); "" for a recovery or health regained.
+    error_kind: str = ""
 
     @staticmethod
     def _from_c(e: _native.VramMonitorEvent) -> "Event":
@@ -51,6 +59,9 @@ class Event:
             healthy=bool(e.healthy),
             message=(e.message or b"").decode("utf-8", "replace"),
             timestamp_unix_ms=e.timestamp_unix_ms,
+            modified_chunks=e.modified_chunks,
+            first_modified_offset=e.first_modified_offset,
+            error_kind=(e.error_kind or b"").decode("utf-8", "replace"),
         )
 
 

@@ -214,6 +214,14 @@ void test_callbacks(vram_monitor::Monitor &monitor) {
     CHECK(summary.violations == 1 && !summary.healthy, "check_now sees one violation");
     CHECK(events.has(VRAM_MONITOR_EVENT_KIND_VIOLATION, reg.id(), VRAM_MONITOR_VERDICT_NOT_MAPPED, "model.embed"),
           "the lambda received VIOLATION NOT_MAPPED for 'model.embed' (a copy it may keep)");
+    {
+        std::string kinds;
+        for (const auto &e : events.snapshot())
+            if (e.kind == VRAM_MONITOR_EVENT_KIND_VIOLATION || (e.kind == VRAM_MONITOR_EVENT_KIND_HEALTH_CHANGED && !e.healthy))
+                kinds += e.error_kind + ";";
+        CHECK(kinds == "residency_violation;residency_violation;",
+              "the violation and the change to unhealthy carry error_kind residency_violation (" + kinds + ")");
+    }
     std::string text = monitor.report();
     std::string json = monitor.report(vram_monitor::ReportFormat::Json);
     CHECK(text.find("model.embed") != std::string::npos && text.find("NOT_MAPPED") != std::string::npos,

@@ -226,6 +226,8 @@ static void seal_verify_modified_reseal(VramMonitor *m, struct recorder *events)
     CHECK(e.modified_chunks == 1 && e.first_modified_offset == 2 * MiB && e.device == 0 && !e.healthy &&
               strcmp(e.label, "layers.0.weight") == 0,
           "the MODIFIED event names the chunk, the offset, the device");
+    CHECK(strcmp(e.error_kind, "content_modified") == 0, "the MODIFIED event's error_kind is content_modified ('%s')",
+          e.error_kind);
 
     CHECK_RESULT(vram_monitor_reseal(m, id), VRAM_MONITOR_RESULT_OK);
     CHECK(verdict_of(m, id) == VRAM_MONITOR_VERDICT_RESIDENT, "reseal clears MODIFIED");

@@ -260,6 +260,7 @@ struct recorded_event {
     uint64_t timestamp_unix_ms;
     uint64_t modified_chunks;
     uint64_t first_modified_offset;
+    char error_kind[64];
     pthread_t thread;
 };
 
@@ -327,6 +328,7 @@ static inline void recorder_add(struct recorder *r, const VramMonitorEvent *even
         e->timestamp_unix_ms = event->timestamp_unix_ms;
         e->modified_chunks = event->modified_chunks;
         e->first_modified_offset = event->first_modified_offset;
+        copy_string(e->error_kind, sizeof e->error_kind, event->error_kind);
         e->thread = pthread_self();
     } else {
         r->dropped++;

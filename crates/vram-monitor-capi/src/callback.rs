@@ -60,6 +60,7 @@ pub(crate) fn wrap(
         // back to empty strings rather than failing the event.
         let label = CString::new(event.label.as_str()).unwrap_or_default();
         let message = CString::new(event.message.as_str()).unwrap_or_default();
+        let error_kind = CString::new(event.error_kind).unwrap_or_default();
         let c_event = VramMonitorEvent {
             kind: event.kind,
             registration_id: event.registration_id,
@@ -74,6 +75,7 @@ pub(crate) fn wrap(
             timestamp_unix_ms: event.timestamp_unix_ms,
             modified_chunks: event.modified_chunks,
             first_modified_offset: event.first_modified_offset,
+            error_kind: error_kind.as_ptr(),
         };
         // SAFETY: the host promised a valid function; the event outlives the call.
         unsafe { callback(&c_event, user_data.pointer()) };

@@ -170,4 +170,10 @@ pub struct VramMonitorEvent {
     /// `VRAM_MONITOR_EVENT_KIND_MODIFIED`: byte offset of the first differing chunk from the
     /// registration's first byte (0 for other kinds).
     pub first_modified_offset: u64,
+    /// What went wrong, NUL-terminated, as the log records' `error_kind` field names it:
+    /// "residency_violation", "check_failed", "content_modified", "integrity_failed",
+    /// "device_memory_fault", or for a health change to unhealthy its cause (also "stalled");
+    /// "" for a recovery or health regained. Appended: hosts built against an older header
+    /// read the event as before.
+    pub error_kind: *const c_char,
 }
