@@ -80,6 +80,41 @@ pub struct Event {
     pub error_kind: &'static str,
 }
 
+/// Why the monitor is unhealthy: a health change's message and `error_kind` name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Unhealthy {
+    /// No check has completed in time (the watchdog's reason).
+    Stalled(String),
+    /// The last check's driver queries failed.
+    CheckFailed,
+    /// A lent context failed during integrity verification.
+    IntegrityFailed,
+    /// Registrations are not resident (freed, moved, replaced, ...).
+    NotResident,
+    /// Every registration in violation is a sealed one found MODIFIED.
+    Modified,
+    /// Nothing in violation: a GPU that holds registrations reports a memory fault.
+    DeviceFault,
+}
+
+impl Unhealthy {
+    /// The cause of an unhealthy monitor that is not stalled, by precedence, from what it
+    /// knows: `violating` registrations in violation, `modified` of them sealed and MODIFIED.
+    pub(crate) fn of(check_failed: bool, integrity_failed: bool, violating: u64, modified: u64) -> Unhealthy {
+        if check_failed {
+            Unhealthy::CheckFailed
+        } else if integrity_failed {
+            Unhealthy::IntegrityFailed
+        } else if violating > modified {
+            Unhealthy::NotResident
+        } else if violating > 0 {
+            Unhealthy::Modified
+        } else {
+            Unhealthy::DeviceFault
+        }
+    }
+}
+
 impl Event {
     /// An event about one registration.
     pub(crate) fn about(
@@ -144,18 +179,26 @@ impl Event {
         }
     }
 
-    /// The event for a change of overall health.
-    pub(crate) fn health_changed(healthy: bool, violating: u64, check_failed: bool) -> Event {
-        let message = if healthy {
-            "healthy: every registration is resident".to_string()
-        } else if check_failed {
-            format!("unhealthy: the last check failed ({violating} registrations in violation)")
-        } else if violating == 0 {
-            // The only other cause: a GPU that holds registrations reports a memory fault.
-            "unhealthy: a GPU that holds registrations reports a memory fault".to_string()
-        } else {
-            format!("unhealthy: {violating} registrations are not resident")
+    /// The event for a change of overall health: healthy again when `cause` is `None`.
+    pub(crate) fn health_changed(violating: u64, cause: Option<Unhealthy>) -> Event {
+        let (message, error_kind) = match &cause {
+            None => ("healthy: every registration is resident".to_string(), ""),
+            Some(Unhealthy::Stalled(why)) => (format!("unhealthy: stalled: {why}"), "stalled"),
+            Some(Unhealthy::CheckFailed) => {
+                (format!("unhealthy: the last check failed ({violating} registrations in violation)"), "check_failed")
+            }
+            Some(Unhealthy::IntegrityFailed) => {
+                ("unhealthy: integrity verification failed in a lent context (content unknown)".to_string(), "integrity_failed")
+            }
+            Some(Unhealthy::NotResident) => (format!("unhealthy: {violating} registrations are not resident"), "residency_violation"),
+            Some(Unhealthy::Modified) => {
+                (format!("unhealthy: {violating} registrations in violation (a sealed one MODIFIED)"), "content_modified")
+            }
+            Some(Unhealthy::DeviceFault) => {
+                ("unhealthy: a GPU that holds registrations reports a memory fault".to_string(), "device_memory_fault")
+            }
         };
+        let healthy = cause.is_none();
         Event {
             kind: EventKind::HealthChanged,
             registration_id: 0,
@@ -163,13 +206,12 @@ impl Event {
             ptr: 0,
             size: 0,
             device: -1,
-            verdict: if healthy || (!check_failed && violating == 0) {
-                // Healthy, or unhealthy through a device fault: no verdict moved.
-                Verdict::Resident
-            } else if check_failed {
-                Verdict::CheckFailed
-            } else {
-                Verdict::NotMapped
+            verdict: match cause {
+                Some(Unhealthy::CheckFailed) => Verdict::CheckFailed,
+                Some(Unhealthy::NotResident) => Verdict::NotMapped,
+                Some(Unhealthy::Modified) => Verdict::Modified,
+                // Healthy, or unhealthy without a verdict that moved.
+                _ => Verdict::Resident,
             },
             previous_verdict: if healthy { Verdict::NotMapped } else { Verdict::Resident },
             healthy,
@@ -177,15 +219,7 @@ impl Event {
             timestamp_unix_ms: crate::core::clock::unix_ms(),
             modified_chunks: 0,
             first_modified_offset: 0,
-            error_kind: if healthy {
-                ""
-            } else if check_failed {
-                "check_failed"
-            } else if violating == 0 {
-                "device_memory_fault"
-            } else {
-                "residency_violation"
-            },
+            error_kind,
         }
     }
 
@@ -302,5 +336,36 @@ impl Event {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unhealthy_monitor_names_its_cause_by_precedence() {
+        // (check failed, integrity failed, violating, modified) -> cause
+        assert_eq!(Unhealthy::of(true, true, 3, 3), Unhealthy::CheckFailed);
+        assert_eq!(Unhealthy::of(false, true, 3, 0), Unhealthy::IntegrityFailed);
+        assert_eq!(Unhealthy::of(false, false, 3, 2), Unhealthy::NotResident, "one not resident among MODIFIED");
+        assert_eq!(Unhealthy::of(false, false, 2, 2), Unhealthy::Modified);
+        assert_eq!(Unhealthy::of(false, false, 0, 0), Unhealthy::DeviceFault);
+    }
+
+    #[test]
+    fn each_health_change_carries_its_causes_error_kind() {
+        let kind = |cause: Option<Unhealthy>| {
+            let e = Event::health_changed(2, cause);
+            (e.healthy, e.error_kind)
+        };
+        assert_eq!(kind(None), (true, ""));
+        assert_eq!(kind(Some(Unhealthy::Stalled("no check for 90 s".into()))), (false, "stalled"));
+        assert_eq!(kind(Some(Unhealthy::CheckFailed)), (false, "check_failed"));
+        assert_eq!(kind(Some(Unhealthy::IntegrityFailed)), (false, "integrity_failed"));
+        assert_eq!(kind(Some(Unhealthy::NotResident)), (false, "residency_violation"));
+        assert_eq!(kind(Some(Unhealthy::Modified)), (false, "content_modified"));
+        assert_eq!(kind(Some(Unhealthy::DeviceFault)), (false, "device_memory_fault"));
+        assert!(Event::health_changed(0, Some(Unhealthy::Stalled("no check for 90 s".into()))).message.ends_with("no check for 90 s"));
     }
 }

@@ -215,15 +215,7 @@ fn publish(shared: &Shared, findings: Vec<Finding>, mut events: Vec<Event>) {
     }
     let health = shared.health();
     if shared.reported_healthy.swap(health.healthy, Ordering::AcqRel) != health.healthy {
-        let mut event = Event::health_changed(health.healthy, health.current_violations, health.last_check_failed);
-        if health.integrity_failed {
-            event.message = "unhealthy: integrity verification failed in a lent context (content unknown)".to_string();
-            event.error_kind = "integrity_failed";
-        } else if !health.healthy {
-            event.message = format!("unhealthy: {} registrations in violation (a sealed one MODIFIED)", health.current_violations);
-            event.error_kind = "content_modified";
-        }
-        events.push(event);
+        events.push(Event::health_changed(health.current_violations, shared.unhealthy_cause(&health)));
     }
     for mut event in events {
         event.healthy = health.healthy;

@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::worker::dispatch;
 use super::Shared;
 use crate::adapters::nvml::process_vram;
-use crate::core::events::{Event, EventKind};
+use crate::core::events::{Event, EventKind, Unhealthy};
 use crate::core::health::CheckSummary;
 use super::options::PROCESS_VRAM_PERIOD;
 use crate::core::registry::{Change, RegistrationId, RegistrationInfo, Registry};
@@ -146,7 +146,11 @@ pub(super) fn sweep(shared: &Shared) -> CheckSummary {
     let mut reported = reported;
     let was_stalled = std::mem::replace(&mut *reported, false);
     if shared.reported_healthy.swap(healthy, Ordering::AcqRel) != healthy || was_stalled {
-        let mut event = Event::health_changed(healthy, counts.violating, check_failed);
+        let cause = (!healthy).then(|| {
+            let integrity = shared.integrity.summary();
+            Unhealthy::of(check_failed, integrity.failed, counts.violating, integrity.modified)
+        });
+        let mut event = Event::health_changed(counts.violating, cause);
         if was_stalled {
             event.message.push_str(" (no longer stalled: a check completed)");
         }

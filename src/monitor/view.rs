@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::Shared;
 use crate::core::device_health::DeviceHealth;
+use crate::core::events::Unhealthy;
 use crate::core::health::Health;
 use crate::core::process_vram::ProcessVram;
 use crate::core::registry::{RegistrationFigures, RegistrationId, RegistrationInfo};
@@ -64,6 +65,18 @@ impl Shared {
             }
         }
         all
+    }
+
+    /// Why `health` is unhealthy (`None`: it is healthy): what its health change names.
+    pub(super) fn unhealthy_cause(&self, health: &Health) -> Option<Unhealthy> {
+        if health.healthy {
+            return None;
+        }
+        if health.stalled {
+            return Some(Unhealthy::Stalled(self.stall.state(self.interval_ms.load(Ordering::Relaxed)).why));
+        }
+        let integrity = self.integrity.summary();
+        Some(Unhealthy::of(health.last_check_failed, health.integrity_failed, health.current_violations, integrity.modified))
     }
 
     pub(super) fn health(&self) -> Health {

@@ -10,7 +10,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use super::sweep::sweep;
 use super::{integrity, Shared};
 use crate::core::error::Error;
-use crate::core::events::Event;
+use crate::core::events::{Event, Unhealthy};
 use crate::core::health::CheckSummary;
 use crate::core::sync::lock;
 
@@ -118,15 +118,12 @@ pub(super) fn watch(shared: &Shared) {
         if state.stalled && !*reported {
             *reported = true;
             shared.reported_healthy.store(false, Ordering::Release);
-            let mut event = Event::health_changed(false, 0, false);
-            event.message = format!("unhealthy: stalled: {}", state.why);
-            event.error_kind = "stalled";
-            Some(event)
+            Some(Event::health_changed(0, Some(Unhealthy::Stalled(state.why))))
         } else if !state.stalled && *reported {
             *reported = false;
             let health = shared.health();
             shared.reported_healthy.store(health.healthy, Ordering::Release);
-            let mut event = Event::health_changed(health.healthy, health.current_violations, health.last_check_failed);
+            let mut event = Event::health_changed(health.current_violations, shared.unhealthy_cause(&health));
             event.message.push_str(" (no longer stalled: checks progress again)");
             Some(event)
         } else {

@@ -378,6 +378,38 @@ fn unregister_mid_slice_waits_so_the_engine_may_free_at_once() {
 }
 
 #[test]
+fn unregister_during_a_seal_on_another_thread_waits_for_its_kernel() {
+    fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
+        let (fake, m) = lent(IntegrityOptions { slice_bytes: 4 * MIB, ..IntegrityOptions::default() });
+        let m = Arc::new(m);
+        fake.set_launch_delay_us(20_000);
+        for round in 0..5 {
+            let ptr = weights(fake, 4 * MIB, 0);
+            let id = m.register(ptr, 4 * MIB, "w").unwrap();
+            let launches = fake.gpu_counters().launches;
+            let sealer = {
+                let m = Arc::clone(&m);
+                std::thread::spawn(move || m.seal(id))
+            };
+            wait_for("the seal's kernel in progress", || {
+                let c = fake.gpu_counters();
+                c.launches > launches && c.launches_in_progress == 1
+            });
+            // As an engine does: unregister, then free at once. The seal's kernel must never
+            // read it.
+            m.unregister(id).unwrap();
+            assert!(fake.free(ptr));
+            assert_eq!(fake.context_error(0), 0, "round {round}: the seal read freed memory");
+            let sealed = sealer.join().unwrap();
+            assert!(sealed.is_err() || m.seal_info(id).is_none(), "round {round}: no seal outlives its registration: {sealed:?}");
+        }
+        assert_eq!(fake.context_error(0), 0);
+        assert_eq!(m.integrity().sealed, 0);
+        assert!(m.integrity().failed.is_none());
+    });
+}
+
+#[test]
 fn the_engine_writing_while_a_buffer_is_hashed_is_modified_or_clean_never_a_crash() {
     fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
         let (fake, m) = lent(eager());
@@ -466,6 +498,14 @@ fn a_sticky_error_mid_verification_is_integrity_failed_never_modified() {
         assert_eq!(m.integrity().failed.map(|(device, _)| device), Some(0));
         wait_for("the INTEGRITY_FAILED event", || find(&events, EventKind::IntegrityFailed).is_some_and(|e| e.device == 0));
         assert!(find(&events, EventKind::Modified).is_none());
+        // Whichever thread reports the change to unhealthy (this verification, or a check that
+        // sees the failed lane first), it names the cause: not a residency violation, not a
+        // device fault.
+        m.check_now().unwrap();
+        wait_for("the health change", || find(&events, EventKind::HealthChanged).is_some());
+        let change = find(&events, EventKind::HealthChanged).unwrap();
+        assert!(!change.healthy);
+        assert_eq!(change.error_kind, "integrity_failed", "{change:?}");
         let launches = fake.gpu_counters().launches;
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(failed_code(m.verify_now()), 719);

@@ -68,6 +68,25 @@ pub struct Integrity {
     /// monitors, most of the time) unregistering reads this and takes no lock that every
     /// unregistering thread would share.
     sealed_count: AtomicUsize,
+    /// Seals in progress (counted before their registration is looked up): an unregister that
+    /// sees one waits for it, since its kernel may be reading the memory being unregistered.
+    sealing: AtomicUsize,
+}
+
+/// Counts a seal in progress for as long as it lives.
+struct Sealing<'a>(&'a AtomicUsize);
+
+impl<'a> Sealing<'a> {
+    fn start(count: &'a AtomicUsize) -> Sealing<'a> {
+        count.fetch_add(1, Ordering::SeqCst);
+        Sealing(count)
+    }
+}
+
+impl Drop for Sealing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The state, locked for a change: the figures are refreshed when it is let go.
@@ -101,6 +120,7 @@ impl Drop for Changing<'_> {
             passes: state.passes_completed,
             last_pass_unix_ms: state.last_pass_unix_ms,
             failed: state.lanes.iter().any(|l| l.failed.is_some()),
+            modified: state.seals.values().filter(|s| s.modified_chunks() > 0).count() as u64,
         };
         // A change seals or unseals ids (a reseal keeps its id; a moved seal updates them
         // itself): the count tells.
@@ -121,7 +141,7 @@ impl Integrity {
         if let Some(gpu) = gpu {
             let _ = cell.set(gpu);
         }
-        Integrity { gpu: cell, default_gpu, state: Mutex::new(State::default()), figures: Mutex::new(HealthFigures::default()), sealed_ids: Mutex::default(), sealed_count: AtomicUsize::new(0) }
+        Integrity { gpu: cell, default_gpu, state: Mutex::new(State::default()), figures: Mutex::new(HealthFigures::default()), sealed_ids: Mutex::default(), sealed_count: AtomicUsize::new(0), sealing: AtomicUsize::new(0) }
     }
 
     /// The state locked for a change (see [`Changing`]).
@@ -177,8 +197,16 @@ impl Integrity {
     /// Seals registration `id`: checks it is resident now (a fresh driver query: the kernel
     /// must never read memory that is gone), fingerprints it on its device, keeps the values.
     pub fn seal(&self, driver: &dyn Driver, registry: &Registry, id: RegistrationId, reseal: bool) -> Result<(), Error> {
+        // Counted before the registration is looked up: an unregister that removes it after
+        // this lookup then sees the count and waits for the fingerprinting (see `forget`).
+        let _sealing = Sealing::start(&self.sealing);
         let info = registry.get(id).ok_or(Error::UnknownRegistration(id))?;
         let mut state = self.change();
+        // Unregistered between the lookup and the lock: its `forget` has run (it waits for
+        // this lock while a seal is counted), so nothing would wait for the kernel below.
+        if registry.verdict(id).is_none() {
+            return Err(Error::UnknownRegistration(id));
+        }
         match (state.seals.contains_key(&id), reseal) {
             (true, false) => return Err(Error::AlreadySealed),
             (false, true) => return Err(Error::NotSealed),
@@ -238,11 +266,16 @@ impl Integrity {
         Ok(Some(modified))
     }
 
-    /// Forgets `id` (unregistered). Waits for a slice in progress over it; an id that is
-    /// not sealed costs one short lock, or none while nothing is sealed. (A seal still being
-    /// taken when its registration goes is dropped by the seal itself or, at the latest, by
-    /// the next slice.)
+    /// Forgets `id` (unregistered from the registry just before). Waits for a slice in
+    /// progress over it, and for a seal in progress (of any registration: it may be this
+    /// one's, whose kernel reads the memory the engine frees next); an id that is not sealed
+    /// costs one short lock, or none while nothing is sealed or being sealed. (A seal taken
+    /// meanwhile is dropped by the seal itself: it finds its registration gone.)
     pub fn forget(&self, id: RegistrationId) {
+        if self.sealing.load(Ordering::SeqCst) > 0 {
+            self.change().seals.remove(&id);
+            return;
+        }
         if self.sealed_count.load(Ordering::Acquire) == 0 || !lock(&self.sealed_ids).contains(&id) {
             return;
         }

@@ -139,4 +139,6 @@ pub struct HealthFigures {
     pub last_pass_unix_ms: u64,
     /// A lent context failed.
     pub failed: bool,
+    /// Sealed registrations found MODIFIED (what makes their verdict a violation).
+    pub modified: u64,
 }
