@@ -352,6 +352,18 @@ fn dropping_the_monitor_during_a_background_slice_waits_and_nothing_runs_after()
     });
 }
 
+/// Waits until a kernel launched after `launches` is running, then does as an engine does:
+/// unregisters `id` and frees its memory at once. The kernel (`what`) must never read it.
+fn unregister_and_free_mid_kernel(fake: &Fake, m: &Monitor, id: u64, ptr: u64, launches: u64, what: &str) {
+    wait_for(&format!("{what}: a kernel in progress"), || {
+        let c = fake.gpu_counters();
+        c.launches > launches && c.launches_in_progress == 1
+    });
+    m.unregister(id).unwrap();
+    assert!(fake.free(ptr));
+    assert_eq!(fake.context_error(0), 0, "{what} read freed memory");
+}
+
 #[test]
 fn unregister_mid_slice_waits_so_the_engine_may_free_at_once() {
     fake_driver_test(&test_name!(), FakeDriverVariant::Complete, &[], || {
@@ -361,14 +373,7 @@ fn unregister_mid_slice_waits_so_the_engine_may_free_at_once() {
             let ptr = weights(fake, 4 * MIB, 0);
             let id = m.register_sealed(ptr, 4 * MIB, "w").unwrap();
             let launches = fake.gpu_counters().launches;
-            wait_for("a background slice in progress", || {
-                let c = fake.gpu_counters();
-                c.launches > launches && c.launches_in_progress == 1
-            });
-            // As an engine does: unregister, then free at once. The kernel must never read it.
-            m.unregister(id).unwrap();
-            assert!(fake.free(ptr));
-            assert_eq!(fake.context_error(0), 0, "round {round}: a slice read freed memory");
+            unregister_and_free_mid_kernel(fake, &m, id, ptr, launches, &format!("round {round}: a background slice"));
         }
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(fake.context_error(0), 0);
@@ -391,15 +396,7 @@ fn unregister_during_a_seal_on_another_thread_waits_for_its_kernel() {
                 let m = Arc::clone(&m);
                 std::thread::spawn(move || m.seal(id))
             };
-            wait_for("the seal's kernel in progress", || {
-                let c = fake.gpu_counters();
-                c.launches > launches && c.launches_in_progress == 1
-            });
-            // As an engine does: unregister, then free at once. The seal's kernel must never
-            // read it.
-            m.unregister(id).unwrap();
-            assert!(fake.free(ptr));
-            assert_eq!(fake.context_error(0), 0, "round {round}: the seal read freed memory");
+            unregister_and_free_mid_kernel(fake, &m, id, ptr, launches, &format!("round {round}: the seal"));
             let sealed = sealer.join().unwrap();
             assert!(sealed.is_err() || m.seal_info(id).is_none(), "round {round}: no seal outlives its registration: {sealed:?}");
         }
