@@ -171,6 +171,8 @@ impl Event {
             modified_chunks: 0,
             first_modified_offset: 0,
             error_kind: match kind {
+                // Back in place but still MODIFIED (a violation of content, not residency).
+                EventKind::Violation if verdict == Verdict::Modified => "content_modified",
                 EventKind::Violation => "residency_violation",
                 EventKind::Modified => "content_modified",
                 EventKind::Recovered => "",

@@ -134,7 +134,9 @@ impl Registry {
     /// shard is locked once per block of ids, and each allocation shard once per block: a
     /// model's hundreds of thousands of tensors cost a few thousand lock round trips, not two
     /// per tensor. `count` is the most `entries` will give (ids are reserved for that many).
-    pub fn insert_many<'a>(&self, count: u64, entries: impl Iterator<Item = (&'a str, Inspection)>) -> (RegistrationId, u64) {
+    /// Crate-only: `entries` runs under a shard lock, so it must neither panic nor call back
+    /// into the registry (the monitor's replay of judged entries does neither).
+    pub(crate) fn insert_many<'a>(&self, count: u64, entries: impl Iterator<Item = (&'a str, Inspection)>) -> (RegistrationId, u64) {
         let first = next_ids(count);
         let end = first + count;
         let mut entries = entries.take(count as usize);
