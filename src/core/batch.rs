@@ -30,46 +30,40 @@ pub struct Region<'a> {
 /// inside one allocation (or one VMM mapping) every address has the same answer.
 struct Snapshot<'d> {
     driver: &'d dyn Driver,
-    /// Every answer taken, in the order taken (an entry's replay names them by index).
-    taken: Vec<PointerInfo>,
-    /// Extents by start: `start -> (end, index in taken)`. A tree, since allocations come
-    /// in any address order (the CUDA allocator hands them out downwards).
-    extents: std::collections::BTreeMap<u64, (u64, u32)>,
-    /// The extent the last lookup used, `(start, end, index)`: consecutive entries are
-    /// mostly in one allocation.
-    last: Option<(u64, u64, u32)>,
+    /// Answers by the start of their extent: `start -> (end, answer)`. A tree, since
+    /// allocations come in any address order (the CUDA allocator hands them out downwards).
+    extents: std::collections::BTreeMap<u64, (u64, PointerInfo)>,
+    /// The extent the last lookup used: consecutive entries are mostly in one allocation.
+    last: Option<(u64, u64, PointerInfo)>,
     queries: u64,
 }
 
 impl<'d> Snapshot<'d> {
     fn new(driver: &'d dyn Driver) -> Snapshot<'d> {
-        Snapshot { driver, taken: Vec::new(), extents: std::collections::BTreeMap::new(), last: None, queries: 0 }
+        Snapshot { driver, extents: std::collections::BTreeMap::new(), last: None, queries: 0 }
     }
 
-    /// The driver's answer for `address` as its index in `taken`: one already taken in this
-    /// call when an extent holds the address, otherwise a new query (kept for its extent).
-    fn answer(&mut self, address: u64) -> Result<u32, DriverError> {
-        let holds = |&(start, end, taken): &(u64, u64, u32)| (start <= address && address < end).then_some(taken);
-        if let Some(taken) = self.last.as_ref().and_then(holds) {
-            return Ok(taken);
+    /// The driver's answer for `address`: one already taken in this call when an extent
+    /// holds the address, otherwise a new query (kept for its extent).
+    fn answer(&mut self, address: u64) -> Result<PointerInfo, DriverError> {
+        let holds = |&(start, end, info): &(u64, u64, PointerInfo)| (start <= address && address < end).then_some(info);
+        if let Some(info) = self.last.as_ref().and_then(holds) {
+            return Ok(info);
         }
-        let below = self.extents.range(..=address).next_back().map(|(&start, &(end, taken))| (start, end, taken));
-        if let Some(taken) = below.as_ref().and_then(holds) {
+        let below = self.extents.range(..=address).next_back().map(|(&start, &(end, info))| (start, end, info));
+        if let Some(info) = below.as_ref().and_then(holds) {
             self.last = below;
-            return Ok(taken);
+            return Ok(info);
         }
         self.queries += 1;
         let info = self.driver.pointer_info(address)?;
-        let taken = u32::try_from(self.taken.len()).unwrap_or(u32::MAX);
-        self.taken.push(info);
-        // Memory with no extent (not CUDA memory) is not looked up again: nothing else
-        // shares its answer.
+        // Memory with no extent (not CUDA memory) is not kept: nothing else shares its answer.
         if let Some((start, len)) = info.extent() {
             let end = start.saturating_add(len);
-            self.extents.insert(start, (end, taken));
-            self.last = Some((start, end, taken));
+            self.extents.insert(start, (end, info));
+            self.last = Some((start, end, info));
         }
-        Ok(taken)
+        Ok(info)
     }
 }
 
@@ -87,81 +81,40 @@ pub(crate) fn validate(ptr: u64, size: u64, label: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Every entry of one call judged from one snapshot of the driver's answers: which failed and
-/// why, and, to rebuild the others' inspections without asking again, the answers each used.
-pub(crate) struct Judged<'d> {
-    snapshot: Snapshot<'d>,
-    /// The index in `snapshot.taken` of each answer the entries that passed used, in order.
-    used: Vec<u32>,
-    /// The entries that cannot be registered (index in the call, why), in order.
+/// Every entry of one call judged from one snapshot of the driver's answers.
+pub(crate) struct Judged {
+    /// The entries that can be registered (index in the call, inspection), in order.
+    pub(crate) passed: Vec<(usize, Inspection)>,
+    /// The entries that cannot (index in the call, why), in order.
     pub(crate) failures: Vec<(usize, Error)>,
-}
-
-impl Judged<'_> {
     /// Driver queries made.
-    pub(crate) fn queries(&self) -> u64 {
-        self.snapshot.queries
-    }
-
-    /// The entries that passed, in order (their index in the call, the entry), each with its
-    /// inspection rebuilt from the answers it was judged by: the same inspection, no query,
-    /// no per-entry storage meanwhile. (`None` would mean the rebuild differed, which the
-    /// determinism of `inspect_with` rules out; the caller does not register such an entry.)
-    pub(crate) fn passed<'s, 'r>(&'s self, regions: &'r [Region<'r>]) -> impl Iterator<Item = (usize, &'r Region<'r>, Option<Inspection>)> + 's
-    where
-        'r: 's,
-    {
-        let mut failures = self.failures.iter().map(|&(i, _)| i).peekable();
-        let mut cursor = 0usize;
-        regions.iter().enumerate().filter_map(move |(i, region)| {
-            if failures.peek() == Some(&i) {
-                failures.next();
-                return None;
-            }
-            let replay = |_address: u64| {
-                let taken = self.used.get(cursor).map(|&t| self.snapshot.taken[t as usize]);
-                cursor += 1;
-                taken.ok_or(DriverError::Call { function: "register_many replay", code: -1 })
-            };
-            let inspection = inspect_with(replay, region.ptr, region.size).ok().filter(|found| found.verdict == Verdict::Resident);
-            Some((i, region, inspection))
-        })
-    }
+    pub(crate) queries: u64,
 }
 
 /// Judges every entry of `regions` from one snapshot of the driver's answers. The same range
 /// twice in one call is [`Error::DuplicateRange`] from its second occurrence on.
-pub(crate) fn judge_all<'d>(driver: &'d dyn Driver, regions: &[Region<'_>]) -> Judged<'d> {
-    let mut judged = Judged { snapshot: Snapshot::new(driver), used: Vec::new(), failures: Vec::new() };
+pub(crate) fn judge_all(driver: &dyn Driver, regions: &[Region<'_>]) -> Judged {
+    let mut snapshot = Snapshot::new(driver);
     let mut seen = Ranges::default();
+    let (mut passed, mut failures) = (Vec::new(), Vec::new());
     for (i, r) in regions.iter().enumerate() {
-        let before = judged.used.len();
-        let verdict = (|| {
+        let judged = (|| {
             if !seen.insert(r.ptr, r.size, &regions[..i]) {
                 return Err(Error::DuplicateRange);
             }
             validate(r.ptr, r.size, r.label)?;
-            let (snapshot, used) = (&mut judged.snapshot, &mut judged.used);
-            let inspection = inspect_with(
-                |address| {
-                    let taken = snapshot.answer(address)?;
-                    used.push(taken);
-                    Ok(snapshot.taken[taken as usize])
-                },
-                r.ptr,
-                r.size,
-            )?;
+            let inspection = inspect_with(|address| snapshot.answer(address), r.ptr, r.size)?;
             match inspection.verdict {
-                Verdict::Resident => Ok(()),
+                Verdict::Resident => Ok(inspection),
                 refused => Err(Error::Refused(refused)),
             }
         })();
-        if let Err(e) = verdict {
-            judged.used.truncate(before);
-            judged.failures.push((i, e));
+        match judged {
+            Ok(inspection) => passed.push((i, inspection)),
+            Err(e) => failures.push((i, e)),
         }
     }
-    judged
+    Judged { passed, failures, queries: snapshot.queries }
 }
 
 /// The ranges the entries of one call have named, to find the same range twice. Entries
@@ -250,7 +203,7 @@ mod tests {
     }
 
     #[test]
-    fn entries_in_allocations_handed_out_downwards_are_judged_with_one_query_each_and_replayed_exactly() {
+    fn entries_in_allocations_handed_out_downwards_are_judged_with_one_query_each_as_directly() {
         // Allocations at falling addresses, as the CUDA allocator hands them out; four
         // tensors in each, in a model's order, with a stray pointer and a repeat among them.
         let driver = Allocations { bases: (0..50u64).map(|i| 0x100_0000 - i * 0x2_0000).collect(), queries: Default::default() };
@@ -260,15 +213,14 @@ mod tests {
         regions[7].ptr = 0x10; // not CUDA memory
         regions[150] = regions[149]; // the same range twice
         let judged = judge_all(&driver, &regions);
-        assert_eq!(judged.queries(), 51, "one per allocation, and the stray pointer");
+        assert_eq!(judged.queries, 51, "one per allocation, and the stray pointer");
         assert_eq!(driver.queries.load(std::sync::atomic::Ordering::Relaxed), 51);
         let failed: Vec<usize> = judged.failures.iter().map(|&(i, _)| i).collect();
         assert_eq!(failed, [7, 150]);
         assert_eq!(judged.failures[1].1, Error::DuplicateRange);
-        let passed: Vec<(usize, Inspection)> = judged.passed(&regions).map(|(i, _, found)| (i, found.expect("replayed"))).collect();
-        assert_eq!(passed.len(), 198);
-        for (i, found) in passed {
-            assert_eq!(found, inspect(&driver, regions[i].ptr, regions[i].size).unwrap(), "entry {i} replayed as judged");
+        assert_eq!(judged.passed.len(), 198);
+        for (i, found) in judged.passed {
+            assert_eq!(found, inspect(&driver, regions[i].ptr, regions[i].size).unwrap(), "entry {i} judged from the snapshot as directly");
         }
     }
 }

@@ -217,42 +217,28 @@ impl Monitor {
     pub fn register_many(&self, regions: &[crate::core::batch::Region<'_>], all_or_nothing: bool) -> Result<crate::core::batch::Registered, Error> {
         self.not_forked()?;
         let judged = crate::core::batch::judge_all(&*self.shared.driver, regions);
-        let mut failures = judged.failures.iter().peekable();
-        let results = if !judged.failures.is_empty() && all_or_nothing {
+        let mut failures = judged.failures.into_iter().peekable();
+        let results = if failures.peek().is_some() && all_or_nothing {
             (0..regions.len())
                 .map(|i| match failures.next_if(|(failed, _)| *failed == i) {
-                    Some((_, e)) => Err(e.clone()),
+                    Some((_, e)) => Err(e),
                     None => Err(Error::EntriesFailed),
                 })
                 .collect()
         } else {
-            // Entries whose rebuilt inspection differed (ruled out; see Judged::passed).
-            let mut lost: Vec<usize> = Vec::new();
-            let passed = judged.passed(regions).filter_map(|(i, region, found)| match found {
-                Some(found) => Some((region.label, found)),
-                None => {
-                    lost.push(i);
-                    None
-                }
-            });
-            let count = (regions.len() - judged.failures.len()) as u64;
-            let (first, added) = self.shared.registry.insert_many(count, passed);
-            let mut lost = lost.into_iter().peekable();
-            let mut next = first;
+            let entries = judged.passed.into_iter().map(|(i, found)| (regions[i].label, found));
+            let mut next = self.shared.registry.insert_many(entries);
             (0..regions.len())
-                .map(|i| {
-                    if let Some((_, e)) = failures.next_if(|(failed, _)| *failed == i) {
-                        Err(e.clone())
-                    } else if lost.next_if_eq(&i).is_some() || next >= first + added {
-                        Err(Error::Refused(Verdict::CheckFailed))
-                    } else {
+                .map(|i| match failures.next_if(|(failed, _)| *failed == i) {
+                    Some((_, e)) => Err(e),
+                    None => {
                         next += 1;
                         Ok(next - 1)
                     }
                 })
                 .collect()
         };
-        let queries = judged.queries();
+        let queries = judged.queries;
         Ok(crate::core::batch::Registered { results, queries })
     }
 

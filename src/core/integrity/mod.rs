@@ -47,6 +47,11 @@ impl State {
     fn lane(&mut self, device: i32) -> Option<&mut Lane> {
         self.lanes.iter_mut().find(|l| l.device == device)
     }
+
+    /// The sealed bytes, and how many seals are MODIFIED, in one pass.
+    fn seal_totals(&self) -> (u64, u64) {
+        self.seals.values().fold((0, 0), |(bytes, modified), s| (bytes + s.size, modified + u64::from(s.modified_chunks() > 0)))
+    }
 }
 
 /// The integrity state of one monitor. Every GPU operation runs under its one lock, so that
@@ -113,14 +118,15 @@ impl std::ops::DerefMut for Changing<'_> {
 impl Drop for Changing<'_> {
     fn drop(&mut self) {
         let state = &*self.state;
+        let (sealed_bytes, modified) = state.seal_totals();
         *lock(self.figures) = HealthFigures {
             sealed: state.seals.len() as u64,
-            sealed_bytes: state.seals.values().map(|s| s.size).sum(),
+            sealed_bytes,
             verified_bytes: state.verified_bytes_total,
             passes: state.passes_completed,
             last_pass_unix_ms: state.last_pass_unix_ms,
             failed: state.lanes.iter().any(|l| l.failed.is_some()),
-            modified: state.seals.values().filter(|s| s.modified_chunks() > 0).count() as u64,
+            modified,
         };
         // A change seals or unseals ids (a reseal keeps its id; a moved seal updates them
         // itself): the count tells.
@@ -303,11 +309,12 @@ impl Integrity {
     /// The monitor-wide state.
     pub fn status(&self) -> IntegrityStatus {
         let state = lock(&self.state);
+        let (sealed_bytes, modified) = state.seal_totals();
         IntegrityStatus {
             devices_enabled: state.lanes.len() as u32,
             sealed: state.seals.len() as u64,
-            sealed_bytes: state.seals.values().map(|s| s.size).sum(),
-            modified: state.seals.values().filter(|s| s.modified_chunks() > 0).count() as u64,
+            sealed_bytes,
+            modified,
             verified_bytes_total: state.verified_bytes_total,
             passes_completed: state.passes_completed,
             last_pass_unix_ms: state.last_pass_unix_ms,

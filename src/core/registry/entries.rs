@@ -135,7 +135,15 @@ impl RegistrationShard {
         self.ids.iter().zip(&self.slots).filter_map(|(&id, r)| r.as_ref().map(|r| (id, r)))
     }
 
-    pub(super) fn push(&mut self, id: RegistrationId, registration: RegistrationEntry) {
+    /// Adds a registration and counts it.
+    pub(super) fn add(&mut self, id: RegistrationId, registration: RegistrationEntry) {
+        self.count += 1;
+        self.tracked_bytes += registration.size();
+        self.count_device(registration.device, true);
+        self.push(id, registration);
+    }
+
+    fn push(&mut self, id: RegistrationId, registration: RegistrationEntry) {
         if self.ids.len() == self.ids.capacity() {
             if self.holes * 4 >= self.ids.len() && self.holes > 0 {
                 // Registering and unregistering at a steady rate: reuse the holes' room

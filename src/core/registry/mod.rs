@@ -103,7 +103,6 @@ impl Registry {
     pub fn insert(&self, label: &str, device: i32, pieces: &[Piece], answers: &[PointerInfo]) -> RegistrationId {
         let mut id = next_id();
         let registration = RegistrationEntry::new(label, device, pieces);
-        let size = registration.size();
         // The registration exists before any allocation names it, so a check that finds it
         // through an allocation can always read it.
         {
@@ -116,10 +115,7 @@ impl Registry {
                 id = next_id();
                 shard = lock(&self.registrations[shard_of_id(id)]);
             }
-            shard.push(id, registration);
-            shard.count += 1;
-            shard.tracked_bytes += size;
-            shard.count_device(device, true);
+            shard.add(id, registration);
         }
         for (piece, answer) in pieces.iter().zip(answers) {
             let address = piece.query_at;
@@ -128,33 +124,24 @@ impl Registry {
         id
     }
 
-    /// Adds many registrations found resident, as [`Registry::insert`] adds one, taking each
-    /// from `entries` as it goes (nothing is gathered first). Returns the first id and how
-    /// many were added: their ids are `first..first + added`, in order. Each registration
+    /// Adds many registrations found resident, as [`Registry::insert`] adds one, and returns
+    /// the first id: their ids are `first..first + entries.len()`, in order. Each registration
     /// shard is locked once per block of ids, and each allocation shard once per block: a
     /// model's hundreds of thousands of tensors cost a few thousand lock round trips, not two
-    /// per tensor. `count` is the most `entries` will give (ids are reserved for that many).
-    /// Crate-only: `entries` runs under a shard lock, so it must neither panic nor call back
-    /// into the registry (the monitor's replay of judged entries does neither).
-    pub(crate) fn insert_many<'a>(&self, count: u64, entries: impl Iterator<Item = (&'a str, Inspection)>) -> (RegistrationId, u64) {
-        let first = next_ids(count);
-        let end = first + count;
-        let mut entries = entries.take(count as usize);
+    /// per tensor. Crate-only: `entries` is drawn under a shard lock, so it must neither panic
+    /// nor call back into the registry (the monitor hands over judged inspections).
+    pub(crate) fn insert_many<'a>(&self, mut entries: impl ExactSizeIterator<Item = (&'a str, Inspection)>) -> RegistrationId {
+        let first = next_ids(entries.len() as u64);
         // One block's joins: (shard, address, fingerprint, id).
         let mut joins: Vec<(usize, u64, u64, RegistrationId)> = Vec::with_capacity(ID_BLOCK as usize);
         let mut id = first;
-        while id < end {
-            let block_end = ((id / ID_BLOCK + 1) * ID_BLOCK).min(end);
+        while entries.len() > 0 {
+            let in_block = (ID_BLOCK - id % ID_BLOCK) as usize;
             // Registrations first, as in `insert`: a block of ids is one shard.
             {
                 let mut shard = lock(&self.registrations[shard_of_id(id)]);
-                while id < block_end {
-                    let Some((label, found)) = entries.next() else { break };
-                    let registration = RegistrationEntry::new(label, found.device, found.pieces());
-                    shard.count += 1;
-                    shard.tracked_bytes += registration.size();
-                    shard.count_device(found.device, true);
-                    shard.push(id, registration);
+                for (label, found) in entries.by_ref().take(in_block) {
+                    shard.add(id, RegistrationEntry::new(label, found.device, found.pieces()));
                     for (piece, answer) in found.pieces().iter().zip(found.answers()) {
                         joins.push((shard_of_address(piece.query_at), piece.query_at, fingerprint(answer), id));
                     }
@@ -170,11 +157,8 @@ impl Registry {
                 }
             }
             joins.clear();
-            if id < block_end {
-                break; // fewer entries than `count`
-            }
         }
-        (first, id - first)
+        first
     }
 
     /// Removes a registration; `None` if the id is not registered (any more). Returns nothing
