@@ -191,7 +191,7 @@ fn many_registered_together_get_consecutive_ids_and_are_each_found() {
     let arena = PointerInfo { range_start: 0x20_0000, range_size: 0x20_0000, ..answer(7) };
     let labels: Vec<String> = (0..300).map(|i| format!("t{i}")).collect();
     let found = |i: u64| crate::core::inspect::inspect_with(|_| Ok(arena), 0x20_0000 + i * 0x1000, 0x1000).unwrap();
-    let first = registry.insert_many((0..300u64).map(|i| (labels[i as usize].as_str(), found(i))));
+    let first = registry.insert_many((0..300usize).map(|i| (labels[i].as_str(), found(i as u64))));
     assert!(first != alone && first != 0);
     for i in 0..300u64 {
         let info = registry.get(first + i).unwrap();
