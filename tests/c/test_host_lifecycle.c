@@ -4,7 +4,7 @@
  * library, meets.
  *
  *  free-race      vram_monitor_free while other threads are inside calls on the same monitor:
- *                 a register inside a slow driver query (200 ms) returns before free does; a
+ *                 free does not return while a register is held inside the driver's query; a
  *                 check_now in progress returns a real summary or CLOSED, never OK with zeros;
  *                 four threads calling register / unregister / health / report / check_now /
  *                 set_interval while free runs (100 rounds; 20 under valgrind) get only OK or
@@ -32,39 +32,63 @@ static bool under_valgrind(void) {
 struct slow_register {
     VramMonitor *m;
     unsigned long long dev;
-    atomic_int started;
-    atomic_int returned;
     VramMonitorResult result;
 };
 
 static void *register_slowly(void *arg) {
     struct slow_register *s = arg;
     uint64_t id = 0;
-    atomic_store(&s->started, 1);
     s->result = vram_monitor_register(s->m, as_ptr(s->dev), MiB, "slow", &id);
-    atomic_store(&s->returned, 1);
     return NULL;
 }
 
+struct freeing {
+    VramMonitor *m;
+    atomic_int returned;
+    VramMonitorResult result;
+};
+
+static void *free_it(void *arg) {
+    struct freeing *f = arg;
+    f->result = vram_monitor_free(f->m);
+    atomic_store(&f->returned, 1);
+    return NULL;
+}
+
+/* The fake's held-query control (not in struct fake_api). */
+static void (*hold_queries)(int hold);
+static unsigned (*held_queries)(void);
+
 static void free_waits_for_a_register_in_a_slow_query(void) {
     struct slow_register s = {0};
-    pthread_t thread;
+    struct freeing f = {0};
+    pthread_t registering, freeing;
     VramMonitorHealth h;
     uint64_t id = 0;
+    void *cuda = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
 
-    section("free while a register is inside a slow driver query (200 ms)");
+    section("free while a register is held inside the driver's query");
+    REQUIRE(cuda != NULL, "the fake libcuda is loaded");
+    REQUIRE(fake_lookup(cuda, "fake_cuda_hold_queries", (void *)&hold_queries, sizeof hold_queries) == 0, "hold_queries");
+    REQUIRE(fake_lookup(cuda, "fake_cuda_held_queries", (void *)&held_queries, sizeof held_queries) == 0, "held_queries");
     REQUIRE(vram_monitor_new(VRAM_MONITOR_DEFAULT_INTERVAL_MS, &s.m) == VRAM_MONITOR_RESULT_OK, "new");
     s.dev = fake_alloc_or_die(FAKE_CUDA_DEVICE, MiB, 0);
-    fake.set_query_delay_us(200000);
-    REQUIRE(pthread_create(&thread, NULL, register_slowly, &s) == 0, "pthread_create");
-    while (!atomic_load(&s.started)) sleep_ms(1);
-    sleep_ms(50); /* inside the query now */
-    CHECK_RESULT(vram_monitor_free(s.m), VRAM_MONITOR_RESULT_OK);
-    CHECK(atomic_load(&s.returned) == 1, "the register in progress returned before free did");
-    pthread_join(thread, NULL);
-    fake.set_query_delay_us(0);
-    CHECK(s.result == VRAM_MONITOR_RESULT_OK || s.result == VRAM_MONITOR_RESULT_CLOSED,
-          "the register in progress got OK or CLOSED (%s)", vram_monitor_result_str(s.result));
+    hold_queries(1);
+    REQUIRE(pthread_create(&registering, NULL, register_slowly, &s) == 0, "pthread_create");
+    /* Inside the driver's query, held there (the monitor holds no registration, so its own
+     * thread asks nothing). No fixed sleep: on a loaded machine free could run first. */
+    double deadline = now_ms() + 10000;
+    while (held_queries() == 0 && now_ms() < deadline) sleep_ms(1);
+    REQUIRE(held_queries() == 1, "the register is held in the driver's query");
+    f.m = s.m;
+    REQUIRE(pthread_create(&freeing, NULL, free_it, &f) == 0, "pthread_create");
+    sleep_ms(100);
+    CHECK(atomic_load(&f.returned) == 0, "free waits while a register is inside the library");
+    hold_queries(0);
+    pthread_join(freeing, NULL);
+    pthread_join(registering, NULL);
+    CHECK_RESULT(f.result, VRAM_MONITOR_RESULT_OK);
+    CHECK(s.result == VRAM_MONITOR_RESULT_OK, "the register in progress completed (%s)", vram_monitor_result_str(s.result));
     /* The handle is a tombstone now: every call answers CLOSED. */
     CHECK_RESULT(vram_monitor_register(s.m, as_ptr(s.dev), MiB, "late", &id), VRAM_MONITOR_RESULT_CLOSED);
     CHECK_RESULT(vram_monitor_health(s.m, &h), VRAM_MONITOR_RESULT_CLOSED);
