@@ -33,7 +33,6 @@ pub(crate) fn register_many_vs_loop(cuda: &Cuda, entries: usize, allocations: us
         Order::Interleaved => "_interleaved",
     };
     let m = monitor(Pacing::default());
-    let driver: &'static vram_monitor::CudaDriver = vram_monitor::CudaDriver::get().unwrap();
     // The queries register_many cannot avoid: one per allocation, at its first entry, in the
     // entries' order (the driver alone, nothing registered).
     let firsts: Vec<u64> = {
@@ -42,11 +41,7 @@ pub(crate) fn register_many_vs_loop(cuda: &Cuda, entries: usize, allocations: us
     };
     let (mut loop_us, mut many_us, mut ratios, mut queries, mut floor_us) = (Vec::new(), Vec::new(), Vec::new(), 0, Vec::new());
     for _ in 0..7 {
-        let started = Instant::now();
-        for &b in &firsts {
-            std::hint::black_box(vram_monitor::Driver::pointer_info(driver, b).unwrap());
-        }
-        floor_us.push(microseconds_since(started));
+        floor_us.push(cuda.floor_pass_us(&firsts));
         let started = Instant::now();
         let ids: Vec<_> = regions.iter().map(|r| m.register(r.ptr, r.size, r.label).unwrap()).collect();
         let one_by_one = microseconds_since(started);
