@@ -55,36 +55,28 @@ static void *free_it(void *arg) {
     return NULL;
 }
 
-/* The fake's held-query control (not in struct fake_api). */
-static void (*hold_queries)(int hold);
-static unsigned (*held_queries)(void);
-
 static void free_waits_for_a_register_in_a_slow_query(void) {
     struct slow_register s = {0};
     struct freeing f = {0};
     pthread_t registering, freeing;
     VramMonitorHealth h;
     uint64_t id = 0;
-    void *cuda = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
 
     section("free while a register is held inside the driver's query");
-    REQUIRE(cuda != NULL, "the fake libcuda is loaded");
-    REQUIRE(fake_lookup(cuda, "fake_cuda_hold_queries", (void *)&hold_queries, sizeof hold_queries) == 0, "hold_queries");
-    REQUIRE(fake_lookup(cuda, "fake_cuda_held_queries", (void *)&held_queries, sizeof held_queries) == 0, "held_queries");
     REQUIRE(vram_monitor_new(VRAM_MONITOR_DEFAULT_INTERVAL_MS, &s.m) == VRAM_MONITOR_RESULT_OK, "new");
     s.dev = fake_alloc_or_die(FAKE_CUDA_DEVICE, MiB, 0);
-    hold_queries(1);
+    fake.hold_queries(1);
     REQUIRE(pthread_create(&registering, NULL, register_slowly, &s) == 0, "pthread_create");
     /* Inside the driver's query, held there (the monitor holds no registration, so its own
      * thread asks nothing). No fixed sleep: on a loaded machine free could run first. */
     double deadline = now_ms() + 10000;
-    while (held_queries() == 0 && now_ms() < deadline) sleep_ms(1);
-    REQUIRE(held_queries() == 1, "the register is held in the driver's query");
+    while (fake.held_queries() == 0 && now_ms() < deadline) sleep_ms(1);
+    REQUIRE(fake.held_queries() == 1, "the register is held in the driver's query");
     f.m = s.m;
     REQUIRE(pthread_create(&freeing, NULL, free_it, &f) == 0, "pthread_create");
     sleep_ms(100);
     CHECK(atomic_load(&f.returned) == 0, "free waits while a register is inside the library");
-    hold_queries(0);
+    fake.hold_queries(0);
     pthread_join(freeing, NULL);
     pthread_join(registering, NULL);
     CHECK_RESULT(f.result, VRAM_MONITOR_RESULT_OK);

@@ -10,8 +10,6 @@
 #include <pthread.h>
 #include <unistd.h>
 
-static void (*hold_queries)(int hold);
-static unsigned (*held_queries)(void);
 
 static pthread_mutex_t seen_lock = PTHREAD_MUTEX_INITIALIZER;
 static int stalled_events, recovered_events, stalled_on_watchdog, check_now_from_watchdog = -1;
@@ -55,14 +53,9 @@ int main(void) {
     VramMonitorCheckSummary summary;
     pthread_t checker;
     uint64_t id;
-    void *handle;
 
     CHECK_RESULT(vram_monitor_new(VRAM_MONITOR_DEFAULT_INTERVAL_MS, &monitor), VRAM_MONITOR_RESULT_OK);
     fake_load();
-    handle = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
-    REQUIRE(handle != NULL, "the fake libcuda is loaded");
-    REQUIRE(fake_lookup(handle, "fake_cuda_hold_queries", (void *)&hold_queries, sizeof hold_queries) == 0, "hold_queries");
-    REQUIRE(fake_lookup(handle, "fake_cuda_held_queries", (void *)&held_queries, sizeof held_queries) == 0, "held_queries");
 
     section("limits");
     CHECK_RESULT(vram_monitor_stall(monitor, NULL), VRAM_MONITOR_RESULT_NULL_ARGUMENT);
@@ -88,12 +81,12 @@ int main(void) {
     CHECK_RESULT(vram_monitor_set_callback(monitor, on_event, NULL, NULL), VRAM_MONITOR_RESULT_OK);
     CHECK_RESULT(vram_monitor_register(monitor, as_ptr(fake_alloc_or_die(FAKE_CUDA_DEVICE, 1 << 20, 0)), 1 << 20, "w", &id),
                  VRAM_MONITOR_RESULT_OK);
-    hold_queries(1);
+    fake.hold_queries(1);
     REQUIRE(pthread_create(&checker, NULL, run_check, &summary) == 0, "starting the checking thread");
     CHECK(wait_until_stalled(1), "the monitor becomes stalled");
     CHECK_RESULT(vram_monitor_stall(monitor, &s), VRAM_MONITOR_RESULT_OK);
     CHECK(s.check_in_progress && s.last_check_started_unix_ms > 0, "a check is in progress");
-    CHECK(held_queries() == 1, "its query is held in the driver");
+    CHECK(fake.held_queries() == 1, "its query is held in the driver");
     CHECK_RESULT(vram_monitor_health(monitor, &h), VRAM_MONITOR_RESULT_OK);
     CHECK(!h.healthy, "a stalled monitor is unhealthy");
     for (int i = 0; i < 6000; i++) {
@@ -111,7 +104,7 @@ int main(void) {
     pthread_mutex_unlock(&seen_lock);
 
     section("released");
-    hold_queries(0);
+    fake.hold_queries(0);
     pthread_join(checker, NULL);
     CHECK(summary.healthy, "the held check completes healthy");
     CHECK(wait_until_stalled(0), "no longer stalled");

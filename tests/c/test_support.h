@@ -159,6 +159,8 @@ struct fake_api {
     void (*set_primary_context_active)(int device, int active);
     unsigned long long (*context_creations)(void);
     unsigned long long (*pointer_queries)(void);
+    void (*hold_queries)(int hold);
+    unsigned (*held_queries)(void);
     int (*primary_context_retains)(int device);
     void (*reset)(void);
 };
@@ -185,6 +187,8 @@ FAKE_SAME_TYPE(set_query_delay_us, fake_cuda_set_query_delay_us);
 FAKE_SAME_TYPE(set_primary_context_active, fake_cuda_set_primary_context_active);
 FAKE_SAME_TYPE(context_creations, fake_cuda_context_creations);
 FAKE_SAME_TYPE(pointer_queries, fake_cuda_pointer_queries);
+FAKE_SAME_TYPE(hold_queries, fake_cuda_hold_queries);
+FAKE_SAME_TYPE(held_queries, fake_cuda_held_queries);
 FAKE_SAME_TYPE(primary_context_retains, fake_cuda_primary_context_retains);
 FAKE_SAME_TYPE(reset, fake_cuda_reset);
 
@@ -222,6 +226,8 @@ static inline void fake_load(void) {
     FAKE_LOAD(set_primary_context_active);
     FAKE_LOAD(context_creations);
     FAKE_LOAD(pointer_queries);
+    FAKE_LOAD(hold_queries);
+    FAKE_LOAD(held_queries);
     FAKE_LOAD(primary_context_retains);
     FAKE_LOAD(reset);
 #undef FAKE_LOAD
