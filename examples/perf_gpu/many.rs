@@ -53,7 +53,7 @@ pub(crate) fn register_many_vs_loop(cuda: &Cuda, entries: usize, allocations: us
         let together = microseconds_since(started);
         assert_eq!(done.registered(), entries, "register_many registered every entry");
         queries = done.queries;
-        for id in done.results.into_iter().flatten() {
+        for id in done.ids() {
             m.unregister(id).unwrap();
         }
         loop_us.push(one_by_one);

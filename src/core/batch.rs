@@ -10,7 +10,7 @@ use crate::core::driver::{Driver, DriverError, PointerInfo};
 use crate::core::error::Error;
 use crate::core::inspect::{inspect_with, Inspection};
 use crate::core::registry::RegistrationId;
-use crate::core::verdict::Verdict;
+use crate::core::verdict::{classify_kind, Verdict};
 
 /// Labels longer than this are refused (they are copied into every event and report).
 pub const MAX_LABEL_BYTES: usize = 4096;
@@ -26,117 +26,226 @@ pub struct Region<'a> {
     pub label: &'a str,
 }
 
-/// Answers the driver gave during one call, each reused for every address in its extent:
-/// inside one allocation (or one VMM mapping) every address has the same answer.
+/// An extent the driver described during one call: inside one allocation (or one VMM
+/// mapping) every address has the same answer.
+struct Extent {
+    start: u64,
+    end: u64,
+    info: PointerInfo,
+    /// Whether the answer is of memory that can be registered (device memory, not managed).
+    resident: bool,
+}
+
+/// What [`Snapshot::lookup`] found for an address.
+enum Answer {
+    /// An answer kept for its extent (an index into [`Snapshot::extents`]).
+    Extent(u32),
+    /// An answer with no extent (not CUDA memory): nothing else shares it.
+    Alone(PointerInfo),
+}
+
+/// Answers the driver gave during one call, each reused for every address in its extent.
 struct Snapshot<'d> {
     driver: &'d dyn Driver,
-    /// Answers by the start of their extent: `start -> (end, answer)`. A tree, since
-    /// allocations come in any address order (the CUDA allocator hands them out downwards).
-    extents: std::collections::BTreeMap<u64, (u64, PointerInfo)>,
+    extents: Vec<Extent>,
+    /// Extents by start. A tree, since allocations come in any address order (the CUDA
+    /// allocator hands them out downwards).
+    by_start: std::collections::BTreeMap<u64, u32>,
     /// The extent the last lookup used: consecutive entries are mostly in one allocation.
-    last: Option<(u64, u64, PointerInfo)>,
+    last: u32,
     queries: u64,
 }
 
+/// No extent (in [`Snapshot::last`], and the duplicate check's bucket of entries in none).
+const NO_EXTENT: u32 = u32::MAX;
+
 impl<'d> Snapshot<'d> {
     fn new(driver: &'d dyn Driver) -> Snapshot<'d> {
-        Snapshot { driver, extents: std::collections::BTreeMap::new(), last: None, queries: 0 }
+        Snapshot { driver, extents: Vec::new(), by_start: std::collections::BTreeMap::new(), last: NO_EXTENT, queries: 0 }
     }
 
     /// The driver's answer for `address`: one already taken in this call when an extent
     /// holds the address, otherwise a new query (kept for its extent).
-    fn answer(&mut self, address: u64) -> Result<PointerInfo, DriverError> {
-        let holds = |&(start, end, info): &(u64, u64, PointerInfo)| (start <= address && address < end).then_some(info);
-        if let Some(info) = self.last.as_ref().and_then(holds) {
-            return Ok(info);
+    fn lookup(&mut self, address: u64) -> Result<Answer, DriverError> {
+        let holds = |e: &Extent| e.start <= address && address < e.end;
+        if self.extents.get(self.last as usize).is_some_and(holds) {
+            return Ok(Answer::Extent(self.last));
         }
-        let below = self.extents.range(..=address).next_back().map(|(&start, &(end, info))| (start, end, info));
-        if let Some(info) = below.as_ref().and_then(holds) {
-            self.last = below;
-            return Ok(info);
+        if let Some((_, &i)) = self.by_start.range(..=address).next_back() {
+            if holds(&self.extents[i as usize]) {
+                self.last = i;
+                return Ok(Answer::Extent(i));
+            }
         }
         self.queries += 1;
         let info = self.driver.pointer_info(address)?;
-        // Memory with no extent (not CUDA memory) is not kept: nothing else shares its answer.
-        if let Some((start, len)) = info.extent() {
-            let end = start.saturating_add(len);
-            self.extents.insert(start, (end, info));
-            self.last = Some((start, end, info));
-        }
-        Ok(info)
+        let Some((start, len)) = info.extent() else { return Ok(Answer::Alone(info)) };
+        let i = self.extents.len() as u32;
+        let resident = classify_kind(&info) == Verdict::Resident;
+        self.extents.push(Extent { start, end: start.saturating_add(len), info, resident });
+        self.by_start.insert(start, i);
+        self.last = i;
+        Ok(Answer::Extent(i))
+    }
+
+    /// [`Snapshot::lookup`]'s answer itself.
+    fn answer(&mut self, address: u64) -> Result<PointerInfo, DriverError> {
+        Ok(match self.lookup(address)? {
+            Answer::Extent(i) => self.extents[i as usize].info,
+            Answer::Alone(info) => info,
+        })
     }
 }
 
 /// What [`crate::Monitor::register`] checks before asking the driver.
 pub(crate) fn validate(ptr: u64, size: u64, label: &str) -> Result<(), Error> {
+    range_end(ptr, size)?;
+    check_label(label)
+}
+
+/// One past the last byte of `[ptr, ptr + size)`, if that is a range that can be registered.
+fn range_end(ptr: u64, size: u64) -> Result<u64, Error> {
     if size == 0 {
         return Err(Error::InvalidArgument("size must be non-zero"));
     }
-    if ptr.checked_add(size).is_none() {
-        return Err(Error::InvalidArgument("ptr + size wraps the address space"));
-    }
+    ptr.checked_add(size).ok_or(Error::InvalidArgument("ptr + size wraps the address space"))
+}
+
+fn check_label(label: &str) -> Result<(), Error> {
     if label.len() > MAX_LABEL_BYTES {
         return Err(Error::InvalidLabel("longer than 4096 bytes"));
     }
     Ok(())
 }
 
+/// An entry judged resident: its index in the call, and the extent it lies in
+/// ([`Judged::extents`]) or [`INSPECTED`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Passed {
+    pub(crate) index: u32,
+    pub(crate) extent: u32,
+}
+
+/// [`Passed::extent`] of an entry over several pieces: its inspection is the next of
+/// [`Judged::inspected`].
+pub(crate) const INSPECTED: u32 = u32::MAX;
+
 /// Every entry of one call judged from one snapshot of the driver's answers.
 pub(crate) struct Judged {
-    /// The entries that can be registered (index in the call, inspection), in order.
-    pub(crate) passed: Vec<(usize, Inspection)>,
-    /// The entries that cannot (index in the call, why), in order.
+    /// The entries that can be registered, in order.
+    pub(crate) passed: Vec<Passed>,
+    /// The inspections of the passed entries over several pieces, in order.
+    pub(crate) inspected: Vec<Inspection>,
+    /// The extents the passed entries lie in: where a check asks, and the answer there.
+    pub(crate) extents: Vec<(u64, PointerInfo)>,
+    /// The entries that cannot be registered (index in the call, why), in order.
     pub(crate) failures: Vec<(usize, Error)>,
     /// Driver queries made.
     pub(crate) queries: u64,
 }
 
+/// How one entry was found resident.
+enum Found {
+    /// Wholly inside one extent: one piece, judged by the extent's answer.
+    Within(u32),
+    /// Inspected piece by piece (a range over several VMM mappings).
+    Inspected(Inspection),
+}
+
 /// Judges every entry of `regions` from one snapshot of the driver's answers. The same range
-/// twice in one call is [`Error::DuplicateRange`] from its second occurrence on.
+/// twice in one call is [`Error::DuplicateRange`] from its second occurrence on. At most
+/// 2^32 - 1 entries (the caller checks).
 pub(crate) fn judge_all(driver: &dyn Driver, regions: &[Region<'_>]) -> Judged {
     let mut snapshot = Snapshot::new(driver);
     let mut seen = Ranges::default();
-    let (mut passed, mut failures) = (Vec::new(), Vec::new());
-    for (i, r) in regions.iter().enumerate() {
-        let judged = (|| {
-            if !seen.insert(r.ptr, r.size, &regions[..i]) {
-                return Err(Error::DuplicateRange);
+    let (mut passed, mut inspected, mut failures) = (Vec::with_capacity(regions.len()), Vec::new(), Vec::new());
+    for i in 0..regions.len() {
+        match judge_one(&mut snapshot, &mut seen, regions, i) {
+            Ok(Found::Within(extent)) => passed.push(Passed { index: i as u32, extent }),
+            Ok(Found::Inspected(inspection)) => {
+                passed.push(Passed { index: i as u32, extent: INSPECTED });
+                inspected.push(inspection);
             }
-            validate(r.ptr, r.size, r.label)?;
-            let inspection = inspect_with(|address| snapshot.answer(address), r.ptr, r.size)?;
-            match inspection.verdict {
-                Verdict::Resident => Ok(inspection),
-                refused => Err(Error::Refused(refused)),
-            }
-        })();
-        match judged {
-            Ok(inspection) => passed.push((i, inspection)),
             Err(e) => failures.push((i, e)),
         }
     }
-    Judged { passed, failures, queries: snapshot.queries }
+    let extents = snapshot.extents.iter().map(|e| (e.start, e.info)).collect();
+    Judged { passed, inspected, extents, failures, queries: snapshot.queries }
 }
 
-/// The ranges the entries of one call have named, to find the same range twice. Entries
-/// usually come in address order (a model's parameters as its allocator laid them out): while
-/// they do, a range is new when it follows the previous one, and nothing is kept; at the first
-/// that does not, a set is built from the entries before it.
+/// Judges entry `i`, as [`crate::Monitor::register`] would.
+fn judge_one(snapshot: &mut Snapshot<'_>, seen: &mut Ranges, regions: &[Region<'_>], i: usize) -> Result<Found, Error> {
+    let r = &regions[i];
+    // The answer for the first byte comes first: it is the duplicate check's bucket.
+    let looked_up = range_end(r.ptr, r.size).map(|end| (end, snapshot.lookup(r.ptr)));
+    let bucket = match looked_up {
+        Ok((_, Ok(Answer::Extent(e)))) => e,
+        _ => NO_EXTENT,
+    };
+    if !seen.insert(r.ptr, r.size, bucket, &regions[..i]) {
+        return Err(Error::DuplicateRange);
+    }
+    let (end, first) = looked_up?;
+    check_label(r.label)?;
+    let first = match first? {
+        Answer::Extent(e) => {
+            let extent = &snapshot.extents[e as usize];
+            // Wholly inside one extent of memory that can be registered: what inspecting it
+            // would find, without building the inspection.
+            if extent.resident && extent.start <= r.ptr && end <= extent.end {
+                return Ok(Found::Within(e));
+            }
+            extent.info
+        }
+        Answer::Alone(info) => info,
+    };
+    let mut first = Some(first);
+    let inspection = inspect_with(|address| match first.take() {
+        Some(info) if address == r.ptr => Ok(info),
+        _ => snapshot.answer(address),
+    }, r.ptr, r.size)?;
+    match inspection.verdict {
+        Verdict::Resident => Ok(Found::Inspected(inspection)),
+        refused => Err(Error::Refused(refused)),
+    }
+}
+
+/// The ranges the entries of one call have named, to find the same range twice.
+///
+/// Each entry falls in the bucket of the extent its first byte lies in (or of no extent): the
+/// same range twice falls in the same bucket, since its first byte has the same answer all
+/// through the call. Entries usually come in address order within an allocation (a model's
+/// parameters as its allocator laid them out, allocations in any order or interleaved):
+/// while each bucket's ranges ascend, every range is new and nothing is kept but the last of
+/// each bucket; at the first that does not, a set is built from the entries before it.
 #[derive(Default)]
 struct Ranges {
-    previous: Option<(u64, u64)>,
+    /// The last range of each extent's bucket, by extent index.
+    last: Vec<Option<(u64, u64)>>,
+    /// The last range of the entries in no extent.
+    stray: Option<(u64, u64)>,
     set: Option<std::collections::HashSet<(u64, u64), std::hash::BuildHasherDefault<crate::core::registry::IntegerHasher>>>,
 }
 
 impl Ranges {
-    /// Adds `[ptr, ptr + size)`, which follows `before` in the call; false when it was named
-    /// before, whether or not that entry could be registered.
-    fn insert(&mut self, ptr: u64, size: u64, before: &[Region<'_>]) -> bool {
+    /// Adds `[ptr, ptr + size)`, which follows `before` in the call and falls in `bucket`;
+    /// false when it was named before, whether or not that entry could be registered.
+    fn insert(&mut self, ptr: u64, size: u64, bucket: u32, before: &[Region<'_>]) -> bool {
         let range = (ptr, size);
         if let Some(set) = &mut self.set {
             return set.insert(range);
         }
-        if self.previous.is_none_or(|previous| previous < range) {
-            self.previous = Some(range);
+        let last = if bucket == NO_EXTENT {
+            &mut self.stray
+        } else {
+            let b = bucket as usize;
+            if self.last.len() <= b {
+                self.last.resize(b + 1, None);
+            }
+            &mut self.last[b]
+        };
+        if last.is_none_or(|last| last < range) {
+            *last = Some(range);
             return true;
         }
         let mut set: std::collections::HashSet<_, _> = before.iter().map(|r| (r.ptr, r.size)).collect();
@@ -146,22 +255,85 @@ impl Ranges {
     }
 }
 
-/// The result of a whole [`crate::Monitor::register_many`] call.
+/// The result of a whole [`crate::Monitor::register_many`] call: per entry, in the order
+/// given, its id or why it was not registered. Kept compact (the first id and the failures):
+/// the registered entries' ids are consecutive, in entry order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registered {
-    /// Per entry, in the order given: its id, or why it was not registered. With
-    /// all-or-nothing and any entry failing, the entries that did not fail themselves hold
-    /// [`Error::EntriesFailed`] (not registered because another entry failed).
-    pub results: Vec<Result<RegistrationId, Error>>,
+    entries: usize,
+    /// The first registered entry's id.
+    first: RegistrationId,
+    /// The entries that failed themselves (index, why), in order.
+    failures: Vec<(usize, Error)>,
+    /// All-or-nothing and some entry failed: nothing was registered.
+    none: bool,
     /// Driver queries the call made (at most one per distinct allocation or mapping, plus
     /// one per entry that is not CUDA memory).
     pub queries: u64,
 }
 
 impl Registered {
+    /// The result of a call with `entries` entries: `failures` (in order) were not
+    /// registered, and the others got `first, first + 1, ...` unless `none`.
+    pub(crate) fn new(entries: usize, first: RegistrationId, failures: Vec<(usize, Error)>, none: bool, queries: u64) -> Registered {
+        Registered { entries, first, failures, none, queries }
+    }
+
     /// How many entries were registered.
     pub fn registered(&self) -> usize {
-        self.results.iter().filter(|r| r.is_ok()).count()
+        if self.none {
+            0
+        } else {
+            self.entries - self.failures.len()
+        }
+    }
+
+    /// How many entries the call had.
+    pub fn len(&self) -> usize {
+        self.entries
+    }
+
+    /// Whether the call had no entries.
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    /// Entry `i`'s id, or why it was not registered. With all-or-nothing and any entry
+    /// failing, the entries that did not fail themselves hold [`Error::EntriesFailed`] (not
+    /// registered because another entry failed). `None` past the last entry.
+    pub fn result(&self, i: usize) -> Option<Result<RegistrationId, Error>> {
+        if i >= self.entries {
+            return None;
+        }
+        Some(match self.failures.binary_search_by_key(&i, |&(failed, _)| failed) {
+            Ok(k) => Err(self.failures[k].1.clone()),
+            Err(_) if self.none => Err(Error::EntriesFailed),
+            Err(before) => Ok(self.first + (i - before) as u64),
+        })
+    }
+
+    /// Every entry's [`Registered::result`], in order.
+    pub fn results(&self) -> impl Iterator<Item = Result<RegistrationId, Error>> + '_ {
+        let mut failures = self.failures.iter().peekable();
+        let mut next = self.first;
+        (0..self.entries).map(move |i| match failures.next_if(|(failed, _)| *failed == i) {
+            Some((_, e)) => Err(e.clone()),
+            None if self.none => Err(Error::EntriesFailed),
+            None => {
+                next += 1;
+                Ok(next - 1)
+            }
+        })
+    }
+
+    /// The ids of the registered entries, in entry order.
+    pub fn ids(&self) -> impl Iterator<Item = RegistrationId> {
+        self.first..self.first + self.registered() as u64
+    }
+
+    /// The entries that failed themselves (index, why), in order.
+    pub fn failures(&self) -> &[(usize, Error)] {
+        &self.failures
     }
 }
 
@@ -170,6 +342,7 @@ mod tests {
     use super::*;
     use crate::core::driver::MemoryType;
     use crate::core::inspect::inspect;
+    use crate::core::verdict::Piece;
 
     /// Allocations of 64 KiB, each its own extent, counting the queries.
     struct Allocations {
@@ -219,8 +392,75 @@ mod tests {
         assert_eq!(failed, [7, 150]);
         assert_eq!(judged.failures[1].1, Error::DuplicateRange);
         assert_eq!(judged.passed.len(), 198);
-        for (i, found) in judged.passed {
-            assert_eq!(found, inspect(&driver, regions[i].ptr, regions[i].size).unwrap(), "entry {i} judged from the snapshot as directly");
+        assert!(judged.inspected.is_empty(), "every entry lies inside one allocation");
+        for Passed { index, extent } in judged.passed {
+            let r = &regions[index as usize];
+            let direct = inspect(&driver, r.ptr, r.size).unwrap();
+            let (query_at, answer) = judged.extents[extent as usize];
+            assert_eq!(direct.verdict, Verdict::Resident);
+            assert_eq!(direct.pieces(), [Piece { query_at, start: r.ptr, end: r.ptr + r.size, buffer_id: answer.buffer_id }], "entry {index} judged from the snapshot as directly");
+            assert_eq!(direct.answers(), [answer]);
         }
+    }
+
+    #[test]
+    fn the_same_range_twice_is_found_in_any_order_of_allocations() {
+        let driver = Allocations { bases: (0..8u64).map(|i| 0x100_0000 + i * 0x2_0000).collect(), queries: Default::default() };
+        let labels: Vec<String> = (0..64).map(|i| format!("t{i}")).collect();
+        // Interleaved: entry i is tensor i / 8 of allocation i % 8 (each allocation's tensors
+        // ascend, the entries as a whole do not).
+        let interleaved: Vec<Region<'_>> =
+            (0..64).map(|i| Region { ptr: driver.bases[i % 8] + (i / 8) as u64 * 0x1000, size: 0x1000, label: &labels[i] }).collect();
+        let judged = judge_all(&driver, &interleaved);
+        assert!(judged.failures.is_empty(), "{:?}", judged.failures);
+        assert_eq!(judged.queries, 8);
+        // A repeat far from its first occurrence, one of another size, and one of a range
+        // that is refused (size 0): the first occurrence stands, the repeats are duplicates.
+        let mut with_repeats = interleaved.clone();
+        with_repeats[50] = interleaved[3];
+        with_repeats[51] = Region { size: 0x800, ..interleaved[4] };
+        with_repeats[10] = Region { size: 0, ..interleaved[10] };
+        with_repeats[60] = with_repeats[10];
+        let judged = judge_all(&driver, &with_repeats);
+        let failed: Vec<(usize, Error)> = judged.failures.clone();
+        assert_eq!(failed, [(10, Error::InvalidArgument("size must be non-zero")), (50, Error::DuplicateRange), (60, Error::DuplicateRange)]);
+        assert_eq!(judged.passed.len(), 61);
+    }
+
+    #[test]
+    fn a_range_over_several_mappings_is_inspected_piece_by_piece() {
+        /// One 4 MiB reservation of two 2 MiB mappings, as expandable segments lay it out.
+        struct Mappings;
+        impl Driver for Mappings {
+            fn pointer_info(&self, address: u64) -> Result<PointerInfo, DriverError> {
+                Ok(PointerInfo {
+                    memory_type: MemoryType::Device,
+                    is_managed: false,
+                    device_ordinal: 0,
+                    buffer_id: 9,
+                    range_start: 0x40_0000,
+                    range_size: 0x40_0000,
+                    mapping_base: address & !0x1f_ffff,
+                    mapping_size: 0x20_0000,
+                })
+            }
+            fn device_used_memory(&self, _: i32) -> Option<u64> {
+                None
+            }
+            fn version(&self) -> Option<i32> {
+                None
+            }
+        }
+        let regions = [
+            Region { ptr: 0x40_0000, size: 0x1000, label: "inside" },
+            Region { ptr: 0x5f_f000, size: 0x2000, label: "over" },
+            Region { ptr: 0x60_1000, size: 0x1000, label: "second" },
+        ];
+        let judged = judge_all(&Mappings, &regions);
+        assert!(judged.failures.is_empty());
+        assert_eq!(judged.passed.iter().map(|p| p.extent == INSPECTED).collect::<Vec<_>>(), [false, true, false]);
+        assert_eq!(judged.inspected, [inspect(&Mappings, 0x5f_f000, 0x2000).unwrap()]);
+        assert_eq!(judged.inspected[0].pieces().len(), 2);
+        assert_eq!(judged.queries, 2, "one per mapping");
     }
 }

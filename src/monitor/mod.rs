@@ -216,30 +216,17 @@ impl Monitor {
     /// [`Error::EntriesFailed`].
     pub fn register_many(&self, regions: &[crate::core::batch::Region<'_>], all_or_nothing: bool) -> Result<crate::core::batch::Registered, Error> {
         self.not_forked()?;
+        if u32::try_from(regions.len()).is_err() {
+            return Err(Error::InvalidArgument("more than 2^32 - 1 entries in one call"));
+        }
         let judged = crate::core::batch::judge_all(&*self.shared.driver, regions);
-        let mut failures = judged.failures.into_iter().peekable();
-        let results = if failures.peek().is_some() && all_or_nothing {
-            (0..regions.len())
-                .map(|i| match failures.next_if(|(failed, _)| *failed == i) {
-                    Some((_, e)) => Err(e),
-                    None => Err(Error::EntriesFailed),
-                })
-                .collect()
+        let none = all_or_nothing && !judged.failures.is_empty();
+        let first = if none || judged.passed.is_empty() {
+            0
         } else {
-            let entries = judged.passed.into_iter().map(|(i, found)| (regions[i].label, found));
-            let mut next = self.shared.registry.insert_many(entries);
-            (0..regions.len())
-                .map(|i| match failures.next_if(|(failed, _)| *failed == i) {
-                    Some((_, e)) => Err(e),
-                    None => {
-                        next += 1;
-                        Ok(next - 1)
-                    }
-                })
-                .collect()
+            self.shared.registry.insert_many(regions, &judged.passed, &judged.extents, &judged.inspected)
         };
-        let queries = judged.queries;
-        Ok(crate::core::batch::Registered { results, queries })
+        Ok(crate::core::batch::Registered::new(regions.len(), first, judged.failures, none, judged.queries))
     }
 
     /// One registration as it stands now (its verdict, pieces and label), or `None` for an

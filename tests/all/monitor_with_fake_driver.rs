@@ -423,7 +423,7 @@ fn register_many_asks_once_per_allocation_and_reads_back_one_registration() {
         assert_eq!(fake.pointer_queries() - before, 10, "one query per distinct allocation");
         assert_eq!(done.queries, 10);
         assert_eq!(done.registered(), 1000);
-        let id = *done.results[123].as_ref().unwrap();
+        let id = done.result(123).unwrap().unwrap();
         let info = m.registration(id).expect("registered");
         assert_eq!((info.ptr, info.size, info.label.as_str(), info.verdict), (regions[123].ptr, 4096, "layers.3.w12", Verdict::Resident));
         assert!(m.registration(0).is_none());
@@ -437,14 +437,14 @@ fn register_many_asks_once_per_allocation_and_reads_back_one_registration() {
         ];
         let done = m.register_many(&mixed, true).unwrap();
         assert_eq!(done.registered(), 0);
-        assert_eq!(done.results, vec![Err(Error::EntriesFailed), Err(Error::Refused(Verdict::Managed)), Err(Error::DuplicateRange)]);
+        assert_eq!(done.results().collect::<Vec<_>>(), vec![Err(Error::EntriesFailed), Err(Error::Refused(Verdict::Managed)), Err(Error::DuplicateRange)]);
         assert_eq!(m.health().registrations, 1000);
         // Each alone: the good one registered, the others refused.
         let done = m.register_many(&mixed, false).unwrap();
         assert_eq!(done.registered(), 1);
         assert_eq!(m.health().registrations, 1001);
-        assert_eq!(m.registration(*done.results[0].as_ref().unwrap()).unwrap().label, "a");
-        assert_eq!(done.results[1..], [Err(Error::Refused(Verdict::Managed)), Err(Error::DuplicateRange)]);
+        assert_eq!(m.registration(done.result(0).unwrap().unwrap()).unwrap().label, "a");
+        assert_eq!(done.results().skip(1).collect::<Vec<_>>(), [Err(Error::Refused(Verdict::Managed)), Err(Error::DuplicateRange)]);
         // Failures between good entries: each good one's id names it (ids of a call are
         // handed out in order, skipping the failed entries).
         let spread = [
@@ -458,10 +458,12 @@ fn register_many_asks_once_per_allocation_and_reads_back_one_registration() {
         let done = m.register_many(&spread, false).unwrap();
         assert_eq!(done.registered(), 3);
         for (i, want) in [(0, "g0"), (2, "g1"), (5, "g2")] {
-            let info = m.registration(*done.results[i].as_ref().unwrap()).unwrap();
+            let info = m.registration(done.result(i).unwrap().unwrap()).unwrap();
             assert_eq!((info.label.as_str(), info.ptr), (want, spread[i].ptr));
         }
-        assert_eq!(done.results[3], Err(Error::DuplicateRange));
-        assert!(matches!(done.results[4], Err(Error::Refused(_))));
+        assert_eq!(done.result(3), Some(Err(Error::DuplicateRange)));
+        assert!(matches!(done.result(4), Some(Err(Error::Refused(_)))));
+        assert_eq!(done.result(6), None);
+        assert_eq!(done.ids().collect::<Vec<_>>(), [0, 2, 5].map(|i| done.result(i).unwrap().unwrap()));
     });
 }

@@ -262,7 +262,7 @@ impl Worker {
             Ok(done) => done,
             Err(e) => return shared.fail(format!("register_many of {count} entries: {e:?}")),
         };
-        for ((ptr, size, label), got) in entries.iter().zip(done.results) {
+        for ((ptr, size, label), got) in entries.iter().zip(done.results()) {
             match (got, expected_registration(&buffer)) {
                 (Ok(id), Ok(())) => {
                     match m.registration(id) {

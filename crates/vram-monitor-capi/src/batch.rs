@@ -92,29 +92,36 @@ pub unsafe extern "C" fn vram_monitor_register_many(
         let entries = unsafe { std::slice::from_raw_parts(regions, count) };
         let ids = unsafe { std::slice::from_raw_parts_mut(out_ids, count) };
         let results = unsafe { std::slice::from_raw_parts_mut(out_results, count) };
-        // Entries C itself rejects (NULL pointers, labels not UTF-8) are judged here; the
-        // others go to the core together, keeping their positions.
-        let mut own: Vec<Option<VramMonitorResult>> = vec![None; count];
+        // Entries C itself rejects (NULL pointers, labels not UTF-8) are judged here, in
+        // `own` (index, why); the others go to the core together, `positions` mapping them
+        // back (only needed once an entry was rejected here).
+        let mut own: Vec<(usize, VramMonitorResult)> = Vec::new();
         let mut regions_for_core = Vec::with_capacity(count);
-        let mut positions = Vec::with_capacity(count);
+        let mut positions: Vec<usize> = Vec::new();
         for (i, entry) in entries.iter().enumerate() {
-            if entry.ptr.is_null() || entry.label.is_null() {
-                own[i] = Some(VramMonitorResult::NullArgument);
-                continue;
-            }
-            // SAFETY: non-NULL and NUL-terminated (the caller's contract).
-            match unsafe { CStr::from_ptr(entry.label) }.to_str() {
-                Ok(label) => {
-                    regions_for_core.push(Region { ptr: entry.ptr as u64, size: entry.size as u64, label });
-                    positions.push(i);
+            let rejected = if entry.ptr.is_null() || entry.label.is_null() {
+                VramMonitorResult::NullArgument
+            } else {
+                // SAFETY: non-NULL and NUL-terminated (the caller's contract).
+                match unsafe { CStr::from_ptr(entry.label) }.to_str() {
+                    Ok(label) => {
+                        regions_for_core.push(Region { ptr: entry.ptr as u64, size: entry.size as u64, label });
+                        if !own.is_empty() {
+                            positions.push(i);
+                        }
+                        continue;
+                    }
+                    Err(_) => VramMonitorResult::InvalidLabel,
                 }
-                Err(_) => own[i] = Some(VramMonitorResult::InvalidLabel),
+            };
+            if own.is_empty() {
+                positions.extend(0..i);
             }
+            own.push((i, rejected));
         }
         let all_or_nothing = flags & VRAM_MONITOR_REGISTER_ALL_OR_NOTHING != 0;
-        let rejected_here = own.iter().any(Option::is_some);
         // With all-or-nothing, an entry C rejected already fails the call: register nothing.
-        let registered = if all_or_nothing && rejected_here {
+        let registered = if all_or_nothing && !own.is_empty() {
             None
         } else {
             match monitor.register_many(&regions_for_core, all_or_nothing) {
@@ -122,23 +129,22 @@ pub unsafe extern "C" fn vram_monitor_register_many(
                 Err(error) => return VramMonitorResult::from(&error),
             }
         };
-        for id in ids.iter_mut() {
-            *id = 0;
-        }
-        for (i, result) in results.iter_mut().enumerate() {
-            *result = own[i].unwrap_or(VramMonitorResult::EntriesFailed);
+        ids.fill(0);
+        results.fill(VramMonitorResult::EntriesFailed);
+        for &(i, rejected) in &own {
+            results[i] = rejected;
         }
         let mut count_registered = 0usize;
         if let Some(registered) = registered {
-            for (k, result) in registered.results.iter().enumerate() {
-                let i = positions[k];
+            for (k, result) in registered.results().enumerate() {
+                let i = if own.is_empty() { k } else { positions[k] };
                 match result {
                     Ok(id) => {
-                        ids[i] = *id;
+                        ids[i] = id;
                         results[i] = VramMonitorResult::Ok;
                         count_registered += 1;
                     }
-                    Err(error) => results[i] = VramMonitorResult::from(error),
+                    Err(error) => results[i] = VramMonitorResult::from(&error),
                 }
             }
         }

@@ -21,6 +21,7 @@ use crate::core::inspect::Inspection;
 use crate::core::verdict::{classify_piece, Piece, Verdict};
 
 mod allocations;
+mod batches;
 mod entries;
 mod fingerprint;
 mod hasher;
@@ -29,8 +30,12 @@ mod ids;
 mod values;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod batch_tests;
 
-use allocations::{AllocationShard, FAILED, SEVERAL};
+use allocations::{AllocationShard, FAILED};
+use batches::{BatchBuilder, Batches, Transition};
+use crate::core::batch::{Passed, Region, INSPECTED};
 pub use allocations::is_mark;
 use entries::{verdict_of, RegistrationEntry, RegistrationShard};
 pub use fingerprint::fingerprint;
@@ -61,6 +66,7 @@ impl<T> Deref for Padded<T> {
 pub struct Registry {
     registrations: Box<[Padded<Mutex<RegistrationShard>>]>,
     allocations: Box<[Padded<Mutex<AllocationShard>>]>,
+    batches: Batches,
     // Changed only by checks and unregistering: rarely contended.
     violating: AtomicU64,
     failing: AtomicU64,
@@ -92,6 +98,7 @@ impl Registry {
         Registry {
             registrations: (0..SHARDS).map(|_| Padded(Mutex::new(RegistrationShard::default()))).collect(),
             allocations: (0..SHARDS).map(|_| Padded(Mutex::new(AllocationShard::default()))).collect(),
+            batches: Batches::default(),
             violating: AtomicU64::new(0),
             failing: AtomicU64::new(0),
             violating_and_failing: AtomicU64::new(0),
@@ -117,46 +124,68 @@ impl Registry {
             }
             shard.add(id, registration);
         }
+        self.join_pieces(id, pieces, answers);
+        id
+    }
+
+    /// Records registration `id` in the allocations that hold its pieces.
+    fn join_pieces(&self, id: RegistrationId, pieces: &[Piece], answers: &[PointerInfo]) {
         for (piece, answer) in pieces.iter().zip(answers) {
             let address = piece.query_at;
             lock(&self.allocations[shard_of_address(address)]).join(address, fingerprint(answer), id);
         }
-        id
     }
 
     /// Adds many registrations found resident, as [`Registry::insert`] adds one, and returns
-    /// the first id: their ids are `first..first + entries.len()`, in order. Each registration
-    /// shard is locked once per block of ids, and each allocation shard once per block: a
-    /// model's hundreds of thousands of tensors cost a few thousand lock round trips, not two
-    /// per tensor. Crate-only: `entries` is drawn under a shard lock, so it must neither panic
-    /// nor call back into the registry (the monitor hands over judged inspections).
-    pub(crate) fn insert_many<'a>(&self, mut entries: impl ExactSizeIterator<Item = (&'a str, Inspection)>) -> RegistrationId {
-        let first = next_ids(entries.len() as u64);
-        // One block's joins: (shard, address, fingerprint, id).
-        let mut joins: Vec<(usize, u64, u64, RegistrationId)> = Vec::with_capacity(ID_BLOCK as usize);
+    /// the first id: `passed[k]` (entry `regions[passed[k].index]`) gets id `first + k`.
+    ///
+    /// Entries inside one extent (`extents[passed[k].extent]`: where a check asks, and the
+    /// answer there) become rows of a batch: one record, one membership per allocation. Those
+    /// with `extent` [`INSPECTED`] (several pieces) take the next of `inspected` and are stored
+    /// on their own. Crate-only: the caller judged every entry resident (core/batch.rs).
+    pub(crate) fn insert_many(
+        &self,
+        regions: &[Region<'_>],
+        passed: &[Passed],
+        extents: &[(u64, PointerInfo)],
+        inspected: &[Inspection],
+    ) -> RegistrationId {
+        let first = next_ids(passed.len() as u64);
+        let mut inspected = inspected.iter();
         let mut id = first;
-        while entries.len() > 0 {
-            let in_block = (ID_BLOCK - id % ID_BLOCK) as usize;
-            // Registrations first, as in `insert`: a block of ids is one shard.
-            {
-                let mut shard = lock(&self.registrations[shard_of_id(id)]);
-                for (label, found) in entries.by_ref().take(in_block) {
-                    shard.add(id, RegistrationEntry::new(label, found.device, found.pieces()));
-                    for (piece, answer) in found.pieces().iter().zip(found.answers()) {
-                        joins.push((shard_of_address(piece.query_at), piece.query_at, fingerprint(answer), id));
+        for part in passed.chunks(batches::MAX_ROWS) {
+            let label_bytes = part.iter().map(|p| regions[p.index as usize].label.len()).sum();
+            let mut builder = BatchBuilder::new(id, part.len(), label_bytes, extents.len());
+            let mut alone = Vec::new();
+            for (k, p) in part.iter().enumerate() {
+                let region = &regions[p.index as usize];
+                if p.extent == INSPECTED {
+                    builder.skip();
+                    alone.extend(inspected.next().map(|found| (id + k as u64, region.label, found)));
+                } else {
+                    let (query_at, answer) = &extents[p.extent as usize];
+                    builder.push(region.label, region.ptr, region.ptr + region.size, p.extent as usize, (*query_at, answer));
+                }
+            }
+            let batch = builder.finish();
+            if batch.live > 0 {
+                let batch_first = batch.first();
+                let mut joins: Vec<(usize, u64, u64)> = batch.groups().map(|g| (shard_of_address(g.query_at), g.query_at, g.seen)).collect();
+                // The batch exists before any allocation names it, as in `insert`.
+                self.batches.add(batch);
+                joins.sort_unstable();
+                for group in joins.chunk_by(|a, b| a.0 == b.0) {
+                    let mut shard = lock(&self.allocations[group[0].0]);
+                    for &(_, address, seen) in group {
+                        shard.join_batch(address, seen, batch_first);
                     }
-                    id += 1;
                 }
             }
-            // Then the allocations, a shard at a time.
-            joins.sort_unstable_by_key(|&(shard, ..)| shard);
-            for group in joins.chunk_by(|a, b| a.0 == b.0) {
-                let mut shard = lock(&self.allocations[group[0].0]);
-                for &(_, address, seen, id) in group {
-                    shard.join(address, seen, id);
-                }
+            for (id, label, found) in alone {
+                lock(&self.registrations[shard_of_id(id)]).add(id, RegistrationEntry::new(label, found.device, found.pieces()));
+                self.join_pieces(id, found.pieces(), found.answers());
             }
-            joins.clear();
+            id += part.len() as u64;
         }
         first
     }
@@ -167,59 +196,44 @@ impl Registry {
     pub fn remove(&self, id: RegistrationId) -> Option<()> {
         let registration = {
             let mut shard = lock(&self.registrations[shard_of_id(id)]);
-            let registration = shard.remove(id)?;
+            let Some(registration) = shard.remove(id) else {
+                drop(shard);
+                return self.remove_batched(id);
+            };
             shard.count -= 1;
             shard.tracked_bytes -= registration.size();
             shard.count_device(registration.device, false);
             registration
         };
-        if verdict_of(registration.verdict).is_violation() {
-            self.violating.fetch_sub(1, Ordering::Relaxed);
-        }
-        if registration.failing {
-            self.failing.fetch_sub(1, Ordering::Relaxed);
-        }
-        if registration.failing && verdict_of(registration.verdict).is_violation() {
-            self.violating_and_failing.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.recount(verdict_of(registration.verdict), registration.failing, Verdict::Resident, false);
         for tracked in registration.pieces.as_slice() {
             let address = tracked.piece.query_at;
-            let mut guard = lock(&self.allocations[shard_of_address(address)]);
-            let AllocationShard { map, several, generation, .. } = &mut *guard;
-            let Some(allocation) = map.get_mut(&address) else { continue };
-            let empty = if allocation.member == SEVERAL {
-                let left = several.get_mut(&address).map(|ids| {
-                    ids.remove(&id);
-                    ids.len()
-                });
-                match left {
-                    Some(0) | None => {
-                        several.remove(&address);
-                        true
-                    }
-                    Some(1) => {
-                        // Back to the common case: the last one moves into the entry.
-                        let last = several.remove(&address).and_then(|ids| ids.into_iter().next());
-                        allocation.member = last.unwrap_or(SEVERAL);
-                        last.is_none()
-                    }
-                    Some(_) => false,
-                }
-            } else {
-                allocation.member == id
-            };
-            if empty {
-                map.remove(&address);
-                *generation += 1;
-            }
+            lock(&self.allocations[shard_of_address(address)]).leave(address, id);
+        }
+        Some(())
+    }
+
+    /// [`Registry::remove`] of a registration made in a batch.
+    fn remove_batched(&self, id: RegistrationId) -> Option<()> {
+        let batch = self.batches.find(id)?;
+        let (removed, first) = {
+            let mut batch = lock(&batch);
+            (batch.remove(id)?, batch.first())
+        };
+        self.recount(removed.verdict, removed.failing, Verdict::Resident, false);
+        if let Some(address) = removed.left {
+            lock(&self.allocations[shard_of_address(address)]).leave_batch(address, first);
+        }
+        if removed.empty {
+            self.batches.drop_if_empty(first);
         }
         Some(())
     }
 
     /// The registration with this id, if registered.
     pub fn get(&self, id: RegistrationId) -> Option<RegistrationInfo> {
-        let shard = lock(&self.registrations[shard_of_id(id)]);
-        shard.get(id).map(|r| r.info(id))
+        let found = lock(&self.registrations[shard_of_id(id)]).get(id).map(|r| r.info(id));
+        found.or_else(|| self.batches.find(id).and_then(|batch| lock(&batch).get(id)))
     }
 
     /// A copy of every registration, in id order.
@@ -229,6 +243,7 @@ impl Registry {
             let shard = lock(shard);
             all.extend(shard.iter().map(|(id, r)| r.info(id)));
         }
+        self.batches.each(|batch| batch.snapshot(&mut all));
         all.sort_unstable_by_key(|r| r.id);
         all
     }
@@ -243,6 +258,7 @@ impl Registry {
                 }
             }
         }
+        self.batches.each(|batch| batch.devices(&mut devices));
         devices.sort_unstable();
         devices
     }
@@ -251,20 +267,20 @@ impl Registry {
     /// lock in turn, without copying labels or pieces.
     pub fn tally(&self) -> Vec<RegistrationFigures> {
         let mut tallies: Vec<RegistrationFigures> = Vec::new();
+        let mut count = |device: i32, verdict: Verdict, size: u64| match tallies.iter_mut().find(|t| t.device == device && t.verdict == verdict) {
+            Some(t) => {
+                t.registrations += 1;
+                t.bytes += size;
+            }
+            None => tallies.push(RegistrationFigures { device, verdict, registrations: 1, bytes: size }),
+        };
         for shard in self.registrations.iter() {
             let shard = lock(shard);
             for (_, registration) in shard.iter() {
-                let verdict = verdict_of(registration.verdict);
-                let size = registration.size();
-                match tallies.iter_mut().find(|t| t.device == registration.device && t.verdict == verdict) {
-                    Some(t) => {
-                        t.registrations += 1;
-                        t.bytes += size;
-                    }
-                    None => tallies.push(RegistrationFigures { device: registration.device, verdict, registrations: 1, bytes: size }),
-                }
+                count(registration.device, verdict_of(registration.verdict), registration.size());
             }
         }
+        self.batches.each(|batch| batch.each(&mut count));
         tallies.sort_unstable_by_key(|t| (t.device, t.verdict as i32));
         tallies
     }
@@ -282,6 +298,10 @@ impl Registry {
             counts.registrations += shard.count;
             counts.tracked_bytes += shard.tracked_bytes;
         }
+        self.batches.each(|batch| {
+            counts.registrations += batch.live;
+            counts.tracked_bytes += batch.live_bytes;
+        });
         for shard in self.allocations.iter() {
             counts.allocations += lock(shard).map.len() as u64;
         }
@@ -333,21 +353,14 @@ impl Registry {
     /// be older than what its members were registered against: nothing is judged, and
     /// [`Stale`] tells the value to plan with, so that the next check asks again.
     pub fn apply(&self, address: u64, answer: &Result<PointerInfo, DriverError>, judged_by: u64) -> Result<Vec<Change>, Stale> {
-        let members: Vec<RegistrationId> = {
+        let (members, batches) = {
             let mut guard = lock(&self.allocations[shard_of_address(address)]);
-            let AllocationShard { map, several, .. } = &mut *guard;
-            let Some(allocation) = map.get_mut(&address) else { return Ok(Vec::new()) };
+            let Some(allocation) = guard.map.get_mut(&address) else { return Ok(Vec::new()) };
             if allocation.fingerprint != judged_by {
                 return Err(Stale { current: allocation.fingerprint });
             }
             allocation.fingerprint = Registry::fingerprint_of(answer);
-            if allocation.member == SEVERAL {
-                let mut ids: Vec<RegistrationId> = several.get(&address).map(|ids| ids.iter().copied().collect()).unwrap_or_default();
-                ids.sort_unstable();
-                ids
-            } else {
-                vec![allocation.member]
-            }
+            guard.members(address)
         };
         let mut changes = Vec::new();
         for id in members {
@@ -379,14 +392,36 @@ impl Registry {
                 changes.push(Change::Verdict { registration: registration.info(id), from: old_verdict });
             }
         }
+        for first in batches {
+            let Some(batch) = self.batches.find(first) else { continue };
+            lock(&batch).judge(address, answer, |transition, registration| self.changed(transition, registration, answer, &mut changes));
+        }
         Ok(changes)
+    }
+
+    /// Counts a batch row's transition and reports it as [`Registry::apply`] reports a
+    /// registration's.
+    fn changed(&self, ((from, was_failing), (verdict, failing)): Transition, registration: RegistrationInfo, answer: &Result<PointerInfo, DriverError>, changes: &mut Vec<Change>) {
+        self.recount(from, was_failing, verdict, failing);
+        if let (false, true, Err(error)) = (was_failing, failing, answer) {
+            changes.push(Change::CheckFailed { registration: registration.clone(), error: error.clone() });
+        }
+        if from != verdict {
+            changes.push(Change::Verdict { registration, from });
+        }
     }
 
     /// Marks a sealed registration's content as modified (or, at reseal, as matching again)
     /// and returns the change of verdict it makes, if any; `None` for an unknown id.
     pub fn set_modified(&self, id: RegistrationId, modified: bool) -> Option<Option<Change>> {
         let mut shard = lock(&self.registrations[shard_of_id(id)]);
-        let registration = shard.get_mut(id)?;
+        let Some(registration) = shard.get_mut(id) else {
+            drop(shard);
+            let batch = self.batches.find(id)?;
+            let (((from, was_failing), (verdict, failing)), registration) = lock(&batch).set_modified(id, modified)?;
+            self.recount(from, was_failing, verdict, failing);
+            return Some((from != verdict).then_some(Change::Verdict { registration, from }));
+        };
         registration.modified = modified;
         let old_verdict = verdict_of(registration.verdict);
         let verdict = registration.judged();
@@ -398,8 +433,8 @@ impl Registry {
 
     /// One registration's verdict and whether its query is failing, without copying it.
     pub fn verdict(&self, id: RegistrationId) -> Option<(Verdict, bool)> {
-        let shard = lock(&self.registrations[shard_of_id(id)]);
-        shard.get(id).map(|r| (verdict_of(r.verdict), r.failing))
+        let found = lock(&self.registrations[shard_of_id(id)]).get(id).map(|r| (verdict_of(r.verdict), r.failing));
+        found.or_else(|| self.batches.find(id).and_then(|batch| lock(&batch).verdict(id)))
     }
 
     /// Keeps the three counters true when one registration goes from one state to another.

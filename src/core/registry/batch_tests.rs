@@ -1,0 +1,203 @@
+//! Registrations made together: stored as batches, and seen by every reader and by checks as
+//! registrations made one by one are.
+
+use super::*;
+use super::tests::{answer, piece};
+use crate::core::driver::MemoryType;
+use crate::core::inspect::inspect_with;
+
+const ARENA: u64 = 0x20_0000;
+
+/// A 2 MiB allocation at [`ARENA`] (its buffer id `buffer_id`).
+fn arena(buffer_id: u64) -> PointerInfo {
+    PointerInfo {
+        memory_type: MemoryType::Device,
+        is_managed: false,
+        device_ordinal: 0,
+        buffer_id,
+        range_start: ARENA,
+        range_size: 0x20_0000,
+        mapping_base: 0,
+        mapping_size: 0,
+    }
+}
+
+/// `count` tensors of 4 KiB in the arena, labelled `t0, t1, ...`.
+fn tensors(labels: &[String]) -> Vec<Region<'_>> {
+    labels.iter().enumerate().map(|(i, label)| Region { ptr: ARENA + i as u64 * 0x1000, size: 0x1000, label }).collect()
+}
+
+fn labels(count: usize) -> Vec<String> {
+    (0..count).map(|i| format!("t{i}")).collect()
+}
+
+/// Inserts every region as a row of extent 0 (the arena, answer `seen`).
+fn insert_all(registry: &Registry, regions: &[Region<'_>], seen: PointerInfo) -> RegistrationId {
+    let passed: Vec<Passed> = (0..regions.len() as u32).map(|index| Passed { index, extent: 0 }).collect();
+    registry.insert_many(regions, &passed, &[(ARENA, seen)], &[])
+}
+
+#[test]
+fn many_registered_together_get_consecutive_ids_and_are_each_found() {
+    let registry = Registry::new();
+    let alone = registry.insert("alone", 0, &[piece(0x1000, 0x2000)], &[answer(1)]);
+    // 300 tensors in one 2 MiB allocation: more than four blocks of ids.
+    let labels = labels(300);
+    let regions = tensors(&labels);
+    let first = insert_all(&registry, &regions, arena(7));
+    assert!(first != alone && first != 0);
+    for i in 0..300u64 {
+        let info = registry.get(first + i).unwrap();
+        assert_eq!((info.label.as_str(), info.ptr, info.size), (labels[i as usize].as_str(), ARENA + i * 0x1000, 0x1000));
+        assert_eq!(info.pieces, [Piece { query_at: ARENA, start: info.ptr, end: info.ptr + 0x1000, buffer_id: 7 }]);
+        assert_eq!(registry.verdict(first + i), Some((Verdict::Resident, false)));
+    }
+    assert!(registry.get(first + 300).is_none(), "one past the batch");
+    assert_eq!(registry.counts().registrations, 301);
+    assert_eq!(registry.counts().tracked_bytes, 0x1000 + 300 * 0x1000);
+    // One allocation holds them all: one entry in the allocation table.
+    assert_eq!(registry.counts().allocations, 2);
+    let more = insert_all(&registry, &regions[299..], arena(7));
+    assert_eq!(registry.get(more).unwrap().label, "t299");
+    assert_eq!(registry.snapshot().len(), 302);
+    assert_eq!(registry.snapshot().iter().map(|r| r.id).collect::<Vec<_>>(), [alone].into_iter().chain(first..first + 300).chain([more]).collect::<Vec<_>>());
+    // Removing them one by one leaves the first; each id only once.
+    for id in (first..first + 300).chain([more]) {
+        registry.remove(id).unwrap();
+        assert!(registry.remove(id).is_none());
+        assert!(registry.get(id).is_none());
+    }
+    assert_eq!(registry.counts().registrations, 1);
+    assert_eq!(registry.counts().tracked_bytes, 0x1000);
+    assert_eq!(registry.counts().allocations, 1, "the arena leaves the table with its last row");
+    assert_eq!(registry.get(alone).unwrap().label, "alone");
+    assert!(registry.batches.find(first).is_none(), "an empty batch is dropped");
+}
+
+#[test]
+fn a_check_judges_the_rows_of_a_batch_with_the_registrations_made_alone() {
+    let registry = Registry::new();
+    let labels = labels(100);
+    let regions = tensors(&labels);
+    let first = insert_all(&registry, &regions, arena(7));
+    let alone = registry.insert("alone", 0, &[Piece { query_at: ARENA, start: ARENA, end: ARENA + 64, buffer_id: 7 }], &[arena(7)]);
+    assert_eq!(registry.counts().allocations, 1);
+    registry.remove(first + 10).unwrap();
+    // The arena was freed and its address reused: every live registration in it moves.
+    let changes = registry.apply(ARENA, &Ok(arena(8)), fingerprint(&arena(7))).unwrap();
+    let mut moved: Vec<RegistrationId> = changes
+        .iter()
+        .map(|c| match c {
+            Change::Verdict { registration, from: Verdict::Resident } => {
+                assert_eq!(registration.verdict, Verdict::Replaced);
+                registration.id
+            }
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    moved.sort_unstable();
+    assert_eq!(moved, (first..first + 100).filter(|&id| id != first + 10).chain([alone]).collect::<Vec<_>>());
+    assert_eq!(registry.counts().violating, 100);
+    assert_eq!(registry.verdict(first), Some((Verdict::Replaced, false)));
+    // A failed query: each reported once, verdicts kept.
+    let failed = Err(DriverError::Call { function: "cuPointerGetAttributes", code: 999 });
+    let changes = registry.apply(ARENA, &failed, fingerprint(&arena(8))).unwrap();
+    assert_eq!(changes.iter().filter(|c| matches!(c, Change::CheckFailed { .. })).count(), 100);
+    assert_eq!(registry.counts().failing, 100);
+    assert_eq!(registry.counts().violating_and_failing, 100);
+    assert_eq!(registry.verdict(first + 1), Some((Verdict::Replaced, true)));
+    assert!(registry.apply(ARENA, &failed, FAILED).unwrap().is_empty(), "still failing: nothing new");
+    // Back to the first buffer: resident again, nothing failing.
+    let changes = registry.apply(ARENA, &Ok(arena(7)), FAILED).unwrap();
+    assert_eq!(changes.len(), 100);
+    assert_eq!((registry.counts().violating, registry.counts().failing), (0, 0));
+    // Unregistering rows in violation takes them out of the counts.
+    registry.apply(ARENA, &Ok(arena(9)), fingerprint(&arena(7))).unwrap();
+    for id in first..first + 50 {
+        let _ = registry.remove(id);
+    }
+    assert_eq!(registry.counts().violating, 51);
+}
+
+#[test]
+fn a_sealed_row_found_modified_is_reported_and_counted() {
+    let registry = Registry::new();
+    let labels = labels(3);
+    let first = insert_all(&registry, &tensors(&labels), arena(7));
+    let change = registry.set_modified(first + 1, true).unwrap();
+    assert!(matches!(change, Some(Change::Verdict { ref registration, from: Verdict::Resident }) if registration.verdict == Verdict::Modified && registration.label == "t1"));
+    assert_eq!(registry.verdict(first + 1), Some((Verdict::Modified, false)));
+    assert_eq!(registry.counts().violating, 1);
+    assert_eq!(registry.set_modified(first + 1, true), Some(None), "no change the second time");
+    // A residency verdict wins over MODIFIED, and MODIFIED is back when it is resident again.
+    registry.apply(ARENA, &Ok(arena(8)), fingerprint(&arena(7))).unwrap();
+    assert_eq!(registry.verdict(first + 1), Some((Verdict::Replaced, false)));
+    registry.apply(ARENA, &Ok(arena(7)), fingerprint(&arena(8))).unwrap();
+    assert_eq!(registry.verdict(first + 1), Some((Verdict::Modified, false)));
+    registry.set_modified(first + 1, false).unwrap();
+    assert_eq!(registry.counts().violating, 0);
+    assert_eq!(registry.set_modified(first + 3, true), None, "not registered");
+}
+
+#[test]
+fn a_range_over_several_mappings_is_stored_alone_under_its_batch_id() {
+    let registry = Registry::new();
+    // Two 2 MiB mappings of one 4 MiB reservation, as expandable segments lay them out.
+    let mapping = |base: u64| PointerInfo { range_start: 0x40_0000, range_size: 0x40_0000, mapping_base: base, mapping_size: 0x20_0000, ..arena(3) };
+    let over = inspect_with(|a| Ok(mapping(a & !0x1f_ffff)), 0x5f_f000, 0x2000).unwrap();
+    assert_eq!(over.pieces().len(), 2);
+    let labels = ["a".to_string(), "over".to_string(), "b".to_string()];
+    let regions = [
+        Region { ptr: ARENA, size: 0x1000, label: &labels[0] },
+        Region { ptr: 0x5f_f000, size: 0x2000, label: &labels[1] },
+        Region { ptr: ARENA + 0x1000, size: 0x1000, label: &labels[2] },
+    ];
+    let passed = [Passed { index: 0, extent: 0 }, Passed { index: 1, extent: INSPECTED }, Passed { index: 2, extent: 0 }];
+    let first = registry.insert_many(&regions, &passed, &[(ARENA, arena(7))], &[over]);
+    let info = registry.get(first + 1).unwrap();
+    assert_eq!((info.label.as_str(), info.pieces.len(), info.size), ("over", 2, 0x2000));
+    assert_eq!(registry.get(first + 2).unwrap().label, "b");
+    assert_eq!(registry.counts().registrations, 3);
+    assert_eq!(registry.counts().allocations, 3, "the arena and the two mappings");
+    // The mapping that held its second half was unmapped.
+    let changes = registry.apply(0x60_0000, &Ok(PointerInfo::unregistered()), fingerprint(&mapping(0x60_0000))).unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(registry.verdict(first + 1).unwrap().0, Verdict::NotMapped);
+    for id in first..first + 3 {
+        registry.remove(id).unwrap();
+    }
+    assert_eq!(registry.counts(), RegistryCounts::default());
+}
+
+#[test]
+fn tallies_and_devices_count_the_rows_of_batches() {
+    let registry = Registry::new();
+    let labels = labels(10);
+    let regions = tensors(&labels);
+    let on_one = PointerInfo { device_ordinal: 1, ..arena(7) };
+    let first = insert_all(&registry, &regions, on_one);
+    registry.insert("alone", 0, &[piece(0x1000, 0x2000)], &[answer(1)]);
+    assert_eq!(registry.devices(), [0, 1]);
+    registry.set_modified(first, true).unwrap();
+    let tally = registry.tally();
+    let of = |device, verdict| tally.iter().find(|t| t.device == device && t.verdict == verdict).map(|t| (t.registrations, t.bytes));
+    assert_eq!(of(1, Verdict::Resident), Some((9, 9 * 0x1000)));
+    assert_eq!(of(1, Verdict::Modified), Some((1, 0x1000)));
+    assert_eq!(of(0, Verdict::Resident), Some((1, 0x1000)));
+    for id in first..first + 10 {
+        registry.remove(id).unwrap();
+    }
+    assert_eq!(registry.devices(), [0]);
+}
+
+#[test]
+fn a_batch_joining_an_allocation_judged_by_another_answer_marks_it() {
+    let registry = Registry::new();
+    registry.insert("alone", 0, &[Piece { query_at: ARENA, start: ARENA, end: ARENA + 64, buffer_id: 7 }], &[arena(7)]);
+    let labels = labels(2);
+    insert_all(&registry, &tensors(&labels), arena(8));
+    let mut addresses = Vec::new();
+    registry.allocation_addresses(shard_of_address(ARENA), &mut addresses);
+    let (_, value) = addresses.iter().find(|(a, _)| *a == ARENA).copied().unwrap();
+    assert!(is_mark(value), "the members were judged by different answers: the next check judges them all");
+}
