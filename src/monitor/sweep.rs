@@ -27,6 +27,7 @@ pub(super) struct SweepPlan {
 
 impl SweepPlan {
     fn refresh(&mut self, registry: &Registry) {
+        registry.settle();
         registry.allocation_generations(&mut self.current);
         if self.current == self.generations && !self.generations.is_empty() {
             return;

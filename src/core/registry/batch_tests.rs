@@ -194,6 +194,7 @@ fn tallies_and_devices_count_the_rows_of_batches() {
 fn a_batch_joining_an_allocation_judged_by_another_answer_marks_it() {
     let registry = Registry::new();
     registry.insert("alone", 0, &[Piece { query_at: ARENA, start: ARENA, end: ARENA + 64, buffer_id: 7 }], &[arena(7)]);
+    registry.settle();
     let labels = labels(2);
     insert_all(&registry, &tensors(&labels), arena(8));
     let mut addresses = Vec::new();

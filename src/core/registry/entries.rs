@@ -49,6 +49,8 @@ pub(super) struct RegistrationEntry {
     /// Sealed and found with bytes that differ from the fingerprint (src/core/integrity): the
     /// verdict is MODIFIED while the memory is otherwise resident.
     pub(super) modified: bool,
+    /// Whether its allocations name it yet (see [`RegistrationShard::pending`]).
+    pub(super) joined: bool,
 }
 
 impl RegistrationEntry {
@@ -60,7 +62,7 @@ impl RegistrationEntry {
             [one] => Pieces::One(track(one)),
             _ => Pieces::Many(pieces.iter().map(track).collect()),
         };
-        RegistrationEntry { label: label.into(), device, verdict: Verdict::Resident as u8, failing: false, modified: false, pieces }
+        RegistrationEntry { label: label.into(), device, verdict: Verdict::Resident as u8, failing: false, modified: false, joined: false, pieces }
     }
 
     /// The verdict its pieces and its content give: a residency verdict wins over MODIFIED.
@@ -117,6 +119,11 @@ pub(super) struct RegistrationShard {
     pub(super) tracked_bytes: u64,
     /// Registrations per device ordinal in this shard (a handful of entries).
     pub(super) per_device: Vec<(i32, u64)>,
+    /// Joins not made yet: (allocation address, fingerprint of the answer seen, id). A
+    /// registering thread only appends here, in its own shard; the allocation table, which
+    /// every registering thread would otherwise write, is updated from here before each check
+    /// (`Registry::settle`).
+    pub(super) pending: Vec<(u64, u64, RegistrationId)>,
 }
 
 impl RegistrationShard {
@@ -133,6 +140,15 @@ impl RegistrationShard {
     /// The registrations, in id order.
     pub(super) fn iter(&self) -> impl Iterator<Item = (RegistrationId, &RegistrationEntry)> {
         self.ids.iter().zip(&self.slots).filter_map(|(&id, r)| r.as_ref().map(|r| (id, r)))
+    }
+
+    /// Adds a registration found resident with `answers` (one per piece), its joins to
+    /// their allocations left pending.
+    pub(super) fn add_pending(&mut self, id: RegistrationId, registration: RegistrationEntry, answers: &[crate::core::driver::PointerInfo]) {
+        for (tracked, answer) in registration.pieces.as_slice().iter().zip(answers) {
+            self.pending.push((tracked.piece.query_at, super::fingerprint(answer), id));
+        }
+        self.add(id, registration);
     }
 
     /// Adds a registration and counts it.

@@ -10,6 +10,12 @@
 //! cost follows allocations, not registrations (a million tensors in ten thousand arenas cost
 //! ten thousand queries). Locks are per shard and held only to copy or update a few entries,
 //! never while the driver is asked, so registering never waits for a check to finish.
+//!
+//! Registering writes only its own registration shard (a thread's block of ids stays in one):
+//! the joins to the allocation table, which every registering thread would otherwise write,
+//! wait in that shard until [`Registry::settle`] makes them, before each check plans its
+//! queries. A registration made during a check is asked about from the next one, as it was
+//! when the join was immediate (the check's plan was already made).
 
 use crate::core::sync::lock;
 use std::ops::Deref;
@@ -27,6 +33,8 @@ mod fingerprint;
 mod hasher;
 pub(crate) use hasher::IntegerHasher;
 mod ids;
+mod pending;
+use pending::PENDING_LIMIT;
 mod values;
 #[cfg(test)]
 mod tests;
@@ -48,6 +56,7 @@ pub use values::{Change, RegistrationFigures, RegistrationInfo, RegistryCounts, 
 pub type RegistrationId = u64;
 
 const SHARDS: usize = 64;
+
 
 /// A shard on cache lines of its own: without the padding, neighbouring shards' locks share
 /// a line, and threads working on different shards still stall each other.
@@ -122,18 +131,14 @@ impl Registry {
                 id = next_id();
                 shard = lock(&self.registrations[shard_of_id(id)]);
             }
-            shard.add(id, registration);
+            shard.add_pending(id, registration, answers);
+            if shard.pending.len() >= PENDING_LIMIT {
+                // Between checks far apart (or with none), pending joins would pile up: a
+                // thousand are made at once, one lock per allocation shard they touch.
+                self.settle_shard(&mut shard);
+            }
         }
-        self.join_pieces(id, pieces, answers);
         id
-    }
-
-    /// Records registration `id` in the allocations that hold its pieces.
-    fn join_pieces(&self, id: RegistrationId, pieces: &[Piece], answers: &[PointerInfo]) {
-        for (piece, answer) in pieces.iter().zip(answers) {
-            let address = piece.query_at;
-            lock(&self.allocations[shard_of_address(address)]).join(address, fingerprint(answer), id);
-        }
     }
 
     /// Adds many registrations found resident, as [`Registry::insert`] adds one, and returns
@@ -182,8 +187,8 @@ impl Registry {
                 }
             }
             for (id, label, found) in alone {
-                lock(&self.registrations[shard_of_id(id)]).add(id, RegistrationEntry::new(label, found.device, found.pieces()));
-                self.join_pieces(id, found.pieces(), found.answers());
+                let registration = RegistrationEntry::new(label, found.device, found.pieces());
+                lock(&self.registrations[shard_of_id(id)]).add_pending(id, registration, found.answers());
             }
             id += part.len() as u64;
         }
@@ -203,10 +208,19 @@ impl Registry {
             shard.count -= 1;
             shard.tracked_bytes -= registration.size();
             shard.count_device(registration.device, false);
+            if !registration.joined {
+                // Registered and unregistered between two checks (a buffer per request):
+                // its joins are the newest pending ones, and go with it.
+                while shard.pending.last().is_some_and(|&(_, _, pending)| pending == id) {
+                    shard.pending.pop();
+                }
+            }
             registration
         };
         self.recount(verdict_of(registration.verdict), registration.failing, Verdict::Resident, false);
-        for tracked in registration.pieces.as_slice() {
+        // Not joined yet: no allocation names it, and its pending joins will be skipped.
+        let joined = if registration.joined { registration.pieces.as_slice() } else { &[] };
+        for tracked in joined {
             let address = tracked.piece.query_at;
             lock(&self.allocations[shard_of_address(address)]).leave(address, id);
         }
@@ -294,7 +308,9 @@ impl Registry {
             ..Default::default()
         };
         for shard in self.registrations.iter() {
-            let shard = lock(shard);
+            let mut shard = lock(shard);
+            // The allocations are counted below: with every registration in them.
+            self.settle_shard(&mut shard);
             counts.registrations += shard.count;
             counts.tracked_bytes += shard.tracked_bytes;
         }

@@ -65,6 +65,7 @@ fn registrations_in_one_allocation_share_one_query_address() {
 fn a_failed_query_keeps_the_verdict_and_is_reported_once() {
     let registry = Registry::new();
     let a = registry.insert("a", 0, &[piece(0x1000, 0x2000)], &[answer(1)]);
+    registry.settle();
     let mut managed = answer(1);
     managed.is_managed = true;
     assert_eq!(registry.apply(0x1000, &Ok(managed), fingerprint(&answer(1))).unwrap().len(), 1);
@@ -84,12 +85,67 @@ fn joining_an_allocation_with_a_different_answer_marks_it_for_a_new_judgement() 
     let registry = Registry::new();
     registry.insert("a", 0, &[piece(0x1000, 0x2000)], &[answer(1)]);
     registry.insert("b", 0, &[Piece { buffer_id: 2, ..piece(0x1000, 0x2000) }], &[answer(2)]);
+    registry.settle();
     let mut addresses = Vec::new();
     for shard in 0..registry.allocation_shards() {
         registry.allocation_addresses(shard, &mut addresses);
     }
     assert_eq!(addresses.len(), 1);
     assert!(is_mark(addresses[0].1), "marked for a new judgement: {:#x}", addresses[0].1);
+}
+
+#[test]
+fn a_registration_joins_its_allocation_when_settled_and_one_removed_before_never_does() {
+    let registry = Registry::new();
+    let a = registry.insert("a", 0, &[piece(0x1000, 0x2000)], &[answer(1)]);
+    let gone = registry.insert("gone", 0, &[Piece { query_at: 0x9000, ..piece(0x9000, 0xa000) }], &[answer(1)]);
+    let addresses = |registry: &Registry| {
+        let mut all = Vec::new();
+        for shard in 0..registry.allocation_shards() {
+            registry.allocation_addresses(shard, &mut all);
+        }
+        all.into_iter().map(|(address, _)| address).collect::<Vec<_>>()
+    };
+    assert!(addresses(&registry).is_empty(), "registering wrote nothing to the allocation table");
+    assert!(registry.apply(0x1000, &Ok(answer(2)), fingerprint(&answer(1))).unwrap().is_empty(), "not joined: nothing to judge");
+    registry.remove(gone).unwrap();
+    registry.settle();
+    assert_eq!(addresses(&registry), [0x1000], "the one removed before settling is skipped");
+    let changes = registry.apply(0x1000, &Ok(answer(2)), fingerprint(&answer(1))).unwrap();
+    assert_eq!(changes.len(), 1);
+    registry.remove(a).unwrap();
+    assert!(addresses(&registry).is_empty(), "a joined registration leaves its allocation");
+    assert_eq!(registry.counts(), RegistryCounts::default());
+}
+
+#[test]
+fn pending_joins_stay_bounded_without_checks() {
+    let registry = Registry::new();
+    // A buffer per request, registered and unregistered with no check between: nothing
+    // stays pending.
+    for _ in 0..10_000 {
+        let id = registry.insert("request", 0, &[piece(0x1000, 0x2000)], &[answer(1)]);
+        registry.remove(id).unwrap();
+    }
+    let pending = |registry: &Registry| registry.registrations.iter().map(|s| lock(s).pending.len()).sum::<usize>();
+    assert_eq!(pending(&registry), 0);
+    // Many kept, none checked: each shard makes its joins itself past the limit.
+    let ids: Vec<u64> = (0..100_000u64)
+        .map(|i| registry.insert("kept", 0, &[Piece { query_at: 0x10_0000 + i * 0x1000, ..piece(0x10_0000 + i * 0x1000, 0x10_1000 + i * 0x1000) }], &[answer(1)]))
+        .collect();
+    // About 1,560 per shard (ids go to shards in blocks of 64).
+    assert!(registry.registrations.iter().all(|s| lock(s).pending.len() < PENDING_LIMIT));
+    assert!(pending(&registry) < 100_000, "some joins made without a check");
+    // Removed out of order, not joined yet: skipped when settled, nothing left behind.
+    for id in ids.iter().rev().step_by(2) {
+        registry.remove(*id).unwrap();
+    }
+    assert_eq!(registry.counts().allocations, 50_000);
+    for id in ids.iter().rev().skip(1).step_by(2) {
+        registry.remove(*id).unwrap();
+    }
+    assert_eq!(registry.counts(), RegistryCounts::default());
+    assert_eq!(pending(&registry), 0);
 }
 
 #[test]
@@ -108,9 +164,12 @@ fn devices_are_those_that_hold_registrations_now() {
 fn an_answer_older_than_a_new_members_marks_nothing_judged() {
     let registry = Registry::new();
     registry.insert("a", 0, &[piece(0x1000, 0x2000)], &[answer(1)]);
+    registry.settle();
     // The check's plan saw fingerprint(answer(1)) and asked; meanwhile a registration
-    // joined having seen answer(2), marking the allocation dirty.
+    // joined having seen answer(2) (its join made by another thread's settle: a health
+    // snapshot counting allocations), marking the allocation dirty.
     registry.insert("b", 0, &[Piece { buffer_id: 2, ..piece(0x1000, 0x2000) }], &[answer(2)]);
+    registry.settle();
     let stale = registry.apply(0x1000, &Ok(answer(1)), fingerprint(&answer(1))).unwrap_err();
     assert!(is_mark(stale.current));
     assert_eq!(registry.counts().violating, 0, "stale answer: judge nothing");
@@ -123,10 +182,12 @@ fn a_join_after_the_query_of_a_check_that_planned_with_a_mark_judges_nothing() {
     let registry = Registry::new();
     registry.insert("a", 0, &[piece(0x1000, 0x2000)], &[answer(1)]);
     registry.insert("b", 0, &[Piece { buffer_id: 2, ..piece(0x1000, 0x2000) }], &[answer(2)]);
+    registry.settle();
     let planned = registry.apply(0x1000, &Ok(answer(1)), 0).unwrap_err().current;
     assert!(is_mark(planned));
     // The check asks (answer 2) ... and before it applies, c joins having seen answer 3.
     let c = registry.insert("c", 0, &[Piece { buffer_id: 3, ..piece(0x1000, 0x2000) }], &[answer(3)]);
+    registry.settle();
     let stale = registry.apply(0x1000, &Ok(answer(2)), planned).unwrap_err();
     assert_ne!(stale.current, planned, "a new mark for each join");
     assert_eq!(registry.get(c).unwrap().verdict, Verdict::Resident, "c not judged by an answer older than its own");
@@ -136,12 +197,14 @@ fn a_join_after_the_query_of_a_check_that_planned_with_a_mark_judges_nothing() {
 fn an_answer_from_before_the_address_was_registered_anew_judges_nothing() {
     let registry = Registry::new();
     let a = registry.insert("a", 0, &[piece(0x1000, 0x2000)], &[answer(1)]);
+    registry.settle();
     let planned = fingerprint(&answer(1));
     // The check asks and finds the memory freed; then the engine unregisters a, allocates
     // again at the same address, and registers b; then the check applies its answer.
     let freed: Result<PointerInfo, DriverError> = Ok(PointerInfo::unregistered());
     registry.remove(a).unwrap();
     let b = registry.insert("b", 0, &[Piece { buffer_id: 2, ..piece(0x1000, 0x2000) }], &[answer(2)]);
+    registry.settle();
     let stale = registry.apply(0x1000, &freed, planned).unwrap_err();
     assert_eq!(stale.current, fingerprint(&answer(2)), "plan with what b was registered against");
     assert_eq!(registry.get(b).unwrap().verdict, Verdict::Resident, "b not judged by the older answer");
@@ -290,6 +353,9 @@ fn steady_registering_and_unregistering_reuses_room_and_keeps_lookups_right() {
         ids
     });
     // Churn at a constant count must not keep growing the shards.
-    // (A shard may hold up to its live count in holes before they are compacted away.)
-    assert!(room(&registry) <= 2 * 5_000 + 64 * 16, "room grew from {room_before} to {}", room(&registry));
+    // (A shard may hold up to its live count in holes before they are compacted away; and
+    // threads of other tests taking ids meanwhile spread this thread's blocks unevenly over
+    // the shards, so some hold more than their share.) Growth with the churn would be
+    // hundreds of thousands.
+    assert!(room(&registry) <= 3 * 5_000 + 64 * 16, "room grew from {room_before} to {}", room(&registry));
 }

@@ -1,0 +1,46 @@
+//! Joins to the allocation table that registering leaves pending, and [`Registry::settle`],
+//! which makes them.
+//!
+//! Registering writes only its own registration shard (a thread's block of ids stays in
+//! one); the allocation table is shared by every registering thread, and writing it on each
+//! register moved its cache lines between cores (16 threads registering at once paid more in
+//! our tables than in the driver's query). So a registration's joins wait in its shard until
+//! the next check plans its queries, or until the shard holds [`PENDING_LIMIT`] of them.
+
+use super::{shard_of_address, Registry, RegistrationShard};
+use crate::core::sync::lock;
+
+/// Joins a registration shard keeps pending before it makes them itself.
+pub(super) const PENDING_LIMIT: usize = 1024;
+
+impl Registry {
+    /// Makes the joins that registering left pending (see `RegistrationShard::pending`):
+    /// before a check plans its queries, so that it asks about every allocation registered
+    /// before it began.
+    pub fn settle(&self) {
+        for shard in self.registrations.iter() {
+            self.settle_shard(&mut lock(shard));
+        }
+    }
+
+    pub(super) fn settle_shard(&self, shard: &mut RegistrationShard) {
+        if shard.pending.is_empty() {
+            return;
+        }
+        let mut pending = std::mem::take(&mut shard.pending);
+        // Registrations removed meanwhile are skipped (ids are never reused); the others are
+        // joined now, under this shard's lock, so that an unregister sees `joined` and the
+        // allocations' members agree.
+        pending.retain(|&(_, _, id)| shard.get_mut(id).map(|r| r.joined = true).is_some());
+        pending.sort_unstable_by_key(|&(address, ..)| shard_of_address(address));
+        for group in pending.chunk_by(|a, b| shard_of_address(a.0) == shard_of_address(b.0)) {
+            let mut allocations = lock(&self.allocations[shard_of_address(group[0].0)]);
+            for &(address, seen, id) in group {
+                allocations.join(address, seen, id);
+            }
+        }
+        // Its room is given back (not kept for the next ones): a registry's memory per
+        // registration is measured with no check running.
+    }
+
+}
