@@ -53,7 +53,17 @@ struct Snapshot<'d> {
     by_start: std::collections::BTreeMap<u64, u32>,
     /// The extent the last lookup used: consecutive entries are mostly in one allocation.
     last: u32,
+    /// The extent last found for each 1 MiB of addresses (hashed into [`GRANULES`] slots):
+    /// entries that alternate between allocations mostly find theirs here, not in the tree.
+    granules: Vec<u32>,
     queries: u64,
+}
+
+/// Slots of [`Snapshot::granules`].
+const GRANULES: usize = 4096;
+
+fn granule(address: u64) -> usize {
+    ((address >> 20).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52) as usize % GRANULES
 }
 
 /// No extent (in [`Snapshot::last`], and the duplicate check's bucket of entries in none).
@@ -61,7 +71,14 @@ const NO_EXTENT: u32 = u32::MAX;
 
 impl<'d> Snapshot<'d> {
     fn new(driver: &'d dyn Driver) -> Snapshot<'d> {
-        Snapshot { driver, extents: Vec::new(), by_start: std::collections::BTreeMap::new(), last: NO_EXTENT, queries: 0 }
+        Snapshot {
+            driver,
+            extents: Vec::new(),
+            by_start: std::collections::BTreeMap::new(),
+            last: NO_EXTENT,
+            granules: vec![NO_EXTENT; GRANULES],
+            queries: 0,
+        }
     }
 
     /// The driver's answer for `address`: one already taken in this call when an extent
@@ -71,9 +88,16 @@ impl<'d> Snapshot<'d> {
         if self.extents.get(self.last as usize).is_some_and(holds) {
             return Ok(Answer::Extent(self.last));
         }
+        let slot = granule(address);
+        let cached = self.granules[slot];
+        if self.extents.get(cached as usize).is_some_and(holds) {
+            self.last = cached;
+            return Ok(Answer::Extent(cached));
+        }
         if let Some((_, &i)) = self.by_start.range(..=address).next_back() {
             if holds(&self.extents[i as usize]) {
                 self.last = i;
+                self.granules[slot] = i;
                 return Ok(Answer::Extent(i));
             }
         }
@@ -85,6 +109,7 @@ impl<'d> Snapshot<'d> {
         self.extents.push(Extent { start, end: start.saturating_add(len), info, resident });
         self.by_start.insert(start, i);
         self.last = i;
+        self.granules[slot] = i;
         Ok(Answer::Extent(i))
     }
 

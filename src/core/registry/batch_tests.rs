@@ -202,3 +202,35 @@ fn a_batch_joining_an_allocation_judged_by_another_answer_marks_it() {
     let (_, value) = addresses.iter().find(|(a, _)| *a == ARENA).copied().unwrap();
     assert!(is_mark(value), "the members were judged by different answers: the next check judges them all");
 }
+
+#[test]
+fn a_check_of_one_allocation_judges_only_its_rows_in_any_entry_order() {
+    // Two arenas; their tensors one arena after the other (model order), then alternating.
+    let other = PointerInfo { range_start: 0x80_0000, buffer_id: 5, ..arena(5) };
+    for alternating in [false, true] {
+        let registry = Registry::new();
+        let labels = labels(40);
+        let place = |i: usize| if alternating { (i % 2, i / 2) } else { (i / 20, i % 20) };
+        let regions: Vec<Region<'_>> = (0..40)
+            .map(|i| {
+                let (a, t) = place(i);
+                Region { ptr: [ARENA, 0x80_0000][a] + t as u64 * 0x1000, size: 0x1000, label: &labels[i] }
+            })
+            .collect();
+        let passed: Vec<Passed> = (0..40).map(|i| Passed { index: i as u32, extent: place(i).0 as u32 }).collect();
+        let first = registry.insert_many(&regions, &passed, &[(ARENA, arena(7)), (0x80_0000, other)], &[]);
+        let changes = registry.apply(0x80_0000, &Ok(PointerInfo::unregistered()), fingerprint(&other)).unwrap();
+        let mut moved: Vec<u64> = changes.iter().map(|c| match c {
+            Change::Verdict { registration, .. } => registration.id,
+            other => panic!("unexpected {other:?}"),
+        }).collect();
+        moved.sort_unstable();
+        let want: Vec<u64> = (0..40).filter(|&i| place(i).0 == 1).map(|i| first + i as u64).collect();
+        assert_eq!(moved, want, "alternating: {alternating}");
+        for i in 0..40 {
+            let verdict = registry.verdict(first + i as u64).unwrap().0;
+            assert_eq!(verdict, if place(i).0 == 1 { Verdict::NotMapped } else { Verdict::Resident });
+            assert_eq!(registry.get(first + i as u64).unwrap().pieces[0].query_at, [ARENA, 0x80_0000][place(i).0]);
+        }
+    }
+}

@@ -76,7 +76,7 @@ pub(super) struct Group {
     device: i32,
     /// Rows still registered.
     live: u32,
-    /// Its rows: `order[from..to]`.
+    /// Its rows: `order[from..to]`, or `rows[from..to]` when the batch has no `order`.
     from: u32,
     to: u32,
 }
@@ -93,7 +93,8 @@ pub(super) struct Batch {
     rows: Vec<Row>,
     /// By `query_at`, one per allocation.
     groups: Vec<Group>,
-    /// Row indices, grouped: a group's rows are `order[from..to]`.
+    /// Row indices, grouped: a group's rows are `order[from..to]`. Empty when each group's
+    /// rows are one run of `rows` (entries in model order).
     order: Vec<u32>,
     pub(super) live: u64,
     pub(super) live_bytes: u64,
@@ -114,6 +115,9 @@ pub(super) struct BatchBuilder {
     batch: Batch,
     /// Group of each extent the caller names rows by (`u32::MAX`: none yet).
     group_of_extent: Vec<u32>,
+    /// The group of the last row pushed, and whether some group's rows are not one run.
+    last_group: u32,
+    scattered: bool,
 }
 
 impl BatchBuilder {
@@ -131,12 +135,15 @@ impl BatchBuilder {
                 live_bytes: 0,
             },
             group_of_extent: vec![u32::MAX; extents],
+            last_group: u32::MAX,
+            scattered: false,
         }
     }
 
     /// The next row: `[start, end)` inside extent `extent` (`(query_at, answer)`).
     pub(super) fn push(&mut self, label: &str, start: u64, end: u64, extent: usize, (query_at, answer): (u64, &PointerInfo)) {
         let batch = &mut self.batch;
+        let row = batch.rows.len() as u32;
         let group = match self.group_of_extent[extent] {
             u32::MAX => {
                 let g = batch.groups.len() as u32;
@@ -146,15 +153,21 @@ impl BatchBuilder {
                     buffer_id: answer.buffer_id,
                     device: answer.device_ordinal,
                     live: 0,
-                    from: 0,
-                    to: 0,
+                    from: row,
+                    to: row,
                 });
                 self.group_of_extent[extent] = g;
                 g
             }
-            g => g,
+            g => {
+                self.scattered |= g != self.last_group;
+                g
+            }
         };
-        batch.groups[group as usize].live += 1;
+        self.last_group = group;
+        let g = &mut batch.groups[group as usize];
+        g.live += 1;
+        g.to = row + 1;
         let label_at = batch.labels.len() as u32;
         batch.labels.push_str(label);
         batch.rows.push(Row {
@@ -178,19 +191,23 @@ impl BatchBuilder {
     /// The batch, its groups sorted by address and their rows indexed.
     pub(super) fn finish(self) -> Batch {
         let mut batch = self.batch;
-        // A counting sort of the rows by group: a check judges one allocation's rows together.
-        let mut next = 0u32;
-        for group in batch.groups.iter_mut() {
-            group.from = next;
-            group.to = next;
-            next += group.live;
-        }
-        batch.order = vec![0; next as usize];
-        for (i, row) in batch.rows.iter().enumerate() {
-            if row.live() {
-                let group = &mut batch.groups[row.group as usize];
-                batch.order[group.to as usize] = i as u32;
-                group.to += 1;
+        if self.scattered {
+            // A counting sort of the rows by group: a check judges one allocation's rows
+            // together. (Otherwise each group's rows are already `rows[from..to]`, rows
+            // stored elsewhere among them never live.)
+            let mut next = 0u32;
+            for group in batch.groups.iter_mut() {
+                group.from = next;
+                group.to = next;
+                next += group.live;
+            }
+            batch.order = vec![0; next as usize];
+            for (i, row) in batch.rows.iter().enumerate() {
+                if row.live() {
+                    let group = &mut batch.groups[row.group as usize];
+                    batch.order[group.to as usize] = i as u32;
+                    group.to += 1;
+                }
             }
         }
         // Sorted by address for lookups, rows renumbered to match.
@@ -306,7 +323,7 @@ impl Batch {
         let Ok(g) = self.groups.binary_search_by_key(&address, |g| g.query_at) else { return };
         let group = self.groups[g];
         for k in group.from..group.to {
-            let i = self.order[k as usize] as usize;
+            let i = if self.order.is_empty() { k as usize } else { self.order[k as usize] as usize };
             let row = &mut self.rows[i];
             if !row.live() {
                 continue;
