@@ -290,6 +290,61 @@ fn bench_classify(c: &mut Criterion) {
     group.finish();
 }
 
+/// A model in one call against a loop of register: `entries` 4 KiB tensors in `allocations`
+/// 2 MiB allocations, in model order (an allocation's tensors one after another) and
+/// interleaved (entry i in allocation i % allocations). Each round registers them all (timed)
+/// and unregisters them (untimed).
+fn bench_register_many(c: &mut Criterion) {
+    let (entries, allocations) = if full_run() { (100_000usize, 1_000usize) } else { (100, 10) };
+    let per = entries / allocations;
+    let driver = Arc::new(ModelDriver::new(allocations as u64, CHUNK));
+    let monitor = monitor(&driver);
+    let mut group = c.benchmark_group("register_many");
+    group.throughput(Throughput::Elements(entries as u64));
+    group.sample_size(10);
+    for (order, place) in [("model", (|i, per, _| (i / per, i % per)) as fn(usize, usize, usize) -> (usize, usize)), ("interleaved", |i, _, n| (i % n, i / n))] {
+        let labels: Vec<String> = (0..entries).map(|i| format!("model.layers.{}.w{}", place(i, per, allocations).0, place(i, per, allocations).1)).collect();
+        let regions: Vec<vram_monitor::Region<'_>> = (0..entries)
+            .map(|i| {
+                let (a, t) = place(i, per, allocations);
+                vram_monitor::Region { ptr: driver.start(a as u64) + t as u64 * 4096, size: 4096, label: &labels[i] }
+            })
+            .collect();
+        let id = format!("{entries}_in_{allocations}_{order}");
+        group.bench_function(BenchmarkId::new("loop_of_register", &id), |b| {
+            b.iter_custom(|iters| {
+                let mut timed = Duration::ZERO;
+                for _ in 0..iters {
+                    let started = Instant::now();
+                    let ids: Vec<RegistrationId> = regions.iter().map(|r| monitor.register(r.ptr, r.size, r.label).expect("register")).collect();
+                    timed += started.elapsed();
+                    for id in ids {
+                        monitor.unregister(id).expect("unregister");
+                    }
+                }
+                timed
+            })
+        });
+        group.bench_function(BenchmarkId::new("register_many", &id), |b| {
+            b.iter_custom(|iters| {
+                let mut timed = Duration::ZERO;
+                for _ in 0..iters {
+                    let started = Instant::now();
+                    let done = monitor.register_many(black_box(&regions), true).expect("register_many");
+                    timed += started.elapsed();
+                    assert_eq!((done.registered(), done.queries), (entries, allocations as u64));
+                    for id in done.ids() {
+                        monitor.unregister(id).expect("unregister");
+                    }
+                }
+                timed
+            })
+        });
+    }
+    assert_eq!(monitor.health().registrations, 0, "every round undone");
+    group.finish();
+}
+
 /// What the fake itself costs per query, to subtract from the figures above.
 fn bench_model(c: &mut Criterion) {
     let n = sizes().distinct[1];
@@ -312,5 +367,5 @@ fn bench_model(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_classify, bench_model, bench_register, bench_check);
+criterion_group!(benches, bench_classify, bench_model, bench_register, bench_register_many, bench_check);
 criterion_main!(benches);
