@@ -145,6 +145,23 @@ static void bad_entries_fail_only_themselves(VramMonitor *m) {
               res[7] == VRAM_MONITOR_RESULT_NULL_ARGUMENT && res[0] == VRAM_MONITOR_RESULT_ENTRIES_FAILED,
           "own codes for the rejected, ENTRIES_FAILED for the rest");
 
+    section("a range repeated after an entry C rejects is still a repeat");
+    {
+        static const char not_utf8[] = {(char)0xff, 0};
+        VramMonitorRegion rep[4] = {{as_ptr(dev), 4096, not_utf8}, {as_ptr(dev), 4096, "again"}, {as_ptr(dev + 4096), 4096, NULL},
+                                    {as_ptr(dev + 8192), 4096, "fine"}};
+        uint64_t id4[4];
+        VramMonitorResult res4[4];
+        registered = 99;
+        CHECK_RESULT(vram_monitor_register_many(m, rep, 4, 0, id4, res4, &registered), VRAM_MONITOR_RESULT_ENTRIES_FAILED);
+        CHECK(res4[0] == VRAM_MONITOR_RESULT_INVALID_LABEL && res4[1] == VRAM_MONITOR_RESULT_DUPLICATE_RANGE &&
+                  res4[2] == VRAM_MONITOR_RESULT_NULL_ARGUMENT && res4[3] == VRAM_MONITOR_RESULT_OK,
+              "invalid label, the repeat DUPLICATE_RANGE, NULL label, the last registered (%d %d %d %d)", res4[0], res4[1],
+              res4[2], res4[3]);
+        CHECK(registered == 1 && id4[1] == 0 && id4[3] != 0, "only the last registered");
+        CHECK_RESULT(vram_monitor_unregister(m, id4[3]), VRAM_MONITOR_RESULT_OK);
+    }
+
     section("bad calls");
     CHECK_RESULT(vram_monitor_register_many(m, NULL, 3, 0, ids, res, NULL), VRAM_MONITOR_RESULT_NULL_ARGUMENT);
     CHECK_RESULT(vram_monitor_register_many(m, r, 0, 0, ids, res, NULL), VRAM_MONITOR_RESULT_INVALID_ARGUMENT);

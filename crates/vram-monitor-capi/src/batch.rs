@@ -1,5 +1,6 @@
 //! Registering a whole model in one call, and reading one registration back.
 
+use std::collections::HashSet;
 use std::ffi::{c_char, c_void, CStr};
 
 use crate::handle::{on_monitor, VramMonitor};
@@ -95,29 +96,41 @@ pub unsafe extern "C" fn vram_monitor_register_many(
         // Entries C itself rejects (NULL pointers, labels not UTF-8) are judged here, in
         // `own` (index, why); the others go to the core together, `positions` mapping them
         // back (only needed once an entry was rejected here).
-        let mut own: Vec<(usize, VramMonitorResult)> = Vec::new();
-        let mut regions_for_core = Vec::with_capacity(count);
-        let mut positions: Vec<usize> = Vec::new();
-        for (i, entry) in entries.iter().enumerate() {
-            let rejected = if entry.ptr.is_null() || entry.label.is_null() {
-                VramMonitorResult::NullArgument
-            } else {
-                // SAFETY: non-NULL and NUL-terminated (the caller's contract).
-                match unsafe { CStr::from_ptr(entry.label) }.to_str() {
+        let split = |repeats_here: bool| {
+            let mut own: Vec<(usize, VramMonitorResult)> = Vec::new();
+            let mut regions_for_core = Vec::with_capacity(count);
+            let mut positions: Vec<usize> = Vec::new();
+            let mut seen: HashSet<(usize, usize)> = HashSet::new();
+            for (i, entry) in entries.iter().enumerate() {
+                let judged = if repeats_here && !seen.insert((entry.ptr as usize, entry.size)) {
+                    Err(VramMonitorResult::DuplicateRange)
+                } else {
+                    // SAFETY: a label is NULL or NUL-terminated (the caller's contract).
+                    unsafe { label_of(entry) }
+                };
+                match judged {
                     Ok(label) => {
                         regions_for_core.push(Region { ptr: entry.ptr as u64, size: entry.size as u64, label });
                         if !own.is_empty() {
                             positions.push(i);
                         }
-                        continue;
                     }
-                    Err(_) => VramMonitorResult::InvalidLabel,
+                    Err(rejected) => {
+                        if own.is_empty() {
+                            positions.extend(0..i);
+                        }
+                        own.push((i, rejected));
+                    }
                 }
-            };
-            if own.is_empty() {
-                positions.extend(0..i);
             }
-            own.push((i, rejected));
+            (own, regions_for_core, positions)
+        };
+        let (mut own, mut regions_for_core, mut positions) = split(false);
+        if !own.is_empty() {
+            // An entry rejected here never reaches the core's check for the same range
+            // twice: with one, that check is made here for every entry, first as in the core
+            // (a repeat is DUPLICATE_RANGE whatever else is wrong with it).
+            (own, regions_for_core, positions) = split(true);
         }
         let all_or_nothing = flags & VRAM_MONITOR_REGISTER_ALL_OR_NOTHING != 0;
         // With all-or-nothing, an entry C rejected already fails the call: register nothing.
@@ -157,6 +170,19 @@ pub unsafe extern "C" fn vram_monitor_register_many(
             VramMonitorResult::EntriesFailed
         }
     })
+}
+
+/// Entry `entry`'s label, or why C itself rejects the entry: a NULL ptr or label, a label
+/// that is not UTF-8.
+///
+/// # Safety
+/// `entry.label` is NULL or NUL-terminated.
+unsafe fn label_of(entry: &VramMonitorRegion) -> Result<&str, VramMonitorResult> {
+    if entry.ptr.is_null() || entry.label.is_null() {
+        return Err(VramMonitorResult::NullArgument);
+    }
+    // SAFETY: non-NULL and NUL-terminated (the caller's contract).
+    unsafe { CStr::from_ptr(entry.label) }.to_str().map_err(|_| VramMonitorResult::InvalidLabel)
 }
 
 /// Reads one registration: fills `*out_info` and copies its label, NUL-terminated, into

@@ -3,6 +3,7 @@
 
 use super::*;
 use super::tests::{answer, piece};
+use crate::core::batch::{Passed, Region, INSPECTED};
 use crate::core::driver::MemoryType;
 use crate::core::inspect::inspect_with;
 
@@ -233,4 +234,30 @@ fn a_check_of_one_allocation_judges_only_its_rows_in_any_entry_order() {
             assert_eq!(registry.get(first + i as u64).unwrap().pieces[0].query_at, [ARENA, 0x80_0000][place(i).0]);
         }
     }
+}
+
+#[test]
+fn rows_of_two_answers_at_one_address_are_all_judged_by_a_check() {
+    // The allocation at ARENA was freed and allocated again, larger, while the call asked:
+    // two extents with the same address. A batch judges a group by its address, so the rows
+    // of the second are stored on their own; a check of ARENA judges all four.
+    let registry = Registry::new();
+    let labels = labels(4);
+    let regions = tensors(&labels);
+    let grown = PointerInfo { range_size: 0x40_0000, ..arena(8) };
+    let passed: Vec<Passed> = (0..4).map(|i| Passed { index: i, extent: i / 2 }).collect();
+    let first = registry.insert_many(&regions, &passed, &[(ARENA, arena(7)), (ARENA, grown)], &[]);
+    assert_eq!(registry.counts().registrations, 4);
+    assert_eq!(registry.get(first + 3).unwrap().pieces[0].buffer_id, 8);
+    let mut plan = Vec::new();
+    registry.allocation_addresses(shard_of_address(ARENA), &mut plan);
+    let (_, value) = plan.iter().find(|(a, _)| *a == ARENA).copied().unwrap();
+    assert!(is_mark(value), "judged by two answers: marked");
+    let changes = registry.apply(ARENA, &Ok(PointerInfo::unregistered()), value).unwrap();
+    assert_eq!(changes.len(), 4, "{changes:?}");
+    for id in first..first + 4 {
+        assert_eq!(registry.verdict(id).unwrap().0, Verdict::NotMapped);
+        registry.remove(id).unwrap();
+    }
+    assert_eq!(registry.counts(), RegistryCounts::default());
 }

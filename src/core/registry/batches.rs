@@ -115,6 +115,8 @@ pub(super) struct BatchBuilder {
     batch: Batch,
     /// Group of each extent the caller names rows by (`u32::MAX`: none yet).
     group_of_extent: Vec<u32>,
+    /// The addresses that have a group.
+    addresses: std::collections::HashSet<u64, std::hash::BuildHasherDefault<super::IntegerHasher>>,
     /// The group of the last row pushed, and whether some group's rows are not one run.
     last_group: u32,
     scattered: bool,
@@ -135,16 +137,22 @@ impl BatchBuilder {
                 live_bytes: 0,
             },
             group_of_extent: vec![u32::MAX; extents],
+            addresses: Default::default(),
             last_group: u32::MAX,
             scattered: false,
         }
     }
 
-    /// The next row: `[start, end)` inside extent `extent` (`(query_at, answer)`).
-    pub(super) fn push(&mut self, label: &str, start: u64, end: u64, extent: usize, (query_at, answer): (u64, &PointerInfo)) {
+    /// The next row: `[start, end)` inside extent `extent` (`(query_at, answer)`). False, and
+    /// nothing done, when another extent of this batch has the same address (answers that
+    /// changed during the call): a group is judged by its address, so the row must be stored
+    /// on its own.
+    #[must_use]
+    pub(super) fn push(&mut self, label: &str, start: u64, end: u64, extent: usize, (query_at, answer): (u64, &PointerInfo)) -> bool {
         let batch = &mut self.batch;
         let row = batch.rows.len() as u32;
         let group = match self.group_of_extent[extent] {
+            u32::MAX if !self.addresses.insert(query_at) => return false,
             u32::MAX => {
                 let g = batch.groups.len() as u32;
                 batch.groups.push(Group {
@@ -181,6 +189,7 @@ impl BatchBuilder {
         });
         batch.live += 1;
         batch.live_bytes += end - start;
+        true
     }
 
     /// The next id's row is stored elsewhere (a registration of several pieces).
@@ -229,6 +238,11 @@ impl Batch {
     /// Its first id.
     pub(super) fn first(&self) -> RegistrationId {
         self.first
+    }
+
+    /// How many ids its rows cover (live or not).
+    pub(super) fn rows(&self) -> u64 {
+        self.rows.len() as u64
     }
 
     /// The allocations it has rows in.
@@ -354,10 +368,10 @@ pub(super) struct Batches {
 }
 
 impl Batches {
-    /// Adds a batch.
-    pub(super) fn add(&self, batch: Batch) {
-        let (first, rows) = (batch.first, batch.rows.len() as u64);
-        self.table.write().unwrap_or_else(|e| e.into_inner()).insert(first, (rows, Arc::new(Mutex::new(batch))));
+    /// Adds a batch (its first id and how many ids its rows cover). The caller may hold its
+    /// lock meanwhile, so that nothing reads or removes its rows until the allocations name it.
+    pub(super) fn add(&self, batch: &Arc<Mutex<Batch>>, first: RegistrationId, rows: u64) {
+        self.table.write().unwrap_or_else(|e| e.into_inner()).insert(first, (rows, batch.clone()));
     }
 
     /// The batch whose range holds `id`.
@@ -369,9 +383,11 @@ impl Batches {
 
     /// Drops the batch that starts at `first` if no row of it is left.
     pub(super) fn drop_if_empty(&self, first: RegistrationId) {
-        let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
-        if table.get(&first).is_some_and(|(_, batch)| lock(batch).live == 0) {
-            table.remove(&first);
+        // A batch's rows never come back, so one found empty stays empty: no lock of the
+        // batch is held while the table is written (a new batch is locked while it is added).
+        let Some(batch) = self.find(first) else { return };
+        if lock(&batch).live == 0 {
+            self.table.write().unwrap_or_else(|e| e.into_inner()).remove(&first);
         }
     }
 

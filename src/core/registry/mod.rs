@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::core::driver::{DriverError, PointerInfo};
-use crate::core::inspect::Inspection;
 use crate::core::verdict::{classify_piece, Piece, Verdict};
 
 mod allocations;
@@ -34,6 +33,7 @@ mod hasher;
 pub(crate) use hasher::IntegerHasher;
 mod ids;
 mod pending;
+mod together;
 use pending::PENDING_LIMIT;
 mod values;
 #[cfg(test)]
@@ -42,8 +42,7 @@ mod tests;
 mod batch_tests;
 
 use allocations::{AllocationShard, FAILED};
-use batches::{BatchBuilder, Batches, Transition};
-use crate::core::batch::{Passed, Region, INSPECTED};
+use batches::Batches;
 pub use allocations::is_mark;
 use entries::{verdict_of, RegistrationEntry, RegistrationShard};
 pub use fingerprint::fingerprint;
@@ -141,60 +140,6 @@ impl Registry {
         id
     }
 
-    /// Adds many registrations found resident, as [`Registry::insert`] adds one, and returns
-    /// the first id: `passed[k]` (entry `regions[passed[k].index]`) gets id `first + k`.
-    ///
-    /// Entries inside one extent (`extents[passed[k].extent]`: where a check asks, and the
-    /// answer there) become rows of a batch: one record, one membership per allocation. Those
-    /// with `extent` [`INSPECTED`] (several pieces) take the next of `inspected` and are stored
-    /// on their own. Crate-only: the caller judged every entry resident (core/batch.rs).
-    pub(crate) fn insert_many(
-        &self,
-        regions: &[Region<'_>],
-        passed: &[Passed],
-        extents: &[(u64, PointerInfo)],
-        inspected: &[Inspection],
-    ) -> RegistrationId {
-        let first = next_ids(passed.len() as u64);
-        let mut inspected = inspected.iter();
-        let mut id = first;
-        for part in passed.chunks(batches::MAX_ROWS) {
-            let label_bytes = part.iter().map(|p| regions[p.index as usize].label.len()).sum();
-            let mut builder = BatchBuilder::new(id, part.len(), label_bytes, extents.len());
-            let mut alone = Vec::new();
-            for (k, p) in part.iter().enumerate() {
-                let region = &regions[p.index as usize];
-                if p.extent == INSPECTED {
-                    builder.skip();
-                    alone.extend(inspected.next().map(|found| (id + k as u64, region.label, found)));
-                } else {
-                    let (query_at, answer) = &extents[p.extent as usize];
-                    builder.push(region.label, region.ptr, region.ptr + region.size, p.extent as usize, (*query_at, answer));
-                }
-            }
-            let batch = builder.finish();
-            if batch.live > 0 {
-                let batch_first = batch.first();
-                let mut joins: Vec<(usize, u64, u64)> = batch.groups().map(|g| (shard_of_address(g.query_at), g.query_at, g.seen)).collect();
-                // The batch exists before any allocation names it, as in `insert`.
-                self.batches.add(batch);
-                joins.sort_unstable();
-                for group in joins.chunk_by(|a, b| a.0 == b.0) {
-                    let mut shard = lock(&self.allocations[group[0].0]);
-                    for &(_, address, seen) in group {
-                        shard.join_batch(address, seen, batch_first);
-                    }
-                }
-            }
-            for (id, label, found) in alone {
-                let registration = RegistrationEntry::new(label, found.device, found.pieces());
-                lock(&self.registrations[shard_of_id(id)]).add_pending(id, registration, found.answers());
-            }
-            id += part.len() as u64;
-        }
-        first
-    }
-
     /// Removes a registration; `None` if the id is not registered (any more). Returns nothing
     /// of it: unregistering is on the engine's hot path, and a copy of the label would cost an
     /// allocation per call.
@@ -223,23 +168,6 @@ impl Registry {
         for tracked in joined {
             let address = tracked.piece.query_at;
             lock(&self.allocations[shard_of_address(address)]).leave(address, id);
-        }
-        Some(())
-    }
-
-    /// [`Registry::remove`] of a registration made in a batch.
-    fn remove_batched(&self, id: RegistrationId) -> Option<()> {
-        let batch = self.batches.find(id)?;
-        let (removed, first) = {
-            let mut batch = lock(&batch);
-            (batch.remove(id)?, batch.first())
-        };
-        self.recount(removed.verdict, removed.failing, Verdict::Resident, false);
-        if let Some(address) = removed.left {
-            lock(&self.allocations[shard_of_address(address)]).leave_batch(address, first);
-        }
-        if removed.empty {
-            self.batches.drop_if_empty(first);
         }
         Some(())
     }
@@ -415,18 +343,6 @@ impl Registry {
         Ok(changes)
     }
 
-    /// Counts a batch row's transition and reports it as [`Registry::apply`] reports a
-    /// registration's.
-    fn changed(&self, ((from, was_failing), (verdict, failing)): Transition, registration: RegistrationInfo, answer: &Result<PointerInfo, DriverError>, changes: &mut Vec<Change>) {
-        self.recount(from, was_failing, verdict, failing);
-        if let (false, true, Err(error)) = (was_failing, failing, answer) {
-            changes.push(Change::CheckFailed { registration: registration.clone(), error: error.clone() });
-        }
-        if from != verdict {
-            changes.push(Change::Verdict { registration, from });
-        }
-    }
-
     /// Marks a sealed registration's content as modified (or, at reseal, as matching again)
     /// and returns the change of verdict it makes, if any; `None` for an unknown id.
     pub fn set_modified(&self, id: RegistrationId, modified: bool) -> Option<Option<Change>> {
@@ -434,7 +350,10 @@ impl Registry {
         let Some(registration) = shard.get_mut(id) else {
             drop(shard);
             let batch = self.batches.find(id)?;
-            let (((from, was_failing), (verdict, failing)), registration) = lock(&batch).set_modified(id, modified)?;
+            let mut batch = lock(&batch);
+            let (((from, was_failing), (verdict, failing)), registration) = batch.set_modified(id, modified)?;
+            // Counted under the batch's lock, as a check counts its judgements: a check in
+            // between would count from the state before this one.
             self.recount(from, was_failing, verdict, failing);
             return Some((from != verdict).then_some(Change::Verdict { registration, from }));
         };

@@ -1,0 +1,156 @@
+//! Tests of judging a `register_many` call (../batch.rs).
+
+use super::*;
+use crate::core::driver::MemoryType;
+use crate::core::inspect::inspect;
+use crate::core::verdict::Piece;
+
+/// Allocations of 64 KiB, each its own extent, counting the queries.
+struct Allocations {
+    bases: Vec<u64>,
+    queries: std::sync::atomic::AtomicU64,
+}
+
+impl Driver for Allocations {
+    fn pointer_info(&self, address: u64) -> Result<PointerInfo, DriverError> {
+        self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(match self.bases.iter().find(|&&b| b <= address && address < b + 0x1_0000) {
+            Some(&base) => PointerInfo {
+                memory_type: MemoryType::Device,
+                is_managed: false,
+                device_ordinal: 0,
+                buffer_id: base >> 16,
+                range_start: base,
+                range_size: 0x1_0000,
+                mapping_base: 0,
+                mapping_size: 0,
+            },
+            None => PointerInfo::unregistered(),
+        })
+    }
+    fn device_used_memory(&self, _: i32) -> Option<u64> {
+        None
+    }
+    fn version(&self) -> Option<i32> {
+        None
+    }
+}
+
+#[test]
+fn entries_in_allocations_handed_out_downwards_are_judged_with_one_query_each_as_directly() {
+    // Allocations at falling addresses, as the CUDA allocator hands them out; four
+    // tensors in each, in a model's order, with a stray pointer and a repeat among them.
+    let driver = Allocations { bases: (0..50u64).map(|i| 0x100_0000 - i * 0x2_0000).collect(), queries: Default::default() };
+    let labels: Vec<String> = (0..200).map(|i| format!("t{i}")).collect();
+    let mut regions: Vec<Region<'_>> =
+        (0..200).map(|i| Region { ptr: driver.bases[i / 4] + (i % 4) as u64 * 0x1000, size: 0x1000, label: &labels[i] }).collect();
+    regions[7].ptr = 0x10; // not CUDA memory
+    regions[150] = regions[149]; // the same range twice
+    let judged = judge_all(&driver, &regions);
+    assert_eq!(judged.queries, 51, "one per allocation, and the stray pointer");
+    assert_eq!(driver.queries.load(std::sync::atomic::Ordering::Relaxed), 51);
+    let failed: Vec<usize> = judged.failures.iter().map(|&(i, _)| i).collect();
+    assert_eq!(failed, [7, 150]);
+    assert_eq!(judged.failures[1].1, Error::DuplicateRange);
+    assert_eq!(judged.passed.len(), 198);
+    assert!(judged.inspected.is_empty(), "every entry lies inside one allocation");
+    for Passed { index, extent } in judged.passed {
+        let r = &regions[index as usize];
+        let direct = inspect(&driver, r.ptr, r.size).unwrap();
+        let (query_at, answer) = judged.extents[extent as usize];
+        assert_eq!(direct.verdict, Verdict::Resident);
+        assert_eq!(direct.pieces(), [Piece { query_at, start: r.ptr, end: r.ptr + r.size, buffer_id: answer.buffer_id }], "entry {index} judged from the snapshot as directly");
+        assert_eq!(direct.answers(), [answer]);
+    }
+}
+
+#[test]
+fn the_same_range_twice_is_found_in_any_order_of_allocations() {
+    let driver = Allocations { bases: (0..8u64).map(|i| 0x100_0000 + i * 0x2_0000).collect(), queries: Default::default() };
+    let labels: Vec<String> = (0..64).map(|i| format!("t{i}")).collect();
+    // Interleaved: entry i is tensor i / 8 of allocation i % 8 (each allocation's tensors
+    // ascend, the entries as a whole do not).
+    let interleaved: Vec<Region<'_>> =
+        (0..64).map(|i| Region { ptr: driver.bases[i % 8] + (i / 8) as u64 * 0x1000, size: 0x1000, label: &labels[i] }).collect();
+    let judged = judge_all(&driver, &interleaved);
+    assert!(judged.failures.is_empty(), "{:?}", judged.failures);
+    assert_eq!(judged.queries, 8);
+    // A repeat far from its first occurrence, one of another size, and one of a range
+    // that is refused (size 0): the first occurrence stands, the repeats are duplicates.
+    let mut with_repeats = interleaved.clone();
+    with_repeats[50] = interleaved[3];
+    with_repeats[51] = Region { size: 0x800, ..interleaved[4] };
+    with_repeats[10] = Region { size: 0, ..interleaved[10] };
+    with_repeats[60] = with_repeats[10];
+    let judged = judge_all(&driver, &with_repeats);
+    let failed: Vec<(usize, Error)> = judged.failures.clone();
+    assert_eq!(failed, [(10, Error::InvalidArgument("size must be non-zero")), (50, Error::DuplicateRange), (60, Error::DuplicateRange)]);
+    assert_eq!(judged.passed.len(), 61);
+}
+
+#[test]
+fn a_range_repeated_after_its_first_query_failed_is_still_a_duplicate() {
+    /// The allocations above, the first query failing.
+    struct FailsFirst(Allocations, std::sync::atomic::AtomicBool);
+    impl Driver for FailsFirst {
+        fn pointer_info(&self, address: u64) -> Result<PointerInfo, DriverError> {
+            if !self.1.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                return Err(DriverError::Call { function: "cuPointerGetAttributes", code: 999 });
+            }
+            self.0.pointer_info(address)
+        }
+        fn device_used_memory(&self, _: i32) -> Option<u64> {
+            None
+        }
+        fn version(&self) -> Option<i32> {
+            None
+        }
+    }
+    let driver = FailsFirst(Allocations { bases: vec![0x100_0000], queries: Default::default() }, Default::default());
+    let regions = [
+        Region { ptr: 0x100_0000, size: 0x1000, label: "first" },
+        Region { ptr: 0x100_0000, size: 0x1000, label: "again" },
+        Region { ptr: 0x100_1000, size: 0x1000, label: "other" },
+    ];
+    let judged = judge_all(&driver, &regions);
+    assert!(matches!(judged.failures[0], (0, Error::Driver(_))), "{:?}", judged.failures);
+    assert_eq!(judged.failures[1], (1, Error::DuplicateRange), "the first occurrence failed, the repeat is still a repeat");
+    assert_eq!(judged.passed.len(), 1);
+}
+
+#[test]
+fn a_range_over_several_mappings_is_inspected_piece_by_piece() {
+    /// One 4 MiB reservation of two 2 MiB mappings, as expandable segments lay it out.
+    struct Mappings;
+    impl Driver for Mappings {
+        fn pointer_info(&self, address: u64) -> Result<PointerInfo, DriverError> {
+            Ok(PointerInfo {
+                memory_type: MemoryType::Device,
+                is_managed: false,
+                device_ordinal: 0,
+                buffer_id: 9,
+                range_start: 0x40_0000,
+                range_size: 0x40_0000,
+                mapping_base: address & !0x1f_ffff,
+                mapping_size: 0x20_0000,
+            })
+        }
+        fn device_used_memory(&self, _: i32) -> Option<u64> {
+            None
+        }
+        fn version(&self) -> Option<i32> {
+            None
+        }
+    }
+    let regions = [
+        Region { ptr: 0x40_0000, size: 0x1000, label: "inside" },
+        Region { ptr: 0x5f_f000, size: 0x2000, label: "over" },
+        Region { ptr: 0x60_1000, size: 0x1000, label: "second" },
+    ];
+    let judged = judge_all(&Mappings, &regions);
+    assert!(judged.failures.is_empty());
+    assert_eq!(judged.passed.iter().map(|p| p.extent == INSPECTED).collect::<Vec<_>>(), [false, true, false]);
+    assert_eq!(judged.inspected, [inspect(&Mappings, 0x5f_f000, 0x2000).unwrap()]);
+    assert_eq!(judged.inspected[0].pieces().len(), 2);
+    assert_eq!(judged.queries, 2, "one per mapping");
+}

@@ -1,0 +1,113 @@
+//! Registrations made together (`register_many`): how the registry inserts a call as
+//! batches, removes a batch's row, and reports a row's change in a check.
+
+use std::sync::Mutex;
+
+use super::batches::{BatchBuilder, Transition};
+use super::entries::RegistrationEntry;
+use super::{next_ids, shard_of_address, shard_of_id, Change, RegistrationId, RegistrationInfo, Registry};
+use crate::core::batch::{Passed, Region, INSPECTED};
+use crate::core::driver::{DriverError, PointerInfo};
+use crate::core::inspect::Inspection;
+use crate::core::sync::lock;
+use crate::core::verdict::{Piece, Verdict};
+
+impl Registry {
+    /// Adds many registrations found resident, as [`Registry::insert`] adds one, and returns
+    /// the first id: `passed[k]` (entry `regions[passed[k].index]`) gets id `first + k`.
+    ///
+    /// Entries inside one extent (`extents[passed[k].extent]`: where a check asks, and the
+    /// answer there) become rows of a batch: one record, one membership per allocation. Those
+    /// with `extent` [`INSPECTED`] (several pieces) take the next of `inspected` and are stored
+    /// on their own. Crate-only: the caller judged every entry resident (core/batch.rs).
+    pub(crate) fn insert_many(
+        &self,
+        regions: &[Region<'_>],
+        passed: &[Passed],
+        extents: &[(u64, PointerInfo)],
+        inspected: &[Inspection],
+    ) -> RegistrationId {
+        let first = next_ids(passed.len() as u64);
+        let mut inspected = inspected.iter();
+        let mut id = first;
+        for part in passed.chunks(super::batches::MAX_ROWS) {
+            let label_bytes = part.iter().map(|p| regions[p.index as usize].label.len()).sum();
+            let mut builder = BatchBuilder::new(id, part.len(), label_bytes, extents.len());
+            let mut alone = Vec::new();
+            // Rows inside an extent whose address another extent of this call already has.
+            let mut apart = Vec::new();
+            for (k, p) in part.iter().enumerate() {
+                let region = &regions[p.index as usize];
+                if p.extent == INSPECTED {
+                    builder.skip();
+                    alone.extend(inspected.next().map(|found| (id + k as u64, region.label, found)));
+                } else {
+                    let (query_at, answer) = &extents[p.extent as usize];
+                    let end = region.ptr + region.size;
+                    if !builder.push(region.label, region.ptr, end, p.extent as usize, (*query_at, answer)) {
+                        builder.skip();
+                        let piece = Piece { query_at: *query_at, start: region.ptr, end, buffer_id: answer.buffer_id };
+                        apart.push((id + k as u64, region.label, piece, *answer));
+                    }
+                }
+            }
+            let batch = builder.finish();
+            if batch.live > 0 {
+                let (batch_first, rows) = (batch.first(), batch.rows());
+                let mut joins: Vec<(usize, u64, u64)> = batch.groups().map(|g| (shard_of_address(g.query_at), g.query_at, g.seen)).collect();
+                // The batch exists before any allocation names it, as in `insert`, and stays
+                // locked until they all do: a thread that found its ids (in a snapshot) and
+                // unregisters them waits, so it never leaves an allocation before joining it.
+                let batch = std::sync::Arc::new(Mutex::new(batch));
+                let _joining = lock(&batch);
+                self.batches.add(&batch, batch_first, rows);
+                joins.sort_unstable();
+                for group in joins.chunk_by(|a, b| a.0 == b.0) {
+                    let mut shard = lock(&self.allocations[group[0].0]);
+                    for &(_, address, seen) in group {
+                        shard.join_batch(address, seen, batch_first);
+                    }
+                }
+            }
+            for (id, label, found) in alone {
+                let registration = RegistrationEntry::new(label, found.device, found.pieces());
+                lock(&self.registrations[shard_of_id(id)]).add_pending(id, registration, found.answers());
+            }
+            for (id, label, piece, answer) in apart {
+                let registration = RegistrationEntry::new(label, answer.device_ordinal, &[piece]);
+                lock(&self.registrations[shard_of_id(id)]).add_pending(id, registration, &[answer]);
+            }
+            id += part.len() as u64;
+        }
+        first
+    }
+
+    /// [`Registry::remove`] of a registration made in a batch.
+    pub(super) fn remove_batched(&self, id: RegistrationId) -> Option<()> {
+        let batch = self.batches.find(id)?;
+        let (removed, first) = {
+            let mut batch = lock(&batch);
+            (batch.remove(id)?, batch.first())
+        };
+        self.recount(removed.verdict, removed.failing, Verdict::Resident, false);
+        if let Some(address) = removed.left {
+            lock(&self.allocations[shard_of_address(address)]).leave_batch(address, first);
+        }
+        if removed.empty {
+            self.batches.drop_if_empty(first);
+        }
+        Some(())
+    }
+
+    /// Counts a batch row's transition and reports it as [`Registry::apply`] reports a
+    /// registration's.
+    pub(super) fn changed(&self, ((from, was_failing), (verdict, failing)): Transition, registration: RegistrationInfo, answer: &Result<PointerInfo, DriverError>, changes: &mut Vec<Change>) {
+        self.recount(from, was_failing, verdict, failing);
+        if let (false, true, Err(error)) = (was_failing, failing, answer) {
+            changes.push(Change::CheckFailed { registration: registration.clone(), error: error.clone() });
+        }
+        if from != verdict {
+            changes.push(Change::Verdict { registration, from });
+        }
+    }
+}
