@@ -53,6 +53,9 @@ struct Snapshot<'d> {
     by_start: std::collections::BTreeMap<u64, u32>,
     /// The extent the last lookup used: consecutive entries are mostly in one allocation.
     last: u32,
+    /// Whether two extents overlap (memory freed and allocated again while the call asked):
+    /// then an address's extent depends on which was found first.
+    overlap: bool,
     /// The extent last found for each 1 MiB of addresses (hashed into [`GRANULES`] slots):
     /// entries that alternate between allocations mostly find theirs here, not in the tree.
     granules: Vec<u32>,
@@ -76,6 +79,7 @@ impl<'d> Snapshot<'d> {
             extents: Vec::new(),
             by_start: std::collections::BTreeMap::new(),
             last: NO_EXTENT,
+            overlap: false,
             granules: vec![NO_EXTENT; GRANULES],
             queries: 0,
         }
@@ -110,7 +114,11 @@ impl<'d> Snapshot<'d> {
         };
         let i = self.extents.len() as u32;
         let resident = classify_kind(&info) == Verdict::Resident;
-        self.extents.push(Extent { start, end: start.saturating_add(len), info, resident });
+        let end = start.saturating_add(len);
+        let below = self.by_start.range(..=start).next_back().map(|(_, &e)| self.extents[e as usize].end > start);
+        let above = self.by_start.range(start..).next().map(|(&next, _)| next < end);
+        self.overlap |= below == Some(true) || above == Some(true);
+        self.extents.push(Extent { start, end, info, resident });
         self.by_start.insert(start, i);
         self.last = i;
         self.granules[slot] = i;
@@ -207,6 +215,10 @@ fn judge_one(snapshot: &mut Snapshot<'_>, seen: &mut Ranges, regions: &[Region<'
     let r = &regions[i];
     // The answer for the first byte comes first: it is the duplicate check's bucket.
     let looked_up = range_end(r.ptr, r.size).map(|end| (end, snapshot.lookup(r.ptr)));
+    if snapshot.overlap {
+        // Two extents hold some addresses: the same range could fall in either bucket.
+        seen.check_all(&regions[..i]);
+    }
     let bucket = match looked_up {
         Ok((_, Ok(Answer::Extent(e)))) => e,
         Ok(_) => {
@@ -252,7 +264,8 @@ fn judge_one(snapshot: &mut Snapshot<'_>, seen: &mut Ranges, regions: &[Region<'
 /// range that cannot be registered): the same range twice falls in the same bucket, since an
 /// answer is kept for its extent all through the call. A valid range with no extent (a failed
 /// query, not CUDA memory) could find one later: from then on, every range is checked against
-/// all (`check_all`). Entries usually come in address order within an allocation (a model's
+/// all (`check_all`), as from the first pair of overlapping extents (memory freed and allocated
+/// again while the call asked). Entries usually come in address order within an allocation (a model's
 /// parameters as its allocator laid them out, allocations in any order or interleaved):
 /// while each bucket's ranges ascend, every range is new and nothing is kept but the last of
 /// each bucket; at the first that does not, a set is built from the entries before it.

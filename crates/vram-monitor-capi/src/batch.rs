@@ -60,7 +60,8 @@ pub struct VramMonitorRegistrationInfo {
 /// `VRAM_MONITOR_REGISTER_ALL_OR_NOTHING`: then, when any entry fails, nothing is registered,
 /// every `out_ids[i]` is 0, and the entries that did not fail themselves get
 /// `ENTRIES_FAILED`. (An entry with a NULL ptr or label, or a label that is not UTF-8, then
-/// stops the call before the others are judged: they all get `ENTRIES_FAILED`.)
+/// stops the call before the others are judged: they all get `ENTRIES_FAILED`, except a
+/// repeat of an earlier entry's range, which gets `DUPLICATE_RANGE`.)
 ///
 /// Returns `OK` when every entry was registered, `ENTRIES_FAILED` when at least one was not
 /// (read `out_results`), `NULL_ARGUMENT` for a NULL monitor, a NULL `regions` with `count`

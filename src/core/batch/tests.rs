@@ -119,6 +119,43 @@ fn a_range_repeated_after_its_first_query_failed_is_still_a_duplicate() {
 }
 
 #[test]
+fn a_range_repeated_across_overlapping_extents_is_still_a_duplicate() {
+    /// The first answer: a 4 KiB allocation at 0x2000; then, freed and allocated again
+    /// larger, 12 KiB from 0x1000 (so the two extents overlap).
+    struct Reallocated(std::sync::atomic::AtomicU32);
+    impl Driver for Reallocated {
+        fn pointer_info(&self, _: u64) -> Result<PointerInfo, DriverError> {
+            let first = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0;
+            let (range_start, range_size, buffer_id) = if first { (0x2000, 0x1000, 1) } else { (0x1000, 0x3000, 2) };
+            Ok(PointerInfo {
+                memory_type: MemoryType::Device,
+                is_managed: false,
+                device_ordinal: 0,
+                buffer_id,
+                range_start,
+                range_size,
+                mapping_base: 0,
+                mapping_size: 0,
+            })
+        }
+        fn device_used_memory(&self, _: i32) -> Option<u64> {
+            None
+        }
+        fn version(&self) -> Option<i32> {
+            None
+        }
+    }
+    let regions = [
+        Region { ptr: 0x2000, size: 0x100, label: "p" },
+        Region { ptr: 0x1000, size: 0x100, label: "q" },
+        Region { ptr: 0x2000, size: 0x100, label: "p again" },
+    ];
+    let judged = judge_all(&Reallocated(Default::default()), &regions);
+    assert_eq!(judged.queries, 2);
+    assert_eq!(judged.failures, [(2, Error::DuplicateRange)]);
+}
+
+#[test]
 fn a_range_over_several_mappings_is_inspected_piece_by_piece() {
     /// One 4 MiB reservation of two 2 MiB mappings, as expandable segments lay it out.
     struct Mappings;

@@ -6,7 +6,9 @@
 //! [`Batch`]: the labels in one string, fixed-size rows indexed by id, and one membership per
 //! allocation for all its rows inside it (a [`Group`]). A batch holds registrations of one
 //! piece (inside one allocation or mapping, nearly every tensor); one over several VMM
-//! mappings is stored on its own, under an id from the batch's range.
+//! mappings, or inside a second extent at an address the batch already has a group for
+//! (answers that changed during the call), is stored on its own, under an id from the
+//! batch's range.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};

@@ -34,7 +34,6 @@ pub(crate) use hasher::IntegerHasher;
 mod ids;
 mod pending;
 mod together;
-use pending::PENDING_LIMIT;
 mod values;
 #[cfg(test)]
 mod tests;
@@ -130,12 +129,7 @@ impl Registry {
                 id = next_id();
                 shard = lock(&self.registrations[shard_of_id(id)]);
             }
-            shard.add_pending(id, registration, answers);
-            if shard.pending.len() >= PENDING_LIMIT {
-                // Between checks far apart (or with none), pending joins would pile up: a
-                // thousand are made at once, one lock per allocation shard they touch.
-                self.settle_shard(&mut shard);
-            }
+            self.add_pending(&mut shard, id, registration, answers);
         }
         id
     }

@@ -7,13 +7,26 @@
 //! our tables than in the driver's query). So a registration's joins wait in its shard until
 //! the next check plans its queries, or until the shard holds [`PENDING_LIMIT`] of them.
 
-use super::{shard_of_address, Registry, RegistrationShard};
+use super::entries::RegistrationEntry;
+use super::{shard_of_address, RegistrationId, Registry, RegistrationShard};
+use crate::core::driver::PointerInfo;
 use crate::core::sync::lock;
 
 /// Joins a registration shard keeps pending before it makes them itself.
 pub(super) const PENDING_LIMIT: usize = 1024;
 
 impl Registry {
+    /// Adds a registration to its shard with its joins pending; a shard past
+    /// [`PENDING_LIMIT`] makes them at once.
+    pub(super) fn add_pending(&self, shard: &mut RegistrationShard, id: RegistrationId, registration: RegistrationEntry, answers: &[PointerInfo]) {
+        shard.add_pending(id, registration, answers);
+        if shard.pending.len() >= PENDING_LIMIT {
+            // Between checks far apart (or with none), pending joins would pile up: a
+            // thousand are made at once, one lock per allocation shard they touch.
+            self.settle_shard(shard);
+        }
+    }
+
     /// Makes the joins that registering left pending (see `RegistrationShard::pending`):
     /// before a check plans its queries, so that it asks about every allocation registered
     /// before it began.

@@ -134,7 +134,7 @@ fn pending_joins_stay_bounded_without_checks() {
         .map(|i| registry.insert("kept", 0, &[Piece { query_at: 0x10_0000 + i * 0x1000, ..piece(0x10_0000 + i * 0x1000, 0x10_1000 + i * 0x1000) }], &[answer(1)]))
         .collect();
     // About 1,560 per shard (ids go to shards in blocks of 64).
-    assert!(registry.registrations.iter().all(|s| lock(s).pending.len() < PENDING_LIMIT));
+    assert!(registry.registrations.iter().all(|s| lock(s).pending.len() < super::pending::PENDING_LIMIT));
     assert!(pending(&registry) < 100_000, "some joins made without a check");
     // Removed out of order, not joined yet: skipped when settled, nothing left behind.
     for id in ids.iter().rev().step_by(2) {

@@ -71,11 +71,11 @@ impl Registry {
             }
             for (id, label, found) in alone {
                 let registration = RegistrationEntry::new(label, found.device, found.pieces());
-                lock(&self.registrations[shard_of_id(id)]).add_pending(id, registration, found.answers());
+                self.add_pending(&mut lock(&self.registrations[shard_of_id(id)]), id, registration, found.answers());
             }
             for (id, label, piece, answer) in apart {
                 let registration = RegistrationEntry::new(label, answer.device_ordinal, &[piece]);
-                lock(&self.registrations[shard_of_id(id)]).add_pending(id, registration, &[answer]);
+                self.add_pending(&mut lock(&self.registrations[shard_of_id(id)]), id, registration, &[answer]);
             }
             id += part.len() as u64;
         }
