@@ -88,25 +88,37 @@ fn the_same_range_twice_is_found_in_any_order_of_allocations() {
     assert_eq!(judged.passed.len(), 61);
 }
 
+/// A driver answering with a function of the address.
+struct Answers<F>(F);
+
+impl<F: Fn(u64) -> Result<PointerInfo, DriverError> + Send + Sync> Driver for Answers<F> {
+    fn pointer_info(&self, address: u64) -> Result<PointerInfo, DriverError> {
+        (self.0)(address)
+    }
+    fn device_used_memory(&self, _: i32) -> Option<u64> {
+        None
+    }
+    fn version(&self) -> Option<i32> {
+        None
+    }
+}
+
+/// Device memory on device 0: `range` (start, size) and `mapping` (base, size; 0 for none).
+fn device_memory(buffer_id: u64, (range_start, range_size): (u64, u64), (mapping_base, mapping_size): (u64, u64)) -> PointerInfo {
+    PointerInfo { memory_type: MemoryType::Device, is_managed: false, device_ordinal: 0, buffer_id, range_start, range_size, mapping_base, mapping_size }
+}
+
 #[test]
 fn a_range_repeated_after_its_first_query_failed_is_still_a_duplicate() {
-    /// The allocations above, the first query failing.
-    struct FailsFirst(Allocations, std::sync::atomic::AtomicBool);
-    impl Driver for FailsFirst {
-        fn pointer_info(&self, address: u64) -> Result<PointerInfo, DriverError> {
-            if !self.1.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                return Err(DriverError::Call { function: "cuPointerGetAttributes", code: 999 });
-            }
-            self.0.pointer_info(address)
+    // The allocations above, the first query failing.
+    let allocations = Allocations { bases: vec![0x100_0000], queries: Default::default() };
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let driver = Answers(|address| {
+        if !failed.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return Err(DriverError::Call { function: "cuPointerGetAttributes", code: 999 });
         }
-        fn device_used_memory(&self, _: i32) -> Option<u64> {
-            None
-        }
-        fn version(&self) -> Option<i32> {
-            None
-        }
-    }
-    let driver = FailsFirst(Allocations { bases: vec![0x100_0000], queries: Default::default() }, Default::default());
+        allocations.pointer_info(address)
+    });
     let regions = [
         Region { ptr: 0x100_0000, size: 0x1000, label: "first" },
         Region { ptr: 0x100_0000, size: 0x1000, label: "again" },
@@ -120,74 +132,38 @@ fn a_range_repeated_after_its_first_query_failed_is_still_a_duplicate() {
 
 #[test]
 fn a_range_repeated_across_overlapping_extents_is_still_a_duplicate() {
-    /// The first answer: a 4 KiB allocation at 0x2000; then, freed and allocated again
-    /// larger, 12 KiB from 0x1000 (so the two extents overlap).
-    struct Reallocated(std::sync::atomic::AtomicU32);
-    impl Driver for Reallocated {
-        fn pointer_info(&self, _: u64) -> Result<PointerInfo, DriverError> {
-            let first = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0;
-            let (range_start, range_size, buffer_id) = if first { (0x2000, 0x1000, 1) } else { (0x1000, 0x3000, 2) };
-            Ok(PointerInfo {
-                memory_type: MemoryType::Device,
-                is_managed: false,
-                device_ordinal: 0,
-                buffer_id,
-                range_start,
-                range_size,
-                mapping_base: 0,
-                mapping_size: 0,
-            })
-        }
-        fn device_used_memory(&self, _: i32) -> Option<u64> {
-            None
-        }
-        fn version(&self) -> Option<i32> {
-            None
-        }
-    }
+    // The first answer: a 4 KiB allocation at 0x2000; then, freed and allocated again
+    // larger, 12 KiB from 0x1000 (so the two extents overlap).
+    let asked = std::sync::atomic::AtomicU32::new(0);
+    let reallocated = Answers(|_| {
+        Ok(match asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed) {
+            0 => device_memory(1, (0x2000, 0x1000), (0, 0)),
+            _ => device_memory(2, (0x1000, 0x3000), (0, 0)),
+        })
+    });
     let regions = [
         Region { ptr: 0x2000, size: 0x100, label: "p" },
         Region { ptr: 0x1000, size: 0x100, label: "q" },
         Region { ptr: 0x2000, size: 0x100, label: "p again" },
     ];
-    let judged = judge_all(&Reallocated(Default::default()), &regions);
+    let judged = judge_all(&reallocated, &regions);
     assert_eq!(judged.queries, 2);
     assert_eq!(judged.failures, [(2, Error::DuplicateRange)]);
 }
 
 #[test]
 fn a_range_over_several_mappings_is_inspected_piece_by_piece() {
-    /// One 4 MiB reservation of two 2 MiB mappings, as expandable segments lay it out.
-    struct Mappings;
-    impl Driver for Mappings {
-        fn pointer_info(&self, address: u64) -> Result<PointerInfo, DriverError> {
-            Ok(PointerInfo {
-                memory_type: MemoryType::Device,
-                is_managed: false,
-                device_ordinal: 0,
-                buffer_id: 9,
-                range_start: 0x40_0000,
-                range_size: 0x40_0000,
-                mapping_base: address & !0x1f_ffff,
-                mapping_size: 0x20_0000,
-            })
-        }
-        fn device_used_memory(&self, _: i32) -> Option<u64> {
-            None
-        }
-        fn version(&self) -> Option<i32> {
-            None
-        }
-    }
+    // One 4 MiB reservation of two 2 MiB mappings, as expandable segments lay it out.
+    let mappings = Answers(|address| Ok(device_memory(9, (0x40_0000, 0x40_0000), (address & !0x1f_ffff, 0x20_0000))));
     let regions = [
         Region { ptr: 0x40_0000, size: 0x1000, label: "inside" },
         Region { ptr: 0x5f_f000, size: 0x2000, label: "over" },
         Region { ptr: 0x60_1000, size: 0x1000, label: "second" },
     ];
-    let judged = judge_all(&Mappings, &regions);
+    let judged = judge_all(&mappings, &regions);
     assert!(judged.failures.is_empty());
     assert_eq!(judged.passed.iter().map(|p| p.extent == INSPECTED).collect::<Vec<_>>(), [false, true, false]);
-    assert_eq!(judged.inspected, [inspect(&Mappings, 0x5f_f000, 0x2000).unwrap()]);
+    assert_eq!(judged.inspected, [inspect(&mappings, 0x5f_f000, 0x2000).unwrap()]);
     assert_eq!(judged.inspected[0].pieces().len(), 2);
     assert_eq!(judged.queries, 2, "one per mapping");
 }
