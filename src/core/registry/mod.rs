@@ -41,7 +41,7 @@ mod tests;
 mod batch_tests;
 
 use allocations::{AllocationShard, FAILED};
-use batches::Batches;
+use batches::{Batches, Transition};
 pub use allocations::is_mark;
 use entries::{verdict_of, RegistrationEntry, RegistrationShard};
 pub use fingerprint::fingerprint;
@@ -317,17 +317,11 @@ impl Registry {
             }
             let verdict = registration.judged();
             let failing = registration.pieces.as_slice().iter().any(|t| t.failing);
-            let (old_verdict, old_failing) = (verdict_of(registration.verdict), registration.failing);
+            let before = (verdict_of(registration.verdict), registration.failing);
             registration.verdict = verdict as u8;
             registration.failing = failing;
-            self.recount(old_verdict, old_failing, verdict, failing);
-            if !old_failing && failing {
-                if let Err(error) = answer {
-                    changes.push(Change::CheckFailed { registration: registration.info(id), error: error.clone() });
-                }
-            }
-            if old_verdict != verdict {
-                changes.push(Change::Verdict { registration: registration.info(id), from: old_verdict });
+            if before != (verdict, failing) {
+                self.changed((before, (verdict, failing)), registration.info(id), answer, &mut changes);
             }
         }
         for first in batches {
@@ -335,6 +329,19 @@ impl Registry {
             lock(&batch).judge(address, answer, |transition, registration| self.changed(transition, registration, answer, &mut changes));
         }
         Ok(changes)
+    }
+
+    /// Counts a registration's change of state in a check (under the lock that holds it, so
+    /// that counts follow the order of changes) and reports it: a query that started failing,
+    /// a verdict that changed.
+    fn changed(&self, ((from, was_failing), (verdict, failing)): Transition, registration: RegistrationInfo, answer: &Result<PointerInfo, DriverError>, changes: &mut Vec<Change>) {
+        self.recount(from, was_failing, verdict, failing);
+        if let (false, true, Err(error)) = (was_failing, failing, answer) {
+            changes.push(Change::CheckFailed { registration: registration.clone(), error: error.clone() });
+        }
+        if from != verdict {
+            changes.push(Change::Verdict { registration, from });
+        }
     }
 
     /// Marks a sealed registration's content as modified (or, at reseal, as matching again)

@@ -3,11 +3,11 @@
 
 use std::sync::Mutex;
 
-use super::batches::{BatchBuilder, Transition};
+use super::batches::BatchBuilder;
 use super::entries::RegistrationEntry;
-use super::{next_ids, shard_of_address, shard_of_id, Change, RegistrationId, RegistrationInfo, Registry};
+use super::{next_ids, shard_of_address, shard_of_id, RegistrationId, Registry};
 use crate::core::batch::{Passed, Region, INSPECTED};
-use crate::core::driver::{DriverError, PointerInfo};
+use crate::core::driver::PointerInfo;
 use crate::core::inspect::Inspection;
 use crate::core::sync::lock;
 use crate::core::verdict::{Piece, Verdict};
@@ -97,17 +97,5 @@ impl Registry {
             self.batches.drop_if_empty(first);
         }
         Some(())
-    }
-
-    /// Counts a batch row's transition and reports it as [`Registry::apply`] reports a
-    /// registration's.
-    pub(super) fn changed(&self, ((from, was_failing), (verdict, failing)): Transition, registration: RegistrationInfo, answer: &Result<PointerInfo, DriverError>, changes: &mut Vec<Change>) {
-        self.recount(from, was_failing, verdict, failing);
-        if let (false, true, Err(error)) = (was_failing, failing, answer) {
-            changes.push(Change::CheckFailed { registration: registration.clone(), error: error.clone() });
-        }
-        if from != verdict {
-            changes.push(Change::Verdict { registration, from });
-        }
     }
 }
