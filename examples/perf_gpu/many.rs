@@ -39,18 +39,27 @@ pub(crate) fn register_many_vs_loop(cuda: &Cuda, entries: usize, allocations: us
         let mut seen = std::collections::HashSet::new();
         (0..entries).map(|i| bases[place(i).0]).filter(|&b| seen.insert(b)).collect()
     };
+    // The same call with one bad entry at the end, all-or-nothing: every entry judged (the
+    // driver asked once per allocation), nothing stored. What storing costs is the difference.
+    let judge_only: Vec<vram_monitor::Region<'_>> =
+        regions.iter().copied().chain([vram_monitor::Region { ptr: bases[0], size: 0, label: "" }]).collect();
     let (mut loop_us, mut many_us, mut ratios, mut queries, mut floor_us) = (Vec::new(), Vec::new(), Vec::new(), 0, Vec::new());
+    let (mut judge_us, mut loop_faults, mut many_faults) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..7 {
         floor_us.push(cuda.floor_pass_us(&firsts));
+        let faults = minor_faults();
         let started = Instant::now();
         let ids: Vec<_> = regions.iter().map(|r| m.register(r.ptr, r.size, r.label).unwrap()).collect();
         let one_by_one = microseconds_since(started);
+        loop_faults.push((minor_faults() - faults) as f64);
         for id in ids {
             m.unregister(id).unwrap();
         }
+        let faults = minor_faults();
         let started = Instant::now();
         let done = m.register_many(&regions, true).unwrap();
         let together = microseconds_since(started);
+        many_faults.push((minor_faults() - faults) as f64);
         assert_eq!(done.registered(), entries, "register_many registered every entry");
         queries = done.queries;
         for id in done.ids() {
@@ -60,14 +69,33 @@ pub(crate) fn register_many_vs_loop(cuda: &Cuda, entries: usize, allocations: us
         many_us.push(together);
         ratios.push(one_by_one / together);
     }
+    // After the paired rounds, not among them: its freed memory would change which of their
+    // calls get fresh pages.
+    for _ in 0..7 {
+        let started = Instant::now();
+        let refused = m.register_many(&judge_only, true).unwrap();
+        judge_us.push(microseconds_since(started));
+        assert_eq!(refused.registered(), 0, "one bad entry, all-or-nothing: nothing registered");
+    }
     result(&format!("register_loop_us_{entries}_in_{allocations}{tag}"), median(loop_us));
     result(&format!("register_many_us_{entries}_in_{allocations}{tag}"), median(many_us));
     result(&format!("register_many_speedup_paired_{entries}_in_{allocations}{tag}"), median(ratios));
     result(&format!("register_many_queries_{entries}_in_{allocations}{tag}"), queries as f64);
     result(&format!("register_many_query_floor_us_{entries}_in_{allocations}{tag}"), median(floor_us));
+    result(&format!("register_many_judge_only_us_{entries}_in_{allocations}{tag}"), median(judge_us));
+    result(&format!("register_loop_minor_faults_{entries}_in_{allocations}{tag}"), median(loop_faults));
+    result(&format!("register_many_minor_faults_{entries}_in_{allocations}{tag}"), median(many_faults));
     drop(m);
     for b in bases {
         cuda.free(b);
     }
 }
 
+/// Minor page faults of this thread so far (first touches of memory: what a call that stores
+/// megabytes pays when the allocator hands it fresh pages).
+fn minor_faults() -> i64 {
+    // SAFETY: getrusage writes the struct it is given; zeroes are a valid rusage.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    usage.ru_minflt
+}
