@@ -44,8 +44,13 @@ impl Labels {
             shared_prefix(before.as_bytes(), label)
         };
         let suffix = &label[shared..];
-        put_number(&mut self.bytes, shared);
-        put_number(&mut self.bytes, suffix.len());
+        if shared < 0x80 && suffix.len() < 0x80 {
+            // Both numbers of one byte, the usual case, in one write.
+            self.bytes.extend_from_slice(&[shared as u8, suffix.len() as u8]);
+        } else {
+            put_number(&mut self.bytes, shared);
+            put_number(&mut self.bytes, suffix.len());
+        }
         self.bytes.extend_from_slice(suffix);
         self.len += 1;
     }
