@@ -311,6 +311,16 @@ fn a_call_of_more_rows_than_a_batch_holds_is_several_batches_with_consecutive_id
     }
     assert!(registry.get(first + count as u64).is_none());
     assert_eq!(registry.snapshot().iter().map(|r| r.id).collect::<Vec<_>>(), (first..first + count as u64).collect::<Vec<_>>());
+    // Three batches of at most MAX_ROWS rows, one after another.
+    let spans: Vec<(u64, u64)> = [0, boundary, 2 * boundary]
+        .iter()
+        .map(|&row| {
+            let batch = registry.batches.find(first + row as u64).unwrap();
+            let batch = lock(&batch);
+            (batch.first(), batch.rows())
+        })
+        .collect();
+    assert_eq!(spans, [(first, boundary as u64), (first + boundary as u64, boundary as u64), (first + 2 * boundary as u64, 500)]);
     // A check of the arena judges the rows of all three batches.
     registry.settle();
     let changes = registry.apply(ARENA, &Ok(arena(8)), fingerprint(&arena(7))).unwrap();

@@ -235,11 +235,13 @@ impl<'a> BatchBuilder<'a> {
         self.batch.rows.len()
     }
 
-    /// The batch, its rows numbered from id `first`, its groups sorted by address and their
-    /// rows indexed.
-    pub(super) fn finish(self, first: RegistrationId) -> Batch {
+    /// The batch, its rows numbered from `first` (see [`Batch::shift_ids`]), its groups
+    /// sorted by address and their rows indexed; the building tables are dropped and unused
+    /// label room given back.
+    pub(super) fn finish(self, first: u64) -> Batch {
         let mut batch = self.batch;
         batch.first = first;
+        batch.labels.shrink();
         if self.scattered {
             // A counting sort of the rows by group: a check judges one allocation's rows
             // together. (Otherwise each group's rows are already `rows[from..to]`, rows
@@ -275,6 +277,12 @@ impl<'a> BatchBuilder<'a> {
 }
 
 impl Batch {
+    /// Adds `offset` to every id of its rows: a call's batches are numbered from 0 while it
+    /// is judged, and take their ids at the commit.
+    pub(super) fn shift_ids(&mut self, offset: u64) {
+        self.first += offset;
+    }
+
     /// Its first id.
     pub(super) fn first(&self) -> RegistrationId {
         self.first

@@ -55,6 +55,13 @@ impl Labels {
         self.len += 1;
     }
 
+    /// Gives back room well beyond what is held (the capacity was a guess).
+    pub(super) fn shrink(&mut self) {
+        if self.bytes.capacity() > self.bytes.len() + self.bytes.len() / 4 + 4096 {
+            self.bytes.shrink_to_fit();
+        }
+    }
+
     /// Label `i` (empty past the last).
     pub(super) fn get(&self, i: usize) -> String {
         if i >= self.len {
@@ -179,6 +186,28 @@ mod tests {
         let whole: usize = names.iter().map(|n| n.len()).sum();
         let labels = stored(&refs);
         assert!(labels.stored_bytes() * 4 < whole, "{} bytes stored for {whole}", labels.stored_bytes());
+    }
+
+    #[test]
+    fn lengths_past_one_byte_read_back() {
+        // Shared prefixes and suffixes around 127/128 bytes (one byte of length or two),
+        // repeated labels and empty ones between them.
+        let long = "p".repeat(200);
+        let names: Vec<String> = vec![
+            format!("{long}{}", "a".repeat(128)),
+            format!("{long}{}", "b".repeat(127)),
+            format!("{}{}", &long[..127], "c".repeat(128)),
+            format!("{}{}", &long[..128], "é".repeat(70)),
+            format!("{}{}", &long[..128], "é".repeat(70)),
+            String::new(),
+            String::new(),
+            format!("{long}{}", "ü".repeat(64)),
+        ];
+        let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+        let labels = stored(&refs);
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(labels.get(i), *name, "label {i}");
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::sync::Mutex;
 
-use super::batches::{BatchBuilder, MAX_ROWS};
+use super::batches::{Batch, BatchBuilder, MAX_ROWS};
 use super::entries::RegistrationEntry;
 use super::{next_ids, shard_of_address, shard_of_id, RegistrationId, Registry};
 use crate::core::batch::{Accept, Region};
@@ -25,8 +25,9 @@ pub(crate) struct Insertion<'r, 'a> {
     registry: &'r Registry,
     regions: &'a [Region<'a>],
     builder: BatchBuilder<'a>,
-    /// Batches of [`MAX_ROWS`] rows already full, with the number of their first row.
-    full: Vec<(u64, BatchBuilder<'a>)>,
+    /// Batches of [`MAX_ROWS`] rows already full, finished (their building tables gone),
+    /// numbered from their first row's number until the commit gives them ids.
+    full: Vec<Batch>,
     /// Where the builder's rows start.
     base: u64,
     alone: Vec<Alone<'a>>,
@@ -49,6 +50,8 @@ impl<'r, 'a> Insertion<'r, 'a> {
         // Labels before sharing: a sample's average, for the capacity only.
         let sample = &regions[..rows.min(64)];
         let average = sample.iter().map(|r| r.label.len()).sum::<usize>() / sample.len().max(1);
+        // A guess: capped, and the batch gives back what it did not use when finished.
+        let average = average.min(256);
         Insertion { registry, regions, builder: BatchBuilder::new(rows, rows * average), full: Vec::new(), base: 0, alone: Vec::new() }
     }
 
@@ -59,7 +62,7 @@ impl<'r, 'a> Insertion<'r, 'a> {
             // At most the entries not yet judged (the capacity only).
             let rows = self.regions.len().saturating_sub(self.base as usize).min(MAX_ROWS);
             let full = std::mem::replace(&mut self.builder, BatchBuilder::new(rows, 0));
-            self.full.push((self.base - MAX_ROWS as u64, full));
+            self.full.push(full.finish(self.base - MAX_ROWS as u64));
         }
         self.base + self.builder.len() as u64
     }
@@ -73,9 +76,10 @@ impl<'r, 'a> Insertion<'r, 'a> {
         }
         let first = next_ids(count);
         let last = std::mem::replace(&mut self.builder, BatchBuilder::new(0, 0));
-        self.full.push((self.base, last));
-        for (base, builder) in std::mem::take(&mut self.full) {
-            self.registry.add_batch(builder.finish(first + base));
+        self.full.push(last.finish(self.base));
+        for mut batch in std::mem::take(&mut self.full) {
+            batch.shift_ids(first);
+            self.registry.add_batch(batch);
         }
         for alone in std::mem::take(&mut self.alone) {
             let id = first + alone.row;
@@ -111,7 +115,7 @@ impl Registry {
     /// Adds a finished batch: the batch first, locked until every allocation it has rows
     /// in names it, so that a thread that found its ids (in a snapshot) and unregisters them
     /// waits, and never leaves an allocation before joining it (as in `insert`).
-    fn add_batch(&self, batch: super::batches::Batch) {
+    fn add_batch(&self, batch: Batch) {
         if batch.live == 0 {
             return;
         }
