@@ -104,19 +104,18 @@ impl Labels {
 /// How many leading bytes `a` and `b` share.
 fn shared_prefix(a: &[u8], b: &[u8]) -> usize {
     let n = a.len().min(b.len());
-    // Eight bytes at a time: names share tens of bytes.
-    let mut i = 0;
-    while i + 8 <= n {
-        let (x, y) = (u64::from_ne_bytes(a[i..i + 8].try_into().unwrap_or_default()), u64::from_ne_bytes(b[i..i + 8].try_into().unwrap_or_default()));
-        if x != y {
-            break;
+    let (a, b) = (&a[..n], &b[..n]);
+    // Eight bytes at a time (names share tens of bytes); the first differing byte of a word
+    // is found from its XOR, not byte by byte.
+    let word = |s: &[u8]| u64::from_le_bytes(s.try_into().unwrap_or_default());
+    for (k, (x, y)) in a.chunks_exact(8).zip(b.chunks_exact(8)).enumerate() {
+        let differ = word(x) ^ word(y);
+        if differ != 0 {
+            return 8 * k + (differ.trailing_zeros() / 8) as usize;
         }
-        i += 8;
     }
-    while i < n && a[i] == b[i] {
-        i += 1;
-    }
-    i
+    let whole = n / 8 * 8;
+    whole + a[whole..].iter().zip(&b[whole..]).take_while(|(x, y)| x == y).count()
 }
 
 /// Appends `n` as LEB128 (one byte below 128).

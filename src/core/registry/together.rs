@@ -56,15 +56,22 @@ impl<'r, 'a> Insertion<'r, 'a> {
     }
 
     /// The number of the next row, starting a new batch when this one is full.
+    #[inline]
     fn next_row(&mut self) -> u64 {
         if self.builder.len() == MAX_ROWS {
-            self.base += MAX_ROWS as u64;
-            // At most the entries not yet judged (the capacity only).
-            let rows = self.regions.len().saturating_sub(self.base as usize).min(MAX_ROWS);
-            let full = std::mem::replace(&mut self.builder, BatchBuilder::new(rows, 0));
-            self.full.push(full.finish(self.base - MAX_ROWS as u64));
+            self.next_batch();
         }
         self.base + self.builder.len() as u64
+    }
+
+    /// Finishes the full batch and starts the next.
+    #[cold]
+    fn next_batch(&mut self) {
+        self.base += MAX_ROWS as u64;
+        // At most the entries not yet judged (the capacity only).
+        let rows = self.regions.len().saturating_sub(self.base as usize).min(MAX_ROWS);
+        let full = std::mem::replace(&mut self.builder, BatchBuilder::new(rows, 0));
+        self.full.push(full.finish(self.base - MAX_ROWS as u64));
     }
 
     /// Adds every registration and returns the first id: the `k`th entry accepted (in
