@@ -155,18 +155,26 @@ fn check_label(label: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Where judging puts each entry it finds resident, as it finds it: the registry stores
-/// them in the same pass (no list of the passed entries in between).
-pub(crate) trait Accept {
-    /// Entry `index` lies wholly inside extent `extent` (numbered in this call: the same
-    /// number, the same extent), of which `at` is where a check asks and the answer there.
-    fn within(&mut self, index: usize, extent: u32, at: (u64, &PointerInfo));
-    /// Entry `index` spans several pieces (VMM mappings), as `inspection` found them.
-    fn inspected(&mut self, index: usize, inspection: Inspection);
+/// An entry judged resident: its index in the call, and the extent it lies in
+/// ([`Judged::extents`]) or [`INSPECTED`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Passed {
+    pub(crate) index: u32,
+    pub(crate) extent: u32,
 }
 
-/// What judging a call found besides the resident entries.
-pub(crate) struct Judgement {
+/// [`Passed::extent`] of an entry over several pieces: its inspection is the next of
+/// [`Judged::inspected`].
+pub(crate) const INSPECTED: u32 = u32::MAX;
+
+/// Every entry of one call judged from one snapshot of the driver's answers.
+pub(crate) struct Judged {
+    /// The entries that can be registered, in order.
+    pub(crate) passed: Vec<Passed>,
+    /// The inspections of the passed entries over several pieces, in order.
+    pub(crate) inspected: Vec<Inspection>,
+    /// The extents the passed entries lie in: where a check asks, and the answer there.
+    pub(crate) extents: Vec<(u64, PointerInfo)>,
     /// The entries that cannot be registered (index in the call, why), in order.
     pub(crate) failures: Vec<(usize, Error)>,
     /// Driver queries made.
@@ -181,28 +189,25 @@ enum Found {
     Inspected(Inspection),
 }
 
-/// Judges every entry of `regions` from one snapshot of the driver's answers, handing each
-/// resident one to `accept` in order; with `all_or_nothing`, none after the first failure
-/// (the call will store nothing). The same range twice in one call is
-/// [`Error::DuplicateRange`] from its second occurrence on. At most 2^32 - 1 entries (the
-/// caller checks).
-pub(crate) fn judge_all(driver: &dyn Driver, regions: &[Region<'_>], all_or_nothing: bool, accept: &mut impl Accept) -> Judgement {
+/// Judges every entry of `regions` from one snapshot of the driver's answers. The same range
+/// twice in one call is [`Error::DuplicateRange`] from its second occurrence on. At most
+/// 2^32 - 1 entries (the caller checks).
+pub(crate) fn judge_all(driver: &dyn Driver, regions: &[Region<'_>]) -> Judged {
     let mut snapshot = Snapshot::new(driver);
     let mut seen = Ranges::default();
-    let mut failures = Vec::new();
+    let (mut passed, mut inspected, mut failures) = (Vec::with_capacity(regions.len()), Vec::new(), Vec::new());
     for i in 0..regions.len() {
-        let storing = !all_or_nothing || failures.is_empty();
         match judge_one(&mut snapshot, &mut seen, regions, i) {
-            Ok(Found::Within(e)) if storing => {
-                let extent = &snapshot.extents[e as usize];
-                accept.within(i, e, (extent.start, &extent.info));
+            Ok(Found::Within(extent)) => passed.push(Passed { index: i as u32, extent }),
+            Ok(Found::Inspected(inspection)) => {
+                passed.push(Passed { index: i as u32, extent: INSPECTED });
+                inspected.push(inspection);
             }
-            Ok(Found::Inspected(inspection)) if storing => accept.inspected(i, inspection),
-            Ok(_) => {}
             Err(e) => failures.push((i, e)),
         }
     }
-    Judgement { failures, queries: snapshot.queries }
+    let extents = snapshot.extents.iter().map(|e| (e.start, e.info)).collect();
+    Judged { passed, inspected, extents, failures, queries: snapshot.queries }
 }
 
 /// Judges entry `i`, as [`crate::Monitor::register`] would.
@@ -390,9 +395,6 @@ impl Registered {
     }
 }
 
-#[cfg(test)]
-#[path = "batch/collected.rs"]
-pub(crate) mod collected;
 #[cfg(test)]
 #[path = "batch/tests.rs"]
 mod tests;

@@ -219,12 +219,13 @@ impl Monitor {
         if u32::try_from(regions.len()).is_err() {
             return Err(Error::InvalidArgument("more than 2^32 - 1 entries in one call"));
         }
-        // Entries are stored as they are judged, in one pass; nothing is added to the
-        // registry before the commit.
-        let mut insertion = crate::core::registry::Insertion::new(&self.shared.registry, regions);
-        let judged = crate::core::batch::judge_all(&*self.shared.driver, regions, all_or_nothing, &mut insertion);
+        let judged = crate::core::batch::judge_all(&*self.shared.driver, regions);
         let none = all_or_nothing && !judged.failures.is_empty();
-        let first = if none { 0 } else { insertion.commit() };
+        let first = if none || judged.passed.is_empty() {
+            0
+        } else {
+            self.shared.registry.insert_many(regions, &judged.passed, &judged.extents, &judged.inspected)
+        };
         Ok(crate::core::batch::Registered::new(regions.len(), first, judged.failures, none, judged.queries))
     }
 

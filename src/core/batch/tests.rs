@@ -1,6 +1,5 @@
 //! Tests of judging a `register_many` call (../batch.rs).
 
-use super::collected::{judge, Passed, INSPECTED};
 use super::*;
 use crate::core::driver::MemoryType;
 use crate::core::inspect::inspect;
@@ -47,7 +46,7 @@ fn entries_in_allocations_handed_out_downwards_are_judged_with_one_query_each_as
         (0..200).map(|i| Region { ptr: driver.bases[i / 4] + (i % 4) as u64 * 0x1000, size: 0x1000, label: &labels[i] }).collect();
     regions[7].ptr = 0x10; // not CUDA memory
     regions[150] = regions[149]; // the same range twice
-    let judged = judge(&driver, &regions);
+    let judged = judge_all(&driver, &regions);
     assert_eq!(judged.queries, 51, "one per allocation, and the stray pointer");
     assert_eq!(driver.queries.load(std::sync::atomic::Ordering::Relaxed), 51);
     let failed: Vec<usize> = judged.failures.iter().map(|&(i, _)| i).collect();
@@ -58,7 +57,7 @@ fn entries_in_allocations_handed_out_downwards_are_judged_with_one_query_each_as
     for Passed { index, extent } in judged.passed {
         let r = &regions[index as usize];
         let direct = inspect(&driver, r.ptr, r.size).unwrap();
-        let (query_at, answer) = judged.extents[&extent];
+        let (query_at, answer) = judged.extents[extent as usize];
         assert_eq!(direct.verdict, Verdict::Resident);
         assert_eq!(direct.pieces(), [Piece { query_at, start: r.ptr, end: r.ptr + r.size, buffer_id: answer.buffer_id }], "entry {index} judged from the snapshot as directly");
         assert_eq!(direct.answers(), [answer]);
@@ -73,7 +72,7 @@ fn the_same_range_twice_is_found_in_any_order_of_allocations() {
     // ascend, the entries as a whole do not).
     let interleaved: Vec<Region<'_>> =
         (0..64).map(|i| Region { ptr: driver.bases[i % 8] + (i / 8) as u64 * 0x1000, size: 0x1000, label: &labels[i] }).collect();
-    let judged = judge(&driver, &interleaved);
+    let judged = judge_all(&driver, &interleaved);
     assert!(judged.failures.is_empty(), "{:?}", judged.failures);
     assert_eq!(judged.queries, 8);
     // A repeat far from its first occurrence, one of another size, and one of a range
@@ -83,7 +82,7 @@ fn the_same_range_twice_is_found_in_any_order_of_allocations() {
     with_repeats[51] = Region { size: 0x800, ..interleaved[4] };
     with_repeats[10] = Region { size: 0, ..interleaved[10] };
     with_repeats[60] = with_repeats[10];
-    let judged = judge(&driver, &with_repeats);
+    let judged = judge_all(&driver, &with_repeats);
     let failed: Vec<(usize, Error)> = judged.failures.clone();
     assert_eq!(failed, [(10, Error::InvalidArgument("size must be non-zero")), (50, Error::DuplicateRange), (60, Error::DuplicateRange)]);
     assert_eq!(judged.passed.len(), 61);
@@ -125,7 +124,7 @@ fn a_range_repeated_after_its_first_query_failed_is_still_a_duplicate() {
         Region { ptr: 0x100_0000, size: 0x1000, label: "again" },
         Region { ptr: 0x100_1000, size: 0x1000, label: "other" },
     ];
-    let judged = judge(&driver, &regions);
+    let judged = judge_all(&driver, &regions);
     assert!(matches!(judged.failures[0], (0, Error::Driver(_))), "{:?}", judged.failures);
     assert_eq!(judged.failures[1], (1, Error::DuplicateRange), "the first occurrence failed, the repeat is still a repeat");
     assert_eq!(judged.passed.len(), 1);
@@ -147,7 +146,7 @@ fn a_range_repeated_across_overlapping_extents_is_still_a_duplicate() {
         Region { ptr: 0x1000, size: 0x100, label: "q" },
         Region { ptr: 0x2000, size: 0x100, label: "p again" },
     ];
-    let judged = judge(&reallocated, &regions);
+    let judged = judge_all(&reallocated, &regions);
     assert_eq!(judged.queries, 2);
     assert_eq!(judged.failures, [(2, Error::DuplicateRange)]);
 }
@@ -161,27 +160,10 @@ fn a_range_over_several_mappings_is_inspected_piece_by_piece() {
         Region { ptr: 0x5f_f000, size: 0x2000, label: "over" },
         Region { ptr: 0x60_1000, size: 0x1000, label: "second" },
     ];
-    let judged = judge(&mappings, &regions);
+    let judged = judge_all(&mappings, &regions);
     assert!(judged.failures.is_empty());
     assert_eq!(judged.passed.iter().map(|p| p.extent == INSPECTED).collect::<Vec<_>>(), [false, true, false]);
     assert_eq!(judged.inspected, [inspect(&mappings, 0x5f_f000, 0x2000).unwrap()]);
     assert_eq!(judged.inspected[0].pieces().len(), 2);
     assert_eq!(judged.queries, 2, "one per mapping");
-}
-
-#[test]
-fn all_or_nothing_hands_over_no_entry_after_the_first_failure_but_judges_them_all() {
-    let driver = Allocations { bases: vec![0x100_0000], queries: Default::default() };
-    let labels: Vec<String> = (0..4).map(|i| format!("t{i}")).collect();
-    let mut regions: Vec<Region<'_>> = (0..4).map(|i| Region { ptr: 0x100_0000 + i as u64 * 0x1000, size: 0x1000, label: &labels[i] }).collect();
-    regions[1].size = 0;
-    regions[3] = regions[2];
-    for (all_or_nothing, handed) in [(true, vec![0]), (false, vec![0, 2])] {
-        let mut accepted = super::collected::Judged::default();
-        let judgement = judge_all(&driver, &regions, all_or_nothing, &mut accepted);
-        assert_eq!(accepted.passed.iter().map(|p| p.index).collect::<Vec<_>>(), handed);
-        // Every entry is still judged: the repeat after the failure is found.
-        assert_eq!(judgement.failures.iter().map(|f| f.0).collect::<Vec<_>>(), [1, 3]);
-        assert_eq!(judgement.failures[1].1, Error::DuplicateRange);
-    }
 }

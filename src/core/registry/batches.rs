@@ -3,7 +3,7 @@
 //!
 //! Registered one by one, each of a model's hundreds of thousands of tensors costs a label
 //! allocation, a table slot and a member-set insert. Registered together they are one
-//! [`Batch`]: the labels front-coded in one buffer (labels.rs), fixed-size rows indexed by id, and one membership per
+//! [`Batch`]: the labels in one string, fixed-size rows indexed by id, and one membership per
 //! allocation for all its rows inside it (a [`Group`]). A batch holds registrations of one
 //! piece (inside one allocation or mapping, nearly every tensor); one over several VMM
 //! mappings, or inside a second extent at an address the batch already has a group for
@@ -13,87 +13,57 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-use super::labels::Labels;
 use super::{RegistrationId, RegistrationInfo};
 use crate::core::driver::{DriverError, PointerInfo};
 use crate::core::sync::lock;
 use crate::core::verdict::{classify_piece, Piece, Verdict};
 
 /// At most this many rows per batch: a bigger call makes several. Keeps label offsets in 32
-/// bits (4 KiB labels at most) and bounds what one lock covers. Smaller in unit tests, so that
-/// calls of several batches stay small.
-pub(super) const MAX_ROWS: usize = if cfg!(test) { 1 << 10 } else { 1 << 19 };
+/// bits (4 KiB labels at most) and bounds what one lock covers.
+pub(super) const MAX_ROWS: usize = 1 << 19;
 
-/// [`Row::state`]'s flag: still registered.
-const LIVE: u32 = 1 << 24;
-/// [`Row::state`]'s flag: the last query for its allocation failed.
-const FAILING: u32 = 2 << 24;
-/// [`Row::state`]'s flag: sealed and found modified (see `RegistrationEntry::modified`).
-const MODIFIED: u32 = 4 << 24;
-/// [`Row::state`]'s group index (below `MAX_ROWS`, so 20 bits hold it).
-const GROUP: u32 = (1 << 20) - 1;
-/// Where [`Row::state`] keeps the residency verdict (4 bits).
-const VERDICT_SHIFT: u32 = 20;
+/// [`Row::flags`]: still registered.
+const LIVE: u8 = 1;
+/// [`Row::flags`]: the last query for its allocation failed.
+const FAILING: u8 = 2;
+/// [`Row::flags`]: sealed and found modified (see `RegistrationEntry::modified`).
+const MODIFIED: u8 = 4;
 
-/// One registration of a batch: 16 bytes, which is most of what a call of a hundred thousand
-/// tensors writes (its label is the batch's label of the same index). A tensor of 4 GiB or
-/// more is stored on its own.
+/// One registration of a batch: 32 bytes, its label in the batch's string.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Row {
     start: u64,
-    size: u32,
-    /// Its group (the low 20 bits), the residency verdict of its one piece (4 bits; MODIFIED
-    /// is a flag), and the flags (the top 8 bits).
-    state: u32,
+    end: u64,
+    label_at: u32,
+    label_len: u16,
+    /// The residency verdict of its one piece (MODIFIED is in `flags`).
+    verdict: u8,
+    flags: u8,
+    group: u32,
 }
 
 impl Row {
-    fn new(start: u64, size: u32, group: u32, verdict: Verdict, flags: u32) -> Row {
-        Row { start, size, state: group | (verdict as u32) << VERDICT_SHIFT | flags }
-    }
-
-    fn end(&self) -> u64 {
-        self.start + u64::from(self.size)
-    }
-
-    fn group(&self) -> usize {
-        (self.state & GROUP) as usize
-    }
-
-    fn set_group(&mut self, group: u32) {
-        self.state = self.state & !GROUP | group;
-    }
-
     fn live(&self) -> bool {
-        self.state & LIVE != 0
+        self.flags & LIVE != 0
     }
 
     fn failing(&self) -> bool {
-        self.state & FAILING != 0
-    }
-
-    /// The residency verdict of its one piece.
-    fn residency(&self) -> Verdict {
-        super::entries::verdict_of(((self.state >> VERDICT_SHIFT) & 0xf) as u8)
-    }
-
-    fn set_residency(&mut self, verdict: Verdict) {
-        self.state = self.state & !(0xf << VERDICT_SHIFT) | (verdict as u32) << VERDICT_SHIFT;
+        self.flags & FAILING != 0
     }
 
     /// The verdict as reported: a residency verdict wins over MODIFIED.
     fn judged(&self) -> Verdict {
-        match self.residency() {
-            Verdict::Resident if self.state & MODIFIED != 0 => Verdict::Modified,
+        match super::entries::verdict_of(self.verdict) {
+            Verdict::Resident if self.flags & MODIFIED != 0 => Verdict::Modified,
             residency => residency,
         }
     }
 
-    fn set(&mut self, flag: u32, on: bool) {
+    fn set(&mut self, flag: u8, on: bool) {
         if on {
-            self.state |= flag;
+            self.flags |= flag;
         } else {
-            self.state &= !flag;
+            self.flags &= !flag;
         }
     }
 }
@@ -120,8 +90,7 @@ pub(super) type Transition = ((Verdict, bool), (Verdict, bool));
 #[derive(Debug)]
 pub(super) struct Batch {
     first: RegistrationId,
-    /// Row `i`'s label is `labels.get(i)`.
-    labels: Labels,
+    labels: String,
     /// Row `i` is registration `first + i` (rows stored elsewhere are never live).
     rows: Vec<Row>,
     /// By `query_at`, one per allocation.
@@ -143,8 +112,8 @@ pub(super) struct Removed {
     pub(super) empty: bool,
 }
 
-/// Builds a [`Batch`] row by row, from labels that outlive it.
-pub(super) struct BatchBuilder<'a> {
+/// Builds a [`Batch`] row by row.
+pub(super) struct BatchBuilder {
     batch: Batch,
     /// Group of each extent the caller names rows by (`u32::MAX`: none yet).
     group_of_extent: Vec<u32>,
@@ -153,43 +122,37 @@ pub(super) struct BatchBuilder<'a> {
     /// The group of the last row pushed, and whether some group's rows are not one run.
     last_group: u32,
     scattered: bool,
-    /// The label of the last row (the next is stored as what differs from it).
-    before: &'a str,
 }
 
-impl<'a> BatchBuilder<'a> {
-    /// A batch with room for `rows` rows and `label_bytes` of labels (before sharing).
-    pub(super) fn new(rows: usize, label_bytes: usize) -> BatchBuilder<'a> {
+impl BatchBuilder {
+    /// A batch whose `rows` rows will be `first, first + 1, ...`, their labels
+    /// `label_bytes` long in all, inside `extents` extents (numbered by the caller).
+    pub(super) fn new(first: RegistrationId, rows: usize, label_bytes: usize, extents: usize) -> BatchBuilder {
         BatchBuilder {
             batch: Batch {
-                first: 0,
-                labels: Labels::with_capacity(rows, label_bytes),
+                first,
+                labels: String::with_capacity(label_bytes),
                 rows: Vec::with_capacity(rows),
                 groups: Vec::new(),
                 order: Vec::new(),
                 live: 0,
                 live_bytes: 0,
             },
-            group_of_extent: Vec::new(),
+            group_of_extent: vec![u32::MAX; extents],
             addresses: Default::default(),
             last_group: u32::MAX,
             scattered: false,
-            before: "",
         }
     }
 
     /// The next row: `[start, end)` inside extent `extent` (`(query_at, answer)`). False, and
     /// nothing done, when another extent of this batch has the same address (answers that
-    /// changed during the call: a group is judged by its address), or when the row is 4 GiB
-    /// or more (a row's size has 32 bits): the row must then be stored on its own.
+    /// changed during the call): a group is judged by its address, so the row must be stored
+    /// on its own.
     #[must_use]
-    pub(super) fn push(&mut self, label: &'a str, start: u64, end: u64, extent: usize, (query_at, answer): (u64, &PointerInfo)) -> bool {
+    pub(super) fn push(&mut self, label: &str, start: u64, end: u64, extent: usize, (query_at, answer): (u64, &PointerInfo)) -> bool {
         let batch = &mut self.batch;
-        let Ok(size) = u32::try_from(end - start) else { return false };
         let row = batch.rows.len() as u32;
-        if self.group_of_extent.len() <= extent {
-            self.group_of_extent.resize(extent + 1, u32::MAX);
-        }
         let group = match self.group_of_extent[extent] {
             u32::MAX if !self.addresses.insert(query_at) => return false,
             u32::MAX => {
@@ -215,9 +178,17 @@ impl<'a> BatchBuilder<'a> {
         let g = &mut batch.groups[group as usize];
         g.live += 1;
         g.to = row + 1;
-        batch.labels.push(label, self.before);
-        self.before = label;
-        batch.rows.push(Row::new(start, size, group, Verdict::Resident, LIVE));
+        let label_at = batch.labels.len() as u32;
+        batch.labels.push_str(label);
+        batch.rows.push(Row {
+            start,
+            end,
+            label_at,
+            label_len: label.len() as u16,
+            verdict: Verdict::Resident as u8,
+            flags: LIVE,
+            group,
+        });
         batch.live += 1;
         batch.live_bytes += end - start;
         true
@@ -225,23 +196,12 @@ impl<'a> BatchBuilder<'a> {
 
     /// The next id's row is stored elsewhere (a registration of several pieces).
     pub(super) fn skip(&mut self) {
-        self.batch.labels.push("", self.before);
-        self.before = "";
-        self.batch.rows.push(Row::new(0, 0, 0, Verdict::Resident, 0));
+        self.batch.rows.push(Row { start: 0, end: 0, label_at: 0, label_len: 0, verdict: Verdict::Resident as u8, flags: 0, group: 0 });
     }
 
-    /// Rows pushed or skipped so far.
-    pub(super) fn len(&self) -> usize {
-        self.batch.rows.len()
-    }
-
-    /// The batch, its rows numbered from `first` (see [`Batch::shift_ids`]), its groups
-    /// sorted by address and their rows indexed; the building tables are dropped and unused
-    /// label room given back.
-    pub(super) fn finish(self, first: u64) -> Batch {
+    /// The batch, its groups sorted by address and their rows indexed.
+    pub(super) fn finish(self) -> Batch {
         let mut batch = self.batch;
-        batch.first = first;
-        batch.labels.shrink();
         if self.scattered {
             // A counting sort of the rows by group: a check judges one allocation's rows
             // together. (Otherwise each group's rows are already `rows[from..to]`, rows
@@ -255,7 +215,7 @@ impl<'a> BatchBuilder<'a> {
             batch.order = vec![0; next as usize];
             for (i, row) in batch.rows.iter().enumerate() {
                 if row.live() {
-                    let group = &mut batch.groups[row.group()];
+                    let group = &mut batch.groups[row.group as usize];
                     batch.order[group.to as usize] = i as u32;
                     group.to += 1;
                 }
@@ -270,19 +230,13 @@ impl<'a> BatchBuilder<'a> {
         }
         batch.groups = by_address.iter().map(|&g| batch.groups[g as usize]).collect();
         for row in batch.rows.iter_mut().filter(|r| r.live()) {
-            row.set_group(renumber[row.group()]);
+            row.group = renumber[row.group as usize];
         }
         batch
     }
 }
 
 impl Batch {
-    /// Adds `offset` to every id of its rows: a call's batches are numbered from 0 while it
-    /// is judged, and take their ids at the commit.
-    pub(super) fn shift_ids(&mut self, offset: u64) {
-        self.first += offset;
-    }
-
     /// Its first id.
     pub(super) fn first(&self) -> RegistrationId {
         self.first
@@ -304,21 +258,18 @@ impl Batch {
     }
 
     fn info_of(&self, i: usize) -> RegistrationInfo {
-        self.info_labelled(i, self.labels.get(i))
-    }
-
-    fn info_labelled(&self, i: usize, label: String) -> RegistrationInfo {
         let row = &self.rows[i];
-        let group = &self.groups[row.group()];
+        let group = &self.groups[row.group as usize];
+        let label = &self.labels[row.label_at as usize..row.label_at as usize + row.label_len as usize];
         RegistrationInfo {
             id: self.first + i as u64,
             ptr: row.start,
-            size: u64::from(row.size),
-            label,
+            size: row.end - row.start,
+            label: label.to_owned(),
             device: group.device,
             verdict: row.judged(),
             check_failing: row.failing(),
-            pieces: vec![Piece { query_at: group.query_at, start: row.start, end: row.end(), buffer_id: group.buffer_id }],
+            pieces: vec![Piece { query_at: group.query_at, start: row.start, end: row.end, buffer_id: group.buffer_id }],
             seal: None,
         }
     }
@@ -335,17 +286,13 @@ impl Batch {
 
     /// Copies of every registration it holds, appended to `out`.
     pub(super) fn snapshot(&self, out: &mut Vec<RegistrationInfo>) {
-        self.labels.each(|i, label| {
-            if self.rows[i].live() {
-                out.push(self.info_labelled(i, label.to_owned()));
-            }
-        });
+        out.extend((0..self.rows.len()).filter(|&i| self.rows[i].live()).map(|i| self.info_of(i)));
     }
 
     /// Each live row's device, verdict and size, for tallies.
     pub(super) fn each(&self, mut f: impl FnMut(i32, Verdict, u64)) {
         for row in self.rows.iter().filter(|r| r.live()) {
-            f(self.groups[row.group()].device, row.judged(), u64::from(row.size));
+            f(self.groups[row.group as usize].device, row.judged(), row.end - row.start);
         }
     }
 
@@ -362,10 +309,10 @@ impl Batch {
     pub(super) fn remove(&mut self, id: RegistrationId) -> Option<Removed> {
         let (i, row) = self.row(id)?;
         let row = *row;
-        self.rows[i].set(LIVE, false);
+        self.rows[i].flags &= !LIVE;
         self.live -= 1;
-        self.live_bytes -= u64::from(row.size);
-        let group = &mut self.groups[row.group()];
+        self.live_bytes -= row.end - row.start;
+        let group = &mut self.groups[row.group as usize];
         group.live -= 1;
         let left = (group.live == 0).then_some(group.query_at);
         Some(Removed { verdict: row.judged(), failing: row.failing(), left, empty: self.live == 0 })
@@ -400,8 +347,8 @@ impl Batch {
             let before = (row.judged(), row.failing());
             match answer {
                 Ok(info) => {
-                    let piece = Piece { query_at: group.query_at, start: row.start, end: row.end(), buffer_id: group.buffer_id };
-                    row.set_residency(classify_piece(&piece, group.device, info));
+                    let piece = Piece { query_at: group.query_at, start: row.start, end: row.end, buffer_id: group.buffer_id };
+                    row.verdict = classify_piece(&piece, group.device, info) as u8;
                     row.set(FAILING, false);
                 }
                 // The last verdict stays: a failed query says nothing about the memory.

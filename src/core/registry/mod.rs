@@ -32,10 +32,8 @@ mod fingerprint;
 mod hasher;
 pub(crate) use hasher::IntegerHasher;
 mod ids;
-mod labels;
 mod pending;
 mod together;
-pub(crate) use together::Insertion;
 mod values;
 #[cfg(test)]
 mod tests;
