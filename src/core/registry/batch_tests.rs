@@ -261,3 +261,72 @@ fn rows_of_two_answers_at_one_address_are_all_judged_by_a_check() {
     }
     assert_eq!(registry.counts(), RegistryCounts::default());
 }
+
+#[test]
+fn a_tensor_of_4_gib_or_more_is_stored_alone_and_judged_with_its_batch() {
+    let registry = Registry::new();
+    // A 16 GiB allocation: an embedding of 6 GiB after a small tensor, then another small one.
+    let big = PointerInfo { range_size: 16 << 30, ..arena(7) };
+    let labels = ["norm".to_string(), "embed".to_string(), "head".to_string()];
+    let regions = [
+        Region { ptr: ARENA, size: 0x1000, label: &labels[0] },
+        Region { ptr: ARENA + 0x1000, size: 6 << 30, label: &labels[1] },
+        Region { ptr: ARENA + 0x1000 + (6 << 30), size: 0x1000, label: &labels[2] },
+    ];
+    let first = insert_all(&registry, &regions, big);
+    let infos: Vec<(String, u64, u64)> = (first..first + 3).map(|id| registry.get(id).unwrap()).map(|i| (i.label, i.ptr, i.size)).collect();
+    assert_eq!(infos, regions.iter().map(|r| (r.label.to_string(), r.ptr, r.size)).collect::<Vec<_>>());
+    assert_eq!(registry.counts().tracked_bytes, (6 << 30) + 0x2000);
+    assert_eq!(registry.counts().allocations, 1);
+    // The allocation is replaced: all three are judged, the big one with the others.
+    registry.settle();
+    let changes = registry.apply(ARENA, &Ok(PointerInfo { buffer_id: 8, ..big }), fingerprint(&big)).unwrap();
+    assert_eq!(changes.len(), 3);
+    assert!((first..first + 3).all(|id| registry.verdict(id) == Some((Verdict::Replaced, false))));
+    for id in first..first + 3 {
+        registry.remove(id).unwrap();
+    }
+    assert_eq!(registry.counts(), RegistryCounts::default());
+}
+
+#[test]
+fn a_call_of_more_rows_than_a_batch_holds_is_several_batches_with_consecutive_ids() {
+    let registry = Registry::new();
+    // Two and a half batches of tensors in one 2 MiB arena, 512 bytes each, with an entry over
+    // two mappings at the first boundary (its row is stored alone, its id still in order).
+    let count = 2 * super::batches::MAX_ROWS + 500;
+    let labels = labels(count);
+    let mut regions: Vec<Region<'_>> = labels.iter().enumerate().map(|(i, label)| Region { ptr: ARENA + i as u64 * 512, size: 512, label }).collect();
+    let mapping = |base: u64| PointerInfo { range_start: 0x40_0000, range_size: 0x40_0000, mapping_base: base, mapping_size: 0x20_0000, ..arena(3) };
+    let over = inspect_with(|a| Ok(mapping(a & !0x1f_ffff)), 0x5f_f000, 0x2000).unwrap();
+    let boundary = super::batches::MAX_ROWS;
+    regions[boundary] = Region { ptr: 0x5f_f000, size: 0x2000, label: &labels[boundary] };
+    let passed: Vec<Passed> = (0..count as u32).map(|index| Passed { index, extent: if index as usize == boundary { INSPECTED } else { 0 } }).collect();
+    let first = registry.insert_many(&regions, &passed, &[(ARENA, arena(7))], &[over]);
+    assert_eq!(registry.counts().registrations, count as u64);
+    for i in [0, boundary - 1, boundary, boundary + 1, 2 * boundary, count - 1] {
+        let info = registry.get(first + i as u64).unwrap();
+        assert_eq!((info.label.as_str(), info.ptr, info.size), (labels[i].as_str(), regions[i].ptr, regions[i].size), "entry {i}");
+    }
+    assert!(registry.get(first + count as u64).is_none());
+    assert_eq!(registry.snapshot().iter().map(|r| r.id).collect::<Vec<_>>(), (first..first + count as u64).collect::<Vec<_>>());
+    // Three batches of at most MAX_ROWS rows, one after another.
+    let spans: Vec<(u64, u64)> = [0, boundary, 2 * boundary]
+        .iter()
+        .map(|&row| {
+            let batch = registry.batches.find(first + row as u64).unwrap();
+            let batch = lock(&batch);
+            (batch.first(), batch.rows())
+        })
+        .collect();
+    assert_eq!(spans, [(first, boundary as u64), (first + boundary as u64, boundary as u64), (first + 2 * boundary as u64, 500)]);
+    // A check of the arena judges the rows of all three batches.
+    registry.settle();
+    let changes = registry.apply(ARENA, &Ok(arena(8)), fingerprint(&arena(7))).unwrap();
+    assert_eq!(changes.len(), count - 1, "every row but the one over the mappings");
+    for id in first..first + count as u64 {
+        registry.remove(id).unwrap();
+    }
+    assert_eq!(registry.counts(), RegistryCounts::default());
+    assert!(registry.batches.find(first).is_none() && registry.batches.find(first + 2 * boundary as u64).is_none());
+}

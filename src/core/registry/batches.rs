@@ -19,8 +19,9 @@ use crate::core::sync::lock;
 use crate::core::verdict::{classify_piece, Piece, Verdict};
 
 /// At most this many rows per batch: a bigger call makes several. Keeps label offsets in 32
-/// bits (4 KiB labels at most) and bounds what one lock covers.
-pub(super) const MAX_ROWS: usize = 1 << 19;
+/// bits (4 KiB labels at most) and bounds what one lock covers. Smaller in unit tests, so that
+/// calls of several batches stay small.
+pub(super) const MAX_ROWS: usize = if cfg!(test) { 1 << 10 } else { 1 << 19 };
 
 /// [`Row::flags`]: still registered.
 const LIVE: u8 = 1;
@@ -29,11 +30,12 @@ const FAILING: u8 = 2;
 /// [`Row::flags`]: sealed and found modified (see `RegistrationEntry::modified`).
 const MODIFIED: u8 = 4;
 
-/// One registration of a batch: 32 bytes, its label in the batch's string.
+/// One registration of a batch: 24 bytes, its label in the batch's string. A tensor of 4 GiB
+/// or more (its size does not fit 32 bits) is stored on its own.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Row {
     start: u64,
-    end: u64,
+    size: u32,
     label_at: u32,
     label_len: u16,
     /// The residency verdict of its one piece (MODIFIED is in `flags`).
@@ -42,7 +44,13 @@ pub(super) struct Row {
     group: u32,
 }
 
+const _: () = assert!(std::mem::size_of::<Row>() == 24, "a row is 24 bytes");
+
 impl Row {
+    fn end(&self) -> u64 {
+        self.start + u64::from(self.size)
+    }
+
     fn live(&self) -> bool {
         self.flags & LIVE != 0
     }
@@ -147,11 +155,12 @@ impl BatchBuilder {
 
     /// The next row: `[start, end)` inside extent `extent` (`(query_at, answer)`). False, and
     /// nothing done, when another extent of this batch has the same address (answers that
-    /// changed during the call): a group is judged by its address, so the row must be stored
-    /// on its own.
+    /// changed during the call: a group is judged by its address), or when the row is 4 GiB
+    /// or more: the row must then be stored on its own.
     #[must_use]
     pub(super) fn push(&mut self, label: &str, start: u64, end: u64, extent: usize, (query_at, answer): (u64, &PointerInfo)) -> bool {
         let batch = &mut self.batch;
+        let Ok(size) = u32::try_from(end - start) else { return false };
         let row = batch.rows.len() as u32;
         let group = match self.group_of_extent[extent] {
             u32::MAX if !self.addresses.insert(query_at) => return false,
@@ -182,7 +191,7 @@ impl BatchBuilder {
         batch.labels.push_str(label);
         batch.rows.push(Row {
             start,
-            end,
+            size,
             label_at,
             label_len: label.len() as u16,
             verdict: Verdict::Resident as u8,
@@ -196,7 +205,7 @@ impl BatchBuilder {
 
     /// The next id's row is stored elsewhere (a registration of several pieces).
     pub(super) fn skip(&mut self) {
-        self.batch.rows.push(Row { start: 0, end: 0, label_at: 0, label_len: 0, verdict: Verdict::Resident as u8, flags: 0, group: 0 });
+        self.batch.rows.push(Row { start: 0, size: 0, label_at: 0, label_len: 0, verdict: Verdict::Resident as u8, flags: 0, group: 0 });
     }
 
     /// The batch, its groups sorted by address and their rows indexed.
@@ -264,12 +273,12 @@ impl Batch {
         RegistrationInfo {
             id: self.first + i as u64,
             ptr: row.start,
-            size: row.end - row.start,
+            size: u64::from(row.size),
             label: label.to_owned(),
             device: group.device,
             verdict: row.judged(),
             check_failing: row.failing(),
-            pieces: vec![Piece { query_at: group.query_at, start: row.start, end: row.end, buffer_id: group.buffer_id }],
+            pieces: vec![Piece { query_at: group.query_at, start: row.start, end: row.end(), buffer_id: group.buffer_id }],
             seal: None,
         }
     }
@@ -292,7 +301,7 @@ impl Batch {
     /// Each live row's device, verdict and size, for tallies.
     pub(super) fn each(&self, mut f: impl FnMut(i32, Verdict, u64)) {
         for row in self.rows.iter().filter(|r| r.live()) {
-            f(self.groups[row.group as usize].device, row.judged(), row.end - row.start);
+            f(self.groups[row.group as usize].device, row.judged(), u64::from(row.size));
         }
     }
 
@@ -311,7 +320,7 @@ impl Batch {
         let row = *row;
         self.rows[i].flags &= !LIVE;
         self.live -= 1;
-        self.live_bytes -= row.end - row.start;
+        self.live_bytes -= u64::from(row.size);
         let group = &mut self.groups[row.group as usize];
         group.live -= 1;
         let left = (group.live == 0).then_some(group.query_at);
@@ -347,7 +356,7 @@ impl Batch {
             let before = (row.judged(), row.failing());
             match answer {
                 Ok(info) => {
-                    let piece = Piece { query_at: group.query_at, start: row.start, end: row.end, buffer_id: group.buffer_id };
+                    let piece = Piece { query_at: group.query_at, start: row.start, end: row.end(), buffer_id: group.buffer_id };
                     row.verdict = classify_piece(&piece, group.device, info) as u8;
                     row.set(FAILING, false);
                 }
