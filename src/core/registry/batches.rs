@@ -101,8 +101,10 @@ pub(super) struct Batch {
     labels: String,
     /// Row `i` is registration `first + i` (rows stored elsewhere are never live).
     rows: Vec<Row>,
-    /// By `query_at`, one per allocation.
+    /// One per allocation, in the order their first rows came.
     groups: Vec<Group>,
+    /// Group indices sorted by `query_at` (a check finds an allocation's group by address).
+    by_address: Vec<u32>,
     /// Row indices, grouped: a group's rows are `order[from..to]`. Empty when each group's
     /// rows are one run of `rows` (entries in model order).
     order: Vec<u32>,
@@ -142,6 +144,7 @@ impl BatchBuilder {
                 labels: String::with_capacity(label_bytes),
                 rows: Vec::with_capacity(rows),
                 groups: Vec::new(),
+                by_address: Vec::new(),
                 order: Vec::new(),
                 live: 0,
                 live_bytes: 0,
@@ -208,7 +211,7 @@ impl BatchBuilder {
         self.batch.rows.push(Row { start: 0, size: 0, label_at: 0, label_len: 0, verdict: Verdict::Resident as u8, flags: 0, group: 0 });
     }
 
-    /// The batch, its groups sorted by address and their rows indexed.
+    /// The batch, its groups indexed by address and their rows indexed.
     pub(super) fn finish(self) -> Batch {
         let mut batch = self.batch;
         if self.scattered {
@@ -230,17 +233,11 @@ impl BatchBuilder {
                 }
             }
         }
-        // Sorted by address for lookups, rows renumbered to match.
-        let mut by_address: Vec<u32> = (0..batch.groups.len() as u32).collect();
-        by_address.sort_unstable_by_key(|&g| batch.groups[g as usize].query_at);
-        let mut renumber = vec![0u32; by_address.len()];
-        for (new, &old) in by_address.iter().enumerate() {
-            renumber[old as usize] = new as u32;
-        }
-        batch.groups = by_address.iter().map(|&g| batch.groups[g as usize]).collect();
-        for row in batch.rows.iter_mut().filter(|r| r.live()) {
-            row.group = renumber[row.group as usize];
-        }
+        // An index sorted by address for lookups: the rows keep their group numbers (no pass
+        // over every row).
+        batch.by_address = (0..batch.groups.len() as u32).collect();
+        let groups = &batch.groups;
+        batch.by_address.sort_unstable_by_key(|&g| groups[g as usize].query_at);
         batch
     }
 }
@@ -345,8 +342,8 @@ impl Batch {
         answer: &Result<PointerInfo, DriverError>,
         mut changed: impl FnMut(Transition, RegistrationInfo),
     ) {
-        let Ok(g) = self.groups.binary_search_by_key(&address, |g| g.query_at) else { return };
-        let group = self.groups[g];
+        let Ok(k) = self.by_address.binary_search_by_key(&address, |&g| self.groups[g as usize].query_at) else { return };
+        let group = self.groups[self.by_address[k] as usize];
         for k in group.from..group.to {
             let i = if self.order.is_empty() { k as usize } else { self.order[k as usize] as usize };
             let row = &mut self.rows[i];
