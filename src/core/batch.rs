@@ -179,6 +179,9 @@ pub(crate) struct Judged {
     pub(crate) failures: Vec<(usize, Error)>,
     /// Driver queries made.
     pub(crate) queries: u64,
+    /// The passed entries' labels, their lengths summed (counted while judging, which reads
+    /// them anyway: storing them then needs no pass of its own to size its string).
+    pub(crate) label_bytes: usize,
 }
 
 /// How one entry was found resident.
@@ -196,18 +199,23 @@ pub(crate) fn judge_all(driver: &dyn Driver, regions: &[Region<'_>]) -> Judged {
     let mut snapshot = Snapshot::new(driver);
     let mut seen = Ranges::default();
     let (mut passed, mut inspected, mut failures) = (Vec::with_capacity(regions.len()), Vec::new(), Vec::new());
+    let mut label_bytes = 0;
     for i in 0..regions.len() {
         match judge_one(&mut snapshot, &mut seen, regions, i) {
-            Ok(Found::Within(extent)) => passed.push(Passed { index: i as u32, extent }),
+            Ok(Found::Within(extent)) => {
+                passed.push(Passed { index: i as u32, extent });
+                label_bytes += regions[i].label.len();
+            }
             Ok(Found::Inspected(inspection)) => {
                 passed.push(Passed { index: i as u32, extent: INSPECTED });
                 inspected.push(inspection);
+                label_bytes += regions[i].label.len();
             }
             Err(e) => failures.push((i, e)),
         }
     }
     let extents = snapshot.extents.iter().map(|e| (e.start, e.info)).collect();
-    Judged { passed, inspected, extents, failures, queries: snapshot.queries }
+    Judged { passed, inspected, extents, failures, queries: snapshot.queries, label_bytes }
 }
 
 /// Judges entry `i`, as [`crate::Monitor::register`] would.

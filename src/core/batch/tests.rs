@@ -53,6 +53,8 @@ fn entries_in_allocations_handed_out_downwards_are_judged_with_one_query_each_as
     assert_eq!(failed, [7, 150]);
     assert_eq!(judged.failures[1].1, Error::DuplicateRange);
     assert_eq!(judged.passed.len(), 198);
+    let passed_labels: usize = judged.passed.iter().map(|p| regions[p.index as usize].label.len()).sum();
+    assert_eq!(judged.label_bytes, passed_labels, "the failed entries' labels not counted");
     assert!(judged.inspected.is_empty(), "every entry lies inside one allocation");
     for Passed { index, extent } in judged.passed {
         let r = &regions[index as usize];

@@ -35,7 +35,7 @@ fn labels(count: usize) -> Vec<String> {
 /// Inserts every region as a row of extent 0 (the arena, answer `seen`).
 fn insert_all(registry: &Registry, regions: &[Region<'_>], seen: PointerInfo) -> RegistrationId {
     let passed: Vec<Passed> = (0..regions.len() as u32).map(|index| Passed { index, extent: 0 }).collect();
-    registry.insert_many(regions, &passed, &[(ARENA, seen)], &[])
+    registry.insert_many(regions, &passed, &[(ARENA, seen)], &[], None)
 }
 
 #[test]
@@ -154,7 +154,7 @@ fn a_range_over_several_mappings_is_stored_alone_under_its_batch_id() {
         Region { ptr: ARENA + 0x1000, size: 0x1000, label: &labels[2] },
     ];
     let passed = [Passed { index: 0, extent: 0 }, Passed { index: 1, extent: INSPECTED }, Passed { index: 2, extent: 0 }];
-    let first = registry.insert_many(&regions, &passed, &[(ARENA, arena(7))], &[over]);
+    let first = registry.insert_many(&regions, &passed, &[(ARENA, arena(7))], &[over], None);
     let info = registry.get(first + 1).unwrap();
     assert_eq!((info.label.as_str(), info.pieces.len(), info.size), ("over", 2, 0x2000));
     assert_eq!(registry.get(first + 2).unwrap().label, "b");
@@ -219,7 +219,7 @@ fn a_check_of_one_allocation_judges_only_its_rows_in_any_entry_order() {
             })
             .collect();
         let passed: Vec<Passed> = (0..40).map(|i| Passed { index: i as u32, extent: place(i).0 as u32 }).collect();
-        let first = registry.insert_many(&regions, &passed, &[(ARENA, arena(7)), (0x80_0000, other)], &[]);
+        let first = registry.insert_many(&regions, &passed, &[(ARENA, arena(7)), (0x80_0000, other)], &[], None);
         let changes = registry.apply(0x80_0000, &Ok(PointerInfo::unregistered()), fingerprint(&other)).unwrap();
         let mut moved: Vec<u64> = changes.iter().map(|c| match c {
             Change::Verdict { registration, .. } => registration.id,
@@ -246,7 +246,7 @@ fn rows_of_two_answers_at_one_address_are_all_judged_by_a_check() {
     let regions = tensors(&labels);
     let grown = PointerInfo { range_size: 0x40_0000, ..arena(8) };
     let passed: Vec<Passed> = (0..4).map(|i| Passed { index: i, extent: i / 2 }).collect();
-    let first = registry.insert_many(&regions, &passed, &[(ARENA, arena(7)), (ARENA, grown)], &[]);
+    let first = registry.insert_many(&regions, &passed, &[(ARENA, arena(7)), (ARENA, grown)], &[], None);
     assert_eq!(registry.counts().registrations, 4);
     assert_eq!(registry.get(first + 3).unwrap().pieces[0].buffer_id, 8);
     let mut plan = Vec::new();
@@ -302,7 +302,7 @@ fn a_call_of_more_rows_than_a_batch_holds_is_several_batches_with_consecutive_id
     let boundary = super::batches::MAX_ROWS;
     regions[boundary] = Region { ptr: 0x5f_f000, size: 0x2000, label: &labels[boundary] };
     let passed: Vec<Passed> = (0..count as u32).map(|index| Passed { index, extent: if index as usize == boundary { INSPECTED } else { 0 } }).collect();
-    let first = registry.insert_many(&regions, &passed, &[(ARENA, arena(7))], &[over]);
+    let first = registry.insert_many(&regions, &passed, &[(ARENA, arena(7))], &[over], None);
     assert_eq!(registry.counts().registrations, count as u64);
     for i in [0, boundary - 1, boundary, boundary + 1, 2 * boundary, count - 1] {
         let info = registry.get(first + i as u64).unwrap();

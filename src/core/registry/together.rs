@@ -19,19 +19,25 @@ impl Registry {
     /// Entries inside one extent (`extents[passed[k].extent]`: where a check asks, and the
     /// answer there) become rows of a batch: one record, one membership per allocation. Those
     /// with `extent` [`INSPECTED`] (several pieces) take the next of `inspected` and are stored
-    /// on their own. Crate-only: the caller judged every entry resident (core/batch.rs).
+    /// on their own. `label_bytes`: the passed entries' label lengths summed, when the caller
+    /// counted them (otherwise counted here). Crate-only: the caller judged every entry
+    /// resident (core/batch.rs).
     pub(crate) fn insert_many(
         &self,
         regions: &[Region<'_>],
         passed: &[Passed],
         extents: &[(u64, PointerInfo)],
         inspected: &[Inspection],
+        label_bytes: Option<usize>,
     ) -> RegistrationId {
         let first = next_ids(passed.len() as u64);
         let mut inspected = inspected.iter();
         let mut id = first;
         for part in passed.chunks(super::batches::MAX_ROWS) {
-            let label_bytes = part.iter().map(|p| regions[p.index as usize].label.len()).sum();
+            let label_bytes = match label_bytes {
+                Some(all) if part.len() == passed.len() => all,
+                _ => part.iter().map(|p| regions[p.index as usize].label.len()).sum(),
+            };
             let mut builder = BatchBuilder::new(id, part.len(), label_bytes, extents.len());
             let mut alone = Vec::new();
             // Rows inside an extent whose address another extent of this call already has.
