@@ -38,6 +38,14 @@ fn insert_all(registry: &Registry, regions: &[Region<'_>], seen: PointerInfo) ->
     registry.insert_many(regions, &passed, &[(ARENA, seen)], &[], None)
 }
 
+/// Unregisters `ids` (each must be registered) and checks that nothing is left.
+fn unregister_all(registry: &Registry, ids: std::ops::Range<RegistrationId>) {
+    for id in ids {
+        registry.remove(id).unwrap();
+    }
+    assert_eq!(registry.counts(), RegistryCounts::default());
+}
+
 #[test]
 fn many_registered_together_get_consecutive_ids_and_are_each_found() {
     let registry = Registry::new();
@@ -164,10 +172,7 @@ fn a_range_over_several_mappings_is_stored_alone_under_its_batch_id() {
     let changes = registry.apply(0x60_0000, &Ok(PointerInfo::unregistered()), fingerprint(&mapping(0x60_0000))).unwrap();
     assert_eq!(changes.len(), 1);
     assert_eq!(registry.verdict(first + 1).unwrap().0, Verdict::NotMapped);
-    for id in first..first + 3 {
-        registry.remove(id).unwrap();
-    }
-    assert_eq!(registry.counts(), RegistryCounts::default());
+    unregister_all(&registry, first..first + 3);
 }
 
 #[test]
@@ -283,10 +288,7 @@ fn a_tensor_of_4_gib_or_more_is_stored_alone_and_judged_with_its_batch() {
     let changes = registry.apply(ARENA, &Ok(PointerInfo { buffer_id: 8, ..big }), fingerprint(&big)).unwrap();
     assert_eq!(changes.len(), 3);
     assert!((first..first + 3).all(|id| registry.verdict(id) == Some((Verdict::Replaced, false))));
-    for id in first..first + 3 {
-        registry.remove(id).unwrap();
-    }
-    assert_eq!(registry.counts(), RegistryCounts::default());
+    unregister_all(&registry, first..first + 3);
 }
 
 #[test]
@@ -324,9 +326,6 @@ fn a_call_of_more_rows_than_a_batch_holds_is_several_batches_with_consecutive_id
     registry.settle();
     let changes = registry.apply(ARENA, &Ok(arena(8)), fingerprint(&arena(7))).unwrap();
     assert_eq!(changes.len(), count - 1, "every row but the one over the mappings");
-    for id in first..first + count as u64 {
-        registry.remove(id).unwrap();
-    }
-    assert_eq!(registry.counts(), RegistryCounts::default());
+    unregister_all(&registry, first..first + count as u64);
     assert!(registry.batches.find(first).is_none() && registry.batches.find(first + 2 * boundary as u64).is_none());
 }
