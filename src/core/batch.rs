@@ -201,17 +201,20 @@ pub(crate) fn judge_all(driver: &dyn Driver, regions: &[Region<'_>]) -> Judged {
     let (mut passed, mut inspected, mut failures) = (Vec::with_capacity(regions.len()), Vec::new(), Vec::new());
     let mut label_bytes = 0;
     for i in 0..regions.len() {
-        match judge_one(&mut snapshot, &mut seen, regions, i) {
-            Ok(Found::Within(extent)) => {
-                passed.push(Passed { index: i as u32, extent });
-                label_bytes += regions[i].label.len();
+        let found = match judge_one(&mut snapshot, &mut seen, regions, i) {
+            Ok(found) => found,
+            Err(e) => {
+                failures.push((i, e));
+                continue;
             }
-            Ok(Found::Inspected(inspection)) => {
+        };
+        label_bytes += regions[i].label.len();
+        match found {
+            Found::Within(extent) => passed.push(Passed { index: i as u32, extent }),
+            Found::Inspected(inspection) => {
                 passed.push(Passed { index: i as u32, extent: INSPECTED });
                 inspected.push(inspection);
-                label_bytes += regions[i].label.len();
             }
-            Err(e) => failures.push((i, e)),
         }
     }
     let extents = snapshot.extents.iter().map(|e| (e.start, e.info)).collect();

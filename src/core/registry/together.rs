@@ -39,21 +39,23 @@ impl Registry {
                 _ => part.iter().map(|p| regions[p.index as usize].label.len()).sum(),
             };
             let mut builder = BatchBuilder::new(id, part.len(), label_bytes, extents.len());
-            let mut alone = Vec::new();
-            // Rows inside an extent whose address another extent of this call already has.
-            let mut apart = Vec::new();
+            // Registrations stored on their own, each with the answers at its pieces: those
+            // over several pieces, and rows the batch refuses.
+            let mut alone: Vec<(RegistrationId, RegistrationEntry, Vec<PointerInfo>)> = Vec::new();
             for (k, p) in part.iter().enumerate() {
                 let region = &regions[p.index as usize];
                 if p.extent == INSPECTED {
                     builder.skip();
-                    alone.extend(inspected.next().map(|found| (id + k as u64, region.label, found)));
+                    if let Some(found) = inspected.next() {
+                        alone.push((id + k as u64, RegistrationEntry::new(region.label, found.device, found.pieces()), found.answers().to_vec()));
+                    }
                 } else {
                     let (query_at, answer) = &extents[p.extent as usize];
                     let end = region.ptr + region.size;
                     if !builder.push(region.label, region.ptr, end, p.extent as usize, (*query_at, answer)) {
                         builder.skip();
                         let piece = Piece { query_at: *query_at, start: region.ptr, end, buffer_id: answer.buffer_id };
-                        apart.push((id + k as u64, region.label, piece, *answer));
+                        alone.push((id + k as u64, RegistrationEntry::new(region.label, answer.device_ordinal, &[piece]), vec![*answer]));
                     }
                 }
             }
@@ -75,13 +77,8 @@ impl Registry {
                     }
                 }
             }
-            for (id, label, found) in alone {
-                let registration = RegistrationEntry::new(label, found.device, found.pieces());
-                self.add_pending(&mut lock(&self.registrations[shard_of_id(id)]), id, registration, found.answers());
-            }
-            for (id, label, piece, answer) in apart {
-                let registration = RegistrationEntry::new(label, answer.device_ordinal, &[piece]);
-                self.add_pending(&mut lock(&self.registrations[shard_of_id(id)]), id, registration, &[answer]);
+            for (id, registration, answers) in alone {
+                self.add_pending(&mut lock(&self.registrations[shard_of_id(id)]), id, registration, &answers);
             }
             id += part.len() as u64;
         }
