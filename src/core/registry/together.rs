@@ -1,5 +1,6 @@
 //! Registrations made together (`register_many`): how the registry inserts a call as
-//! batches, removes a batch's row, and reports a row's change in a check.
+//! batches and removes a batch's row. (A row's change in a check is reported with the
+//! others', by `Registry::changed`.)
 
 use std::sync::Mutex;
 
