@@ -156,19 +156,19 @@ impl BatchBuilder {
         }
     }
 
-    /// The next row: `[start, end)` inside extent `extent` (`(query_at, answer)`). False, and
-    /// nothing done, when another extent of this batch has the same address (answers that
-    /// changed during the call: a group is judged by its address), or when the row is 4 GiB
-    /// or more: the row must then be stored on its own.
-    #[must_use]
-    pub(super) fn push(&mut self, label: &str, start: u64, end: u64, extent: usize, (query_at, answer): (u64, &PointerInfo)) -> bool {
+    /// The group of the rows inside extent `extent` (`(query_at, answer)`), which come next,
+    /// one run of them: [`BatchBuilder::push`] each, then [`BatchBuilder::close`]. `None`,
+    /// and nothing done, when another extent of this batch has the same address (answers that
+    /// changed during the call: a group is judged by its address): its rows must then be
+    /// stored on their own.
+    #[inline]
+    pub(super) fn open(&mut self, extent: usize, (query_at, answer): (u64, &PointerInfo)) -> Option<u32> {
         let batch = &mut self.batch;
-        let Ok(size) = u32::try_from(end - start) else { return false };
-        let row = batch.rows.len() as u32;
         let group = match self.group_of_extent[extent] {
-            u32::MAX if !self.addresses.insert(query_at) => return false,
+            u32::MAX if !self.addresses.insert(query_at) => return None,
             u32::MAX => {
                 let g = batch.groups.len() as u32;
+                let row = batch.rows.len() as u32;
                 batch.groups.push(Group {
                     query_at,
                     seen: super::fingerprint(answer),
@@ -187,9 +187,16 @@ impl BatchBuilder {
             }
         };
         self.last_group = group;
-        let g = &mut batch.groups[group as usize];
-        g.live += 1;
-        g.to = row + 1;
+        Some(group)
+    }
+
+    /// The next row: `[start, end)`, in `group` (from [`BatchBuilder::open`]). False, and
+    /// nothing done, when the row is 4 GiB or more: it must then be stored on its own.
+    #[must_use]
+    #[inline]
+    pub(super) fn push(&mut self, group: u32, label: &str, start: u64, end: u64) -> bool {
+        let batch = &mut self.batch;
+        let Ok(size) = u32::try_from(end - start) else { return false };
         let label_at = batch.labels.len() as u32;
         batch.labels.push_str(label);
         batch.rows.push(Row {
@@ -201,9 +208,26 @@ impl BatchBuilder {
             flags: LIVE,
             group,
         });
-        batch.live += 1;
         batch.live_bytes += end - start;
         true
+    }
+
+    /// The end of a run of `group` opened by [`BatchBuilder::open`]: `pushed` rows pushed,
+    /// the last of them row `last`. (Counted here, once a run, not at each row: a row then
+    /// writes nothing but itself.)
+    #[inline]
+    pub(super) fn close(&mut self, group: u32, pushed: u32, last: u32) {
+        if pushed > 0 {
+            let g = &mut self.batch.groups[group as usize];
+            g.live += pushed;
+            g.to = last + 1;
+            self.batch.live += u64::from(pushed);
+        }
+    }
+
+    /// The number the next row will have.
+    pub(super) fn next_row(&self) -> u32 {
+        self.batch.rows.len() as u32
     }
 
     /// The next id's row is stored elsewhere (a registration of several pieces).
