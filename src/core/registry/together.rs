@@ -57,26 +57,25 @@ impl Registry {
                 }
                 // The entries of one extent that come together (in model order, an
                 // allocation's tensors): one group found for all of them.
-                let run = part[k..].iter().take_while(|q| q.extent == p.extent).count();
                 let (query_at, answer) = &extents[p.extent as usize];
                 let group = builder.open(p.extent as usize, (*query_at, answer));
                 let (mut pushed, mut last) = (0, 0);
-                for (j, q) in part[k..k + run].iter().enumerate() {
+                while let Some(q) = part.get(k).filter(|q| q.extent == p.extent) {
                     let region = &regions[q.index as usize];
                     let end = region.ptr + region.size;
                     let row = builder.next_row();
                     if group.is_some_and(|group| builder.push(group, region.label, region.ptr, end)) {
                         (pushed, last) = (pushed + 1, row);
-                        continue;
+                    } else {
+                        builder.skip();
+                        let piece = Piece { query_at: *query_at, start: region.ptr, end, buffer_id: answer.buffer_id };
+                        alone.push((id + k as u64, RegistrationEntry::new(region.label, answer.device_ordinal, &[piece]), vec![*answer]));
                     }
-                    builder.skip();
-                    let piece = Piece { query_at: *query_at, start: region.ptr, end, buffer_id: answer.buffer_id };
-                    alone.push((id + (k + j) as u64, RegistrationEntry::new(region.label, answer.device_ordinal, &[piece]), vec![*answer]));
+                    k += 1;
                 }
                 if let Some(group) = group {
                     builder.close(group, pushed, last);
                 }
-                k += run;
             }
             let batch = builder.finish();
             if batch.live > 0 {
