@@ -34,7 +34,7 @@ fn labels(count: usize) -> Vec<String> {
 
 /// Inserts every region as a row of extent 0 (the arena, answer `seen`).
 fn insert_all(registry: &Registry, regions: &[Region<'_>], seen: PointerInfo) -> RegistrationId {
-    let passed: Vec<Passed> = (0..regions.len() as u32).map(|index| Passed { index, extent: 0 }).collect();
+    let passed: Vec<Passed> = (0..regions.len() as u32).map(|index| Passed { index, count: 1, extent: 0 }).collect();
     registry.insert_many(regions, &passed, &[(ARENA, seen)], &[], None)
 }
 
@@ -161,7 +161,7 @@ fn a_range_over_several_mappings_is_stored_alone_under_its_batch_id() {
         Region { ptr: 0x5f_f000, size: 0x2000, label: &labels[1] },
         Region { ptr: ARENA + 0x1000, size: 0x1000, label: &labels[2] },
     ];
-    let passed = [Passed { index: 0, extent: 0 }, Passed { index: 1, extent: INSPECTED }, Passed { index: 2, extent: 0 }];
+    let passed = [Passed { index: 0, count: 1, extent: 0 }, Passed { index: 1, count: 1, extent: INSPECTED }, Passed { index: 2, count: 1, extent: 0 }];
     let first = registry.insert_many(&regions, &passed, &[(ARENA, arena(7))], &[over], None);
     let info = registry.get(first + 1).unwrap();
     assert_eq!((info.label.as_str(), info.pieces.len(), info.size), ("over", 2, 0x2000));
@@ -223,7 +223,7 @@ fn a_check_of_one_allocation_judges_only_its_rows_in_any_entry_order() {
                 Region { ptr: [ARENA, 0x80_0000][a] + t as u64 * 0x1000, size: 0x1000, label: &labels[i] }
             })
             .collect();
-        let passed: Vec<Passed> = (0..40).map(|i| Passed { index: i as u32, extent: place(i).0 as u32 }).collect();
+        let passed: Vec<Passed> = (0..40).map(|i| Passed { index: i as u32, count: 1, extent: place(i).0 as u32 }).collect();
         let first = registry.insert_many(&regions, &passed, &[(ARENA, arena(7)), (0x80_0000, other)], &[], None);
         let changes = registry.apply(0x80_0000, &Ok(PointerInfo::unregistered()), fingerprint(&other)).unwrap();
         let mut moved: Vec<u64> = changes.iter().map(|c| match c {
@@ -250,7 +250,7 @@ fn rows_of_two_answers_at_one_address_are_all_judged_by_a_check() {
     let labels = labels(4);
     let regions = tensors(&labels);
     let grown = PointerInfo { range_size: 0x40_0000, ..arena(8) };
-    let passed: Vec<Passed> = (0..4).map(|i| Passed { index: i, extent: i / 2 }).collect();
+    let passed: Vec<Passed> = (0..4).map(|i| Passed { index: i, count: 1, extent: i / 2 }).collect();
     let first = registry.insert_many(&regions, &passed, &[(ARENA, arena(7)), (ARENA, grown)], &[], None);
     assert_eq!(registry.counts().registrations, 4);
     assert_eq!(registry.get(first + 3).unwrap().pieces[0].buffer_id, 8);
@@ -303,7 +303,10 @@ fn a_call_of_more_rows_than_a_batch_holds_is_several_batches_with_consecutive_id
     let over = inspect_with(|a| Ok(mapping(a & !0x1f_ffff)), 0x5f_f000, 0x2000).unwrap();
     let boundary = super::batches::MAX_ROWS;
     regions[boundary] = Region { ptr: 0x5f_f000, size: 0x2000, label: &labels[boundary] };
-    let passed: Vec<Passed> = (0..count as u32).map(|index| Passed { index, extent: if index as usize == boundary { INSPECTED } else { 0 } }).collect();
+    // As the judging hands them over: a run before the entry over two mappings and one after
+    // it, which the second batch's end cuts.
+    let b = boundary as u32;
+    let passed = [Passed { index: 0, count: b, extent: 0 }, Passed { index: b, count: 1, extent: INSPECTED }, Passed { index: b + 1, count: count as u32 - b - 1, extent: 0 }];
     let first = registry.insert_many(&regions, &passed, &[(ARENA, arena(7))], &[over], None);
     assert_eq!(registry.counts().registrations, count as u64);
     for i in [0, boundary - 1, boundary, boundary + 1, 2 * boundary, count - 1] {

@@ -15,12 +15,13 @@ use crate::core::verdict::{Piece, Verdict};
 
 impl Registry {
     /// Adds many registrations found resident, as [`Registry::insert`] adds one, and returns
-    /// the first id: `passed[k]` (entry `regions[passed[k].index]`) gets id `first + k`.
+    /// the first id: the entries of `passed` (runs of entries of `regions`), in order, get
+    /// ids `first, first + 1, ...`.
     ///
-    /// Entries inside one extent (`extents[passed[k].extent]`: where a check asks, and the
-    /// answer there) become rows of a batch: one record, one membership per allocation. Those
-    /// with `extent` [`INSPECTED`] (several pieces) take the next of `inspected` and are stored
-    /// on their own. `label_bytes`: the passed entries' label lengths summed, when the caller
+    /// Entries inside one extent (`extents[run.extent]`: where a check asks, and the answer
+    /// there) become rows of a batch: one record, one membership per allocation. Those with
+    /// `extent` [`INSPECTED`] (several pieces) take the next of `inspected` and are stored on
+    /// their own. `label_bytes`: the passed entries' label lengths summed, when the caller
     /// counted them (otherwise counted here). Crate-only: the caller judged every entry
     /// resident (core/batch.rs).
     pub(crate) fn insert_many(
@@ -31,51 +32,41 @@ impl Registry {
         inspected: &[Inspection],
         label_bytes: Option<usize>,
     ) -> RegistrationId {
-        let first = next_ids(passed.len() as u64);
+        let entries_of = |run: &Passed| &regions[run.index as usize..(run.index + run.count) as usize];
+        let total: usize = passed.iter().map(|run| run.count as usize).sum();
+        let label_bytes = label_bytes.unwrap_or_else(|| passed.iter().flat_map(entries_of).map(|r| r.label.len()).sum());
+        let first = next_ids(total as u64);
         let mut inspected = inspected.iter();
+        let (mut runs, mut cut) = (passed.iter().copied(), None);
         let mut id = first;
-        for part in passed.chunks(super::batches::MAX_ROWS) {
-            let label_bytes = match label_bytes {
-                Some(all) if part.len() == passed.len() => all,
-                _ => part.iter().map(|p| regions[p.index as usize].label.len()).sum(),
-            };
-            let mut builder = BatchBuilder::new(id, part.len(), label_bytes, extents.len());
+        while id - first < total as u64 {
+            let rows = (total - (id - first) as usize).min(super::batches::MAX_ROWS);
+            // The labels' room: exact for a call of one batch, the batch's share otherwise.
+            let room = (label_bytes as u128 * rows as u128 / total as u128) as usize;
+            let mut builder = BatchBuilder::new(id, rows, room, extents.len());
             // Registrations stored on their own, each with the answers at its pieces: those
             // over several pieces, and rows the batch refuses.
             let mut alone: Vec<(RegistrationId, RegistrationEntry, Vec<PointerInfo>)> = Vec::new();
             let mut k = 0;
-            while k < part.len() {
-                let p = part[k];
-                if p.extent == INSPECTED {
-                    builder.skip();
-                    if let Some(found) = inspected.next() {
-                        let region = &regions[p.index as usize];
-                        alone.push((id + k as u64, RegistrationEntry::new(region.label, found.device, found.pieces()), found.answers().to_vec()));
-                    }
-                    k += 1;
-                    continue;
+            while k < rows {
+                // A run the batch's end cut goes on in the next batch.
+                let Some(run) = cut.take().or_else(|| runs.next()) else { break };
+                let take = (run.count as usize).min(rows - k);
+                if take < run.count as usize {
+                    cut = Some(Passed { index: run.index + take as u32, count: run.count - take as u32, ..run });
                 }
-                // The entries of one extent that come together (in model order, an
-                // allocation's tensors): one group found for all of them.
-                let (query_at, answer) = &extents[p.extent as usize];
-                let group = builder.open(p.extent as usize, (*query_at, answer));
-                let (mut pushed, mut last) = (0, 0);
-                while let Some(q) = part.get(k).filter(|q| q.extent == p.extent) {
-                    let region = &regions[q.index as usize];
-                    let end = region.ptr + region.size;
-                    let row = builder.next_row();
-                    if group.is_some_and(|group| builder.push(group, region.label, region.ptr, end)) {
-                        (pushed, last) = (pushed + 1, row);
-                    } else {
+                let entries = &entries_of(&run)[..take];
+                if run.extent == INSPECTED {
+                    for (j, region) in entries.iter().enumerate() {
                         builder.skip();
-                        let piece = Piece { query_at: *query_at, start: region.ptr, end, buffer_id: answer.buffer_id };
-                        alone.push((id + k as u64, RegistrationEntry::new(region.label, answer.device_ordinal, &[piece]), vec![*answer]));
+                        if let Some(found) = inspected.next() {
+                            alone.push((id + (k + j) as u64, RegistrationEntry::new(region.label, found.device, found.pieces()), found.answers().to_vec()));
+                        }
                     }
-                    k += 1;
+                } else {
+                    store_run(&mut builder, &mut alone, entries, run.extent as usize, &extents[run.extent as usize], id + k as u64);
                 }
-                if let Some(group) = group {
-                    builder.close(group, pushed, last);
-                }
+                k += take;
             }
             let batch = builder.finish();
             if batch.live > 0 {
@@ -98,7 +89,7 @@ impl Registry {
             for (id, registration, answers) in alone {
                 self.add_pending(&mut lock(&self.registrations[shard_of_id(id)]), id, registration, &answers);
             }
-            id += part.len() as u64;
+            id += rows as u64;
         }
         first
     }
@@ -118,5 +109,35 @@ impl Registry {
             self.batches.drop_if_empty(first);
         }
         Some(())
+    }
+}
+
+/// Stores `entries`, inside extent `extent` (`(query_at, answer)`), one run of them: rows of
+/// one group found once, or on their own (`alone`, from id `id` on) when the batch refuses
+/// them.
+#[inline]
+fn store_run(
+    builder: &mut BatchBuilder,
+    alone: &mut Vec<(RegistrationId, RegistrationEntry, Vec<PointerInfo>)>,
+    entries: &[Region<'_>],
+    extent: usize,
+    (query_at, answer): &(u64, PointerInfo),
+    id: RegistrationId,
+) {
+    let group = builder.open(extent, (*query_at, answer));
+    let (mut pushed, mut last) = (0, 0);
+    for (j, region) in entries.iter().enumerate() {
+        let end = region.ptr + region.size;
+        let row = builder.next_row();
+        if group.is_some_and(|group| builder.push(group, region.label, region.ptr, end)) {
+            (pushed, last) = (pushed + 1, row);
+            continue;
+        }
+        builder.skip();
+        let piece = Piece { query_at: *query_at, start: region.ptr, end, buffer_id: answer.buffer_id };
+        alone.push((id + j as u64, RegistrationEntry::new(region.label, answer.device_ordinal, &[piece]), vec![*answer]));
+    }
+    if let Some(group) = group {
+        builder.close(group, pushed, last);
     }
 }
