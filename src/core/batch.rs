@@ -167,11 +167,11 @@ pub(crate) struct Passed {
 }
 
 impl Passed {
-    /// Adds entry `index`, inside `extent`, to the runs of `passed`.
-    fn add(passed: &mut Vec<Passed>, index: u32, extent: u32) {
+    /// Adds `count` entries from `index` on, inside `extent`, to the runs of `passed`.
+    fn add(passed: &mut Vec<Passed>, index: u32, count: u32, extent: u32) {
         match passed.last_mut() {
-            Some(run) if run.extent == extent && extent != INSPECTED && run.index + run.count == index => run.count += 1,
-            _ => passed.push(Passed { index, count: 1, extent }),
+            Some(run) if run.extent == extent && extent != INSPECTED && run.index + run.count == index => run.count += count,
+            _ => passed.push(Passed { index, count, extent }),
         }
     }
 }
@@ -221,59 +221,74 @@ pub(crate) fn judge_all(driver: &dyn Driver, regions: &[Region<'_>]) -> Judged {
     let mut seen = Ranges::default();
     let (mut passed, mut inspected, mut failures) = (Vec::new(), Vec::new(), Vec::new());
     let mut label_bytes = 0;
-    for i in 0..regions.len() {
-        // Most entries lie in the extent the entry before them was found in.
-        if let Some(extent) = within_known(&mut snapshot, &mut seen, &regions[i]) {
-            label_bytes += regions[i].label.len();
-            Passed::add(&mut passed, i as u32, extent);
+    let mut i = 0;
+    while i < regions.len() {
+        // Most entries lie in the extent the entry before them was found in: a run of them.
+        let (count, extent, bytes) = within_known(&mut snapshot, &mut seen, &regions[i..]);
+        if count > 0 {
+            label_bytes += bytes;
+            Passed::add(&mut passed, i as u32, count as u32, extent);
+            i += count;
             continue;
         }
-        let found = match judge_one(&mut snapshot, &mut seen, regions, i) {
-            Ok(found) => found,
-            Err(e) => {
-                failures.push((i, e));
-                continue;
-            }
-        };
-        label_bytes += regions[i].label.len();
-        match found {
-            Found::Within(extent) => Passed::add(&mut passed, i as u32, extent),
-            Found::Inspected(inspection) => {
-                Passed::add(&mut passed, i as u32, INSPECTED);
-                inspected.push(inspection);
+        match judge_one(&mut snapshot, &mut seen, regions, i) {
+            Err(e) => failures.push((i, e)),
+            Ok(found) => {
+                label_bytes += regions[i].label.len();
+                match found {
+                    Found::Within(extent) => Passed::add(&mut passed, i as u32, 1, extent),
+                    Found::Inspected(inspection) => {
+                        Passed::add(&mut passed, i as u32, 1, INSPECTED);
+                        inspected.push(inspection);
+                    }
+                }
             }
         }
+        i += 1;
     }
     let extents = snapshot.extents.iter().map(|e| (e.start, e.info)).collect();
     Judged { passed, inspected, extents, failures, queries: snapshot.queries, label_bytes }
 }
 
-/// The extent an entry before `r` was found in ([`Snapshot::lookup`]'s first two places to
-/// look: the last one found, or the last one found in the same MiB), if `r` lies wholly inside
-/// it, it is memory that can be registered, and `r` is valid and new (then added to `seen`):
-/// what [`judge_one`] would find (`Found::Within`), without its calls. `None` when any of
-/// that does not hold: then nothing was changed and `judge_one` judges it.
-#[inline(always)]
-fn within_known(snapshot: &mut Snapshot<'_>, seen: &mut Ranges, r: &Region<'_>) -> Option<u32> {
-    let holds = |e: &Extent| e.start <= r.ptr && r.ptr < e.end;
+/// How many entries from the first of `regions` on lie wholly inside the extent an entry
+/// before them was found in ([`Snapshot::lookup`]'s first two places to look for the first:
+/// the last one found, or the last one found in its MiB), in memory that can be registered,
+/// each valid and new (then added to `seen`): what [`judge_one`] would find for each
+/// (`Found::Within`), without its calls. With the extent and their labels' bytes. None (0)
+/// when the first is not such an entry: then nothing was changed and `judge_one` judges it.
+fn within_known(snapshot: &mut Snapshot<'_>, seen: &mut Ranges, regions: &[Region<'_>]) -> (usize, u32, usize) {
+    const NONE: (usize, u32, usize) = (0, NO_EXTENT, 0);
+    let Some(first) = regions.first() else { return NONE };
+    if snapshot.overlap || seen.set.is_some() {
+        return NONE;
+    }
+    let holds = |e: &Extent| e.start <= first.ptr && first.ptr < e.end;
     let mut e = snapshot.last;
     if !snapshot.extents.get(e as usize).is_some_and(holds) {
         // Entries that alternate between allocations: the one last found for these addresses.
-        e = snapshot.granules[granule(r.ptr)];
+        e = snapshot.granules[granule(first.ptr)];
     }
-    let extent = snapshot.extents.get(e as usize)?;
-    let end = r.ptr.checked_add(r.size)?;
-    let fits = r.size != 0 && extent.resident && extent.start <= r.ptr && end <= extent.end;
-    if !fits || snapshot.overlap || r.label.len() > MAX_LABEL_BYTES || seen.set.is_some() {
-        return None;
+    let Some(extent) = snapshot.extents.get(e as usize).filter(|extent| extent.resident) else { return NONE };
+    let Some(last) = seen.last.get_mut(e as usize) else { return NONE };
+    // The run's checks with the extent and the bucket's last range held here, written back
+    // once: in model order a run is a whole allocation's entries.
+    let (start, end) = (extent.start, extent.end);
+    let (mut previous, mut count, mut bytes) = (*last, 0, 0);
+    for r in regions {
+        let inside = r.size != 0 && start <= r.ptr && r.ptr.checked_add(r.size).is_some_and(|r_end| r_end <= end);
+        if !inside || r.label.len() > MAX_LABEL_BYTES || previous.is_some_and(|p| p >= (r.ptr, r.size)) {
+            break;
+        }
+        previous = Some((r.ptr, r.size));
+        count += 1;
+        bytes += r.label.len();
     }
-    let last = seen.last.get_mut(e as usize)?;
-    if last.is_some_and(|last| last >= (r.ptr, r.size)) {
-        return None;
+    if count == 0 {
+        return NONE;
     }
-    *last = Some((r.ptr, r.size));
+    *last = previous;
     snapshot.last = e;
-    Some(e)
+    (count, e, bytes)
 }
 
 /// Judges entry `i`, as [`crate::Monitor::register`] would.
