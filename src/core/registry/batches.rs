@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::{RegistrationId, RegistrationInfo};
+use crate::core::batch::Region;
 use crate::core::driver::{DriverError, PointerInfo};
 use crate::core::sync::lock;
 use crate::core::verdict::{classify_piece, Piece, Verdict};
@@ -157,7 +158,7 @@ impl BatchBuilder {
     }
 
     /// The group of the rows inside extent `extent` (`(query_at, answer)`), which come next,
-    /// one run of them: [`BatchBuilder::push`] each, then [`BatchBuilder::close`]. `None`,
+    /// one run of them ([`BatchBuilder::push_rows`]). `None`,
     /// and nothing done, when another extent of this batch has the same address (answers that
     /// changed during the call: a group is judged by its address): its rows must then be
     /// stored on their own.
@@ -190,44 +191,28 @@ impl BatchBuilder {
         Some(group)
     }
 
-    /// The next row: `[start, end)`, in `group` (from [`BatchBuilder::open`]). False, and
-    /// nothing done, when the row is 4 GiB or more: it must then be stored on its own.
-    #[must_use]
-    #[inline]
-    pub(super) fn push(&mut self, group: u32, label: &str, start: u64, end: u64) -> bool {
-        let batch = &mut self.batch;
-        let Ok(size) = u32::try_from(end - start) else { return false };
-        let label_at = batch.labels.len() as u32;
-        batch.labels.push_str(label);
-        batch.rows.push(Row {
-            start,
-            size,
-            label_at,
-            label_len: label.len() as u16,
-            verdict: Verdict::Resident as u8,
-            flags: LIVE,
-            group,
-        });
-        batch.live_bytes += end - start;
-        true
-    }
-
-    /// The end of a run of `group` opened by [`BatchBuilder::open`]: `pushed` rows pushed,
-    /// the last of them row `last`. (Counted here, once a run, not at each row: a row then
-    /// writes nothing but itself.)
-    #[inline]
-    pub(super) fn close(&mut self, group: u32, pushed: u32, last: u32) {
-        if pushed > 0 {
-            let g = &mut self.batch.groups[group as usize];
-            g.live += pushed;
-            g.to = last + 1;
-            self.batch.live += u64::from(pushed);
+    /// Rows for `entries`, in `group` (from [`BatchBuilder::open`]), from the first on up to
+    /// one of 4 GiB or more (which must be stored on its own); returns how many were pushed.
+    /// (The group and the batch are counted once for them all, not at each row.)
+    pub(super) fn push_rows(&mut self, group: u32, entries: &[Region<'_>]) -> usize {
+        let Batch { rows, labels, groups, live, live_bytes, .. } = &mut self.batch;
+        let (mut pushed, mut bytes) = (0, 0);
+        for r in entries {
+            let Ok(size) = u32::try_from(r.size) else { break };
+            let label_at = labels.len() as u32;
+            labels.push_str(r.label);
+            rows.push(Row { start: r.ptr, size, label_at, label_len: r.label.len() as u16, verdict: Verdict::Resident as u8, flags: LIVE, group });
+            pushed += 1;
+            bytes += r.size;
         }
-    }
-
-    /// The number the next row will have.
-    pub(super) fn next_row(&self) -> u32 {
-        self.batch.rows.len() as u32
+        if pushed > 0 {
+            let g = &mut groups[group as usize];
+            g.live += pushed as u32;
+            g.to = rows.len() as u32;
+            *live += pushed as u64;
+            *live_bytes += bytes;
+        }
+        pushed
     }
 
     /// The next id's row is stored elsewhere (a registration of several pieces).

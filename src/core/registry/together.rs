@@ -125,19 +125,17 @@ fn store_run(
     id: RegistrationId,
 ) {
     let group = builder.open(extent, (*query_at, answer));
-    let (mut pushed, mut last) = (0, 0);
-    for (j, region) in entries.iter().enumerate() {
-        let end = region.ptr + region.size;
-        let row = builder.next_row();
-        if group.is_some_and(|group| builder.push(group, region.label, region.ptr, end)) {
-            (pushed, last) = (pushed + 1, row);
-            continue;
+    let mut j = 0;
+    while j < entries.len() {
+        if let Some(group) = group {
+            j += builder.push_rows(group, &entries[j..]);
         }
+        // The batch refuses entry `j` (or all when there is no group): stored on its own.
+        let Some(region) = entries.get(j) else { break };
         builder.skip();
+        let end = region.ptr + region.size;
         let piece = Piece { query_at: *query_at, start: region.ptr, end, buffer_id: answer.buffer_id };
         alone.push((id + j as u64, RegistrationEntry::new(region.label, answer.device_ordinal, &[piece]), vec![*answer]));
-    }
-    if let Some(group) = group {
-        builder.close(group, pushed, last);
+        j += 1;
     }
 }
