@@ -292,6 +292,20 @@ fn a_tensor_of_4_gib_or_more_is_stored_alone_and_judged_with_its_batch() {
 }
 
 #[test]
+fn an_allocation_holding_only_a_tensor_of_4_gib_or_more_is_left_once_it_is_unregistered() {
+    let registry = Registry::new();
+    // A small tensor in the arena; alone in a second allocation, one of 4 GiB (its own run of
+    // the call, stored on its own: the batch has no row, so no group, in that allocation).
+    let big = PointerInfo { range_start: 0x1_0000_0000, range_size: 0x2_0000_0000, buffer_id: 9, ..arena(7) };
+    let regions = [Region { ptr: ARENA, size: 0x1000, label: "t0" }, Region { ptr: 0x1_0000_0000, size: 0x1_0000_0000, label: "t1" }];
+    let passed = [Passed { index: 0, count: 1, extent: 0 }, Passed { index: 1, count: 1, extent: 1 }];
+    let first = registry.insert_many(&regions, &passed, &[(ARENA, arena(7)), (0x1_0000_0000, big)], &[], None);
+    assert_eq!(registry.counts().allocations, 2);
+    assert_eq!(registry.get(first + 1).map(|i| (i.ptr, i.size)), Some((0x1_0000_0000, 0x1_0000_0000)));
+    unregister_all(&registry, first..first + 2);
+}
+
+#[test]
 fn a_call_of_more_rows_than_a_batch_holds_is_several_batches_with_consecutive_ids() {
     let registry = Registry::new();
     // Two and a half batches of tensors in one 2 MiB arena, 512 bytes each, with an entry over

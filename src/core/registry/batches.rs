@@ -158,7 +158,8 @@ impl BatchBuilder {
     }
 
     /// The group of the rows inside extent `extent` (`(query_at, answer)`), which come next,
-    /// one run of them ([`BatchBuilder::push_rows`]). `None`,
+    /// one run of them ([`BatchBuilder::push_rows`], at least one row: a group is a membership
+    /// of its allocation until its last row goes). `None`,
     /// and nothing done, when another extent of this batch has the same address (answers that
     /// changed during the call: a group is judged by its address): its rows must then be
     /// stored on their own.

@@ -124,13 +124,17 @@ fn store_run(
     (query_at, answer): &(u64, PointerInfo),
     id: RegistrationId,
 ) {
-    let group = builder.open(extent, (*query_at, answer));
+    // The group is opened at the first row the batch can take: a group with no row would
+    // keep its allocation joined after every registration is gone.
+    let mut group: Option<Option<u32>> = None;
     let mut j = 0;
     while j < entries.len() {
-        if let Some(group) = group {
-            j += builder.push_rows(group, &entries[j..]);
+        if u32::try_from(entries[j].size).is_ok() {
+            if let Some(group) = *group.get_or_insert_with(|| builder.open(extent, (*query_at, answer))) {
+                j += builder.push_rows(group, &entries[j..]);
+            }
         }
-        // The batch refuses entry `j` (or all when there is no group): stored on its own.
+        // The batch refuses entry `j` (4 GiB or more, or no group): stored on its own.
         let Some(region) = entries.get(j) else { break };
         builder.skip();
         let end = region.ptr + region.size;
