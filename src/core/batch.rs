@@ -88,16 +88,11 @@ impl<'d> Snapshot<'d> {
     /// The driver's answer for `address`: one already taken in this call when an extent
     /// holds the address, otherwise a new query (kept for its extent).
     fn lookup(&mut self, address: u64) -> Result<Answer, DriverError> {
+        if let Some(i) = self.known(address) {
+            return Ok(Answer::Extent(i));
+        }
         let holds = |e: &Extent| e.start <= address && address < e.end;
-        if self.extents.get(self.last as usize).is_some_and(holds) {
-            return Ok(Answer::Extent(self.last));
-        }
         let slot = granule(address);
-        let cached = self.granules[slot];
-        if self.extents.get(cached as usize).is_some_and(holds) {
-            self.last = cached;
-            return Ok(Answer::Extent(cached));
-        }
         if let Some((_, &i)) = self.by_start.range(..=address).next_back() {
             if holds(&self.extents[i as usize]) {
                 self.last = i;
@@ -123,6 +118,23 @@ impl<'d> Snapshot<'d> {
         self.last = i;
         self.granules[slot] = i;
         Ok(Answer::Extent(i))
+    }
+
+    /// The extent holding `address` in the two places [`Snapshot::lookup`] looks first, with
+    /// no search and no query: the one the last lookup found (consecutive entries are mostly
+    /// in one allocation), or the one last found in its MiB (entries that alternate between
+    /// allocations); that one then becomes the last.
+    fn known(&mut self, address: u64) -> Option<u32> {
+        let holds = |e: &Extent| e.start <= address && address < e.end;
+        if self.extents.get(self.last as usize).is_some_and(holds) {
+            return Some(self.last);
+        }
+        let cached = self.granules[granule(address)];
+        if self.extents.get(cached as usize).is_some_and(holds) {
+            self.last = cached;
+            return Some(cached);
+        }
+        None
     }
 
     /// [`Snapshot::lookup`]'s answer itself.
@@ -250,24 +262,19 @@ pub(crate) fn judge_all(driver: &dyn Driver, regions: &[Region<'_>]) -> Judged {
     Judged { passed, inspected, extents, failures, queries: snapshot.queries, label_bytes }
 }
 
-/// How many entries from the first of `regions` on lie wholly inside the extent an entry
-/// before them was found in ([`Snapshot::lookup`]'s first two places to look for the first:
-/// the last one found, or the last one found in its MiB), in memory that can be registered,
-/// each valid and new (then added to `seen`): what [`judge_one`] would find for each
-/// (`Found::Within`), without its calls. With the extent and their labels' bytes. None (0)
-/// when the first is not such an entry: then nothing was changed and `judge_one` judges it.
+/// How many entries from the first of `regions` on lie wholly inside the extent
+/// [`Snapshot::known`] finds for the first, in memory that can be registered, each valid and
+/// new (then added to `seen`): what [`judge_one`] would find for each (`Found::Within`),
+/// without its calls. With the extent and their labels' bytes. None (0) when the first is not
+/// such an entry: then nothing was changed but what `known` changes as `judge_one`'s lookup
+/// would, and `judge_one` judges it.
 fn within_known(snapshot: &mut Snapshot<'_>, seen: &mut Ranges, regions: &[Region<'_>]) -> (usize, u32, usize) {
     const NONE: (usize, u32, usize) = (0, NO_EXTENT, 0);
     let Some(first) = regions.first() else { return NONE };
     if snapshot.overlap || seen.set.is_some() {
         return NONE;
     }
-    let holds = |e: &Extent| e.start <= first.ptr && first.ptr < e.end;
-    let mut e = snapshot.last;
-    if !snapshot.extents.get(e as usize).is_some_and(holds) {
-        // Entries that alternate between allocations: the one last found for these addresses.
-        e = snapshot.granules[granule(first.ptr)];
-    }
+    let Some(e) = snapshot.known(first.ptr) else { return NONE };
     let Some(extent) = snapshot.extents.get(e as usize).filter(|extent| extent.resident) else { return NONE };
     let Some(last) = seen.last.get_mut(e as usize) else { return NONE };
     // The run's checks with the extent and the bucket's last range held here, written back
@@ -287,7 +294,6 @@ fn within_known(snapshot: &mut Snapshot<'_>, seen: &mut Ranges, regions: &[Regio
         return NONE;
     }
     *last = previous;
-    snapshot.last = e;
     (count, e, bytes)
 }
 
