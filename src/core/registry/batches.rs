@@ -158,11 +158,9 @@ impl BatchBuilder {
     }
 
     /// The group of the rows inside extent `extent` (`(query_at, answer)`), which come next,
-    /// one run of them ([`BatchBuilder::push_rows`], at least one row: a group is a membership
-    /// of its allocation until its last row goes). `None`,
-    /// and nothing done, when another extent of this batch has the same address (answers that
-    /// changed during the call: a group is judged by its address): its rows must then be
-    /// stored on their own.
+    /// one run of them ([`BatchBuilder::push_rows`]). `None`, and nothing done, when another
+    /// extent of this batch has the same address (answers that changed during the call: a
+    /// group is judged by its address): its rows must then be stored on their own.
     #[inline]
     pub(super) fn open(&mut self, extent: usize, (query_at, answer): (u64, &PointerInfo)) -> Option<u32> {
         let batch = &mut self.batch;
@@ -263,9 +261,11 @@ impl Batch {
         self.rows.len() as u64
     }
 
-    /// The allocations it has rows in.
+    /// The allocations it has rows in. (A group can have none: opened for a run whose every
+    /// row went elsewhere, 4 GiB or more. Such a group must not join its allocation: only its
+    /// last row leaving would leave it.)
     pub(super) fn groups(&self) -> impl Iterator<Item = &Group> {
-        self.groups.iter()
+        self.groups.iter().filter(|g| g.live > 0)
     }
 
     fn row(&self, id: RegistrationId) -> Option<(usize, &Row)> {

@@ -124,15 +124,11 @@ fn store_run(
     (query_at, answer): &(u64, PointerInfo),
     id: RegistrationId,
 ) {
-    // The group is opened at the first row the batch can take: a group with no row would
-    // keep its allocation joined after every registration is gone.
-    let mut group: Option<Option<u32>> = None;
+    let group = builder.open(extent, (*query_at, answer));
     let mut j = 0;
     while j < entries.len() {
-        if u32::try_from(entries[j].size).is_ok() {
-            if let Some(group) = *group.get_or_insert_with(|| builder.open(extent, (*query_at, answer))) {
-                j += builder.push_rows(group, &entries[j..]);
-            }
+        if let Some(group) = group {
+            j += builder.push_rows(group, &entries[j..]);
         }
         // The batch refuses entry `j` (4 GiB or more, or no group): stored on its own.
         let Some(region) = entries.get(j) else { break };
