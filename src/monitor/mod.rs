@@ -224,7 +224,7 @@ impl Monitor {
         let first = if none || judged.passed.is_empty() {
             0
         } else {
-            self.shared.registry.insert_many(regions, &judged.passed, &judged.extents, &judged.inspected, Some(judged.label_bytes))
+            self.shared.registry.insert_many(regions, &judged.passed, &judged.extents, &judged.inspected, judged.label_bytes)
         };
         Ok(crate::core::batch::Registered::new(regions.len(), first, judged.failures, none, judged.queries))
     }

@@ -35,7 +35,12 @@ fn labels(count: usize) -> Vec<String> {
 /// Inserts every region as a row of extent 0 (the arena, answer `seen`).
 fn insert_all(registry: &Registry, regions: &[Region<'_>], seen: PointerInfo) -> RegistrationId {
     let passed: Vec<Passed> = (0..regions.len() as u32).map(|index| Passed { index, count: 1, extent: 0 }).collect();
-    registry.insert_many(regions, &passed, &[(ARENA, seen)], &[], None)
+    registry.insert_many(regions, &passed, &[(ARENA, seen)], &[], label_bytes(regions))
+}
+
+/// The labels' room for `regions`, as the judging counts it.
+fn label_bytes(regions: &[Region<'_>]) -> usize {
+    regions.iter().map(|r| r.label.len()).sum()
 }
 
 /// Unregisters `ids` (each must be registered) and checks that nothing is left.
@@ -162,7 +167,7 @@ fn a_range_over_several_mappings_is_stored_alone_under_its_batch_id() {
         Region { ptr: ARENA + 0x1000, size: 0x1000, label: &labels[2] },
     ];
     let passed = [Passed { index: 0, count: 1, extent: 0 }, Passed { index: 1, count: 1, extent: INSPECTED }, Passed { index: 2, count: 1, extent: 0 }];
-    let first = registry.insert_many(&regions, &passed, &[(ARENA, arena(7))], &[over], None);
+    let first = registry.insert_many(&regions, &passed, &[(ARENA, arena(7))], &[over], label_bytes(&regions));
     let info = registry.get(first + 1).unwrap();
     assert_eq!((info.label.as_str(), info.pieces.len(), info.size), ("over", 2, 0x2000));
     assert_eq!(registry.get(first + 2).unwrap().label, "b");
@@ -224,7 +229,7 @@ fn a_check_of_one_allocation_judges_only_its_rows_in_any_entry_order() {
             })
             .collect();
         let passed: Vec<Passed> = (0..40).map(|i| Passed { index: i as u32, count: 1, extent: place(i).0 as u32 }).collect();
-        let first = registry.insert_many(&regions, &passed, &[(ARENA, arena(7)), (0x80_0000, other)], &[], None);
+        let first = registry.insert_many(&regions, &passed, &[(ARENA, arena(7)), (0x80_0000, other)], &[], label_bytes(&regions));
         let changes = registry.apply(0x80_0000, &Ok(PointerInfo::unregistered()), fingerprint(&other)).unwrap();
         let mut moved: Vec<u64> = changes.iter().map(|c| match c {
             Change::Verdict { registration, .. } => registration.id,
@@ -251,7 +256,7 @@ fn rows_of_two_answers_at_one_address_are_all_judged_by_a_check() {
     let regions = tensors(&labels);
     let grown = PointerInfo { range_size: 0x40_0000, ..arena(8) };
     let passed: Vec<Passed> = (0..4).map(|i| Passed { index: i, count: 1, extent: i / 2 }).collect();
-    let first = registry.insert_many(&regions, &passed, &[(ARENA, arena(7)), (ARENA, grown)], &[], None);
+    let first = registry.insert_many(&regions, &passed, &[(ARENA, arena(7)), (ARENA, grown)], &[], label_bytes(&regions));
     assert_eq!(registry.counts().registrations, 4);
     assert_eq!(registry.get(first + 3).unwrap().pieces[0].buffer_id, 8);
     let mut plan = Vec::new();
@@ -299,7 +304,7 @@ fn an_allocation_holding_only_a_tensor_of_4_gib_or_more_is_left_once_it_is_unreg
     let big = PointerInfo { range_start: 0x1_0000_0000, range_size: 0x2_0000_0000, buffer_id: 9, ..arena(7) };
     let regions = [Region { ptr: ARENA, size: 0x1000, label: "t0" }, Region { ptr: 0x1_0000_0000, size: 0x1_0000_0000, label: "t1" }];
     let passed = [Passed { index: 0, count: 1, extent: 0 }, Passed { index: 1, count: 1, extent: 1 }];
-    let first = registry.insert_many(&regions, &passed, &[(ARENA, arena(7)), (0x1_0000_0000, big)], &[], None);
+    let first = registry.insert_many(&regions, &passed, &[(ARENA, arena(7)), (0x1_0000_0000, big)], &[], label_bytes(&regions));
     assert_eq!(registry.counts().allocations, 2);
     assert_eq!(registry.get(first + 1).map(|i| (i.ptr, i.size)), Some((0x1_0000_0000, 0x1_0000_0000)));
     unregister_all(&registry, first..first + 2);
@@ -321,7 +326,7 @@ fn a_call_of_more_rows_than_a_batch_holds_is_several_batches_with_consecutive_id
     // it, which the second batch's end cuts.
     let b = boundary as u32;
     let passed = [Passed { index: 0, count: b, extent: 0 }, Passed { index: b, count: 1, extent: INSPECTED }, Passed { index: b + 1, count: count as u32 - b - 1, extent: 0 }];
-    let first = registry.insert_many(&regions, &passed, &[(ARENA, arena(7))], &[over], None);
+    let first = registry.insert_many(&regions, &passed, &[(ARENA, arena(7))], &[over], label_bytes(&regions));
     assert_eq!(registry.counts().registrations, count as u64);
     for i in [0, boundary - 1, boundary, boundary + 1, 2 * boundary, count - 1] {
         let info = registry.get(first + i as u64).unwrap();

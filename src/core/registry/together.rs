@@ -21,8 +21,8 @@ impl Registry {
     /// Entries inside one extent (`extents[run.extent]`: where a check asks, and the answer
     /// there) become rows of a batch: one record, one membership per allocation. Those with
     /// `extent` [`INSPECTED`] (several pieces) take the next of `inspected` and are stored on
-    /// their own. `label_bytes`: the passed entries' label lengths summed, when the caller
-    /// counted them (otherwise counted here). Crate-only: the caller judged every entry
+    /// their own. `label_bytes`: the passed entries' label lengths summed (the labels' room; a
+    /// wrong sum costs only a reallocation). Crate-only: the caller judged every entry
     /// resident (core/batch.rs).
     pub(crate) fn insert_many(
         &self,
@@ -30,11 +30,9 @@ impl Registry {
         passed: &[Passed],
         extents: &[(u64, PointerInfo)],
         inspected: &[Inspection],
-        label_bytes: Option<usize>,
+        label_bytes: usize,
     ) -> RegistrationId {
-        let entries_of = |run: &Passed| &regions[run.index as usize..(run.index + run.count) as usize];
         let total: usize = passed.iter().map(|run| run.count as usize).sum();
-        let label_bytes = label_bytes.unwrap_or_else(|| passed.iter().flat_map(entries_of).map(|r| r.label.len()).sum());
         let first = next_ids(total as u64);
         let mut inspected = inspected.iter();
         let (mut runs, mut cut) = (passed.iter().copied(), None);
@@ -55,7 +53,7 @@ impl Registry {
                 if take < run.count as usize {
                     cut = Some(Passed { index: run.index + take as u32, count: run.count - take as u32, ..run });
                 }
-                let entries = &entries_of(&run)[..take];
+                let entries = &regions[run.index as usize..][..take];
                 if run.extent == INSPECTED {
                     for (j, region) in entries.iter().enumerate() {
                         builder.skip();
